@@ -1,0 +1,114 @@
+//! Run-time configuration of the datapath, written by the agent into BPF maps.
+
+/// How many Service IPs (over both families) can be intercepted at once. Each gets its own
+/// intercept port (`intercept_base_port + slot`), which is how the egress program knows,
+/// without any per-flow state, which Service IP a reply must appear to come from.
+pub const MAX_SERVICES: u32 = 16;
+
+/// An IP address in the 16-byte form the maps use: IPv6 as is, IPv4 as an IPv4-mapped
+/// IPv6 address (`::ffff:a.b.c.d`), both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Eq, Hash, Default)]
+pub struct ServiceAddr {
+    pub octets: [u8; 16],
+}
+
+/// Compared as two words: a derived `==` on `[u8; 16]` can become a `bcmp` call, which
+/// the bpf target cannot link.
+impl PartialEq for ServiceAddr {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        self.words() == other.words()
+    }
+}
+
+impl ServiceAddr {
+    #[inline(always)]
+    fn words(&self) -> (u64, u64) {
+        let o = &self.octets;
+        (
+            u64::from_ne_bytes([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]),
+            u64::from_ne_bytes([o[8], o[9], o[10], o[11], o[12], o[13], o[14], o[15]]),
+        )
+    }
+
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let mut out = [0u8; 16];
+        out[10] = 0xff;
+        out[11] = 0xff;
+        out[12] = octets[0];
+        out[13] = octets[1];
+        out[14] = octets[2];
+        out[15] = octets[3];
+        ServiceAddr { octets: out }
+    }
+
+    pub const fn from_v6(octets: [u8; 16]) -> Self {
+        ServiceAddr { octets }
+    }
+
+    /// The IPv4 address, if this is an IPv4-mapped address.
+    #[inline(always)]
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let o = &self.octets;
+        if self.words().0 == 0 && o[8] == 0 && o[9] == 0 && o[10] == 0xff && o[11] == 0xff {
+            Some([
+                self.octets[12],
+                self.octets[13],
+                self.octets[14],
+                self.octets[15],
+            ])
+        } else {
+            None
+        }
+    }
+}
+
+/// Value of the `NLDNS_SERVICES` hash map (key: [`ServiceAddr`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    /// Index into `NLDNS_REVERSE`; the intercept port is `intercept_base_port + slot`.
+    pub slot: u32,
+}
+
+/// The single entry of the `NLDNS_CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// Intercept endpoint for IPv4 queries, network byte order. Owned by nldns alone:
+    /// only replies from this address are ever rewritten.
+    pub intercept_v4: [u8; 4],
+    /// First intercept port (host byte order); slot N listens on base + N.
+    pub intercept_base_port: u16,
+    /// 1 once the agent has written a complete configuration; 0 means pass everything.
+    pub enabled: u8,
+    /// Log level for aya-log messages from the datapath (0 = off .. 5 = trace).
+    pub log_level: u8,
+    /// Intercept endpoint for IPv6 queries, network byte order.
+    pub intercept_v6: [u8; 16],
+    /// Redirect only while the agent's heartbeat is younger than this (ns, monotonic).
+    pub heartbeat_max_age_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<ServiceAddr>(), 16);
+        assert_eq!(size_of::<ServiceSlot>(), 4);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 2 + 1 + 1 + 16 + 8);
+    }
+
+    #[test]
+    fn v4_mapped_round_trip() {
+        let a = ServiceAddr::from_v4([10, 96, 0, 10]);
+        assert_eq!(a.as_v4(), Some([10, 96, 0, 10]));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        assert_eq!(ServiceAddr::from_v6(v6).as_v4(), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! Types shared by the eBPF datapath (`nldns-ebpf`) and the agent (`nldns-userspace`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel program and the agent read the
+//! same bytes out of BPF maps, so a layout change here is a protocol change between the
+//! two halves. Both halves are built from the same commit and shipped in one binary, so
+//! no versioning is needed beyond keeping the two in step.
+#![no_std]
+
+pub mod config;
+pub mod stats;
+
+pub use config::{DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES};
+pub use stats::Counter;
+
+/// Names of the maps, as the kernel and bpftool show them (at most 15 bytes).
+pub mod map_names {
+    pub const CONFIG: &str = "NLDNS_CONFIG";
+    pub const SERVICES: &str = "NLDNS_SERVICES";
+    pub const REVERSE: &str = "NLDNS_REVERSE";
+    pub const HEARTBEAT: &str = "NLDNS_HEARTBEAT";
+    pub const COUNTERS: &str = "NLDNS_COUNTERS";
+}
+
+/// Names of the TC programs, as the kernel and bpftool show them.
+pub mod program_names {
+    pub const INGRESS: &str = "nldns_ingress";
+    pub const EGRESS: &str = "nldns_egress";
+    /// Every program and filter nldns owns starts with this; cleanup matches on it and
+    /// on nothing else, so it never touches anyone else's filters.
+    pub const PREFIX: &str = "nldns_";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte arrays, and
+    // have no implicit padding (checked by the size tests in config.rs), so every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for crate::DatapathConfig {}
+    unsafe impl aya::Pod for crate::ServiceAddr {}
+    unsafe impl aya::Pod for crate::ServiceSlot {}
+}

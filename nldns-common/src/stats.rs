@@ -1,0 +1,50 @@
+//! Datapath counters: indices into the per-CPU `NLDNS_COUNTERS` array map.
+
+/// One counter per outcome of the TC programs. Per-CPU so that the hot path needs no
+/// atomics (the bpf target has no 64-bit fetch_add); the agent sums the CPUs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Queries to a Service IP rewritten toward the intercept endpoint (ingress).
+    QueriesRedirected = 0,
+    /// Replies from the intercept endpoint rewritten back to the Service IP (egress).
+    RepliesRewritten = 1,
+    /// Packets left untouched because they are not DNS to a Service IP (early exit).
+    Passed = 2,
+    /// IP fragments, never rewritten.
+    FragmentsPassed = 3,
+    /// Packets too short or inconsistent to parse; passed as they came.
+    ParseErrors = 4,
+    /// Queries that would have been redirected, passed because the agent's heartbeat is
+    /// stale or the datapath is not configured yet (fail-open).
+    FailOpenPasses = 5,
+    /// Rewrites the kernel refused (helper error); the packet is passed.
+    RewriteErrors = 6,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 7;
+
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::QueriesRedirected,
+        Counter::RepliesRewritten,
+        Counter::Passed,
+        Counter::FragmentsPassed,
+        Counter::ParseErrors,
+        Counter::FailOpenPasses,
+        Counter::RewriteErrors,
+    ];
+
+    /// Stable snake_case name, used by `nldns status` and the Prometheus metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::QueriesRedirected => "queries_redirected",
+            Counter::RepliesRewritten => "replies_rewritten",
+            Counter::Passed => "passed",
+            Counter::FragmentsPassed => "fragments_passed",
+            Counter::ParseErrors => "parse_errors",
+            Counter::FailOpenPasses => "fail_open_passes",
+            Counter::RewriteErrors => "rewrite_errors",
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The stateless NAT between `ServiceIP:53` and the intercept endpoint.
+//!
+//! No per-flow state: each Service IP owns a slot, and slot N is served on intercept port
+//! `intercept_base_port + N`. The egress program reads the slot back from the reply's
+//! source port. Only replies from the intercept endpoint are rewritten, and that endpoint
+//! belongs to nldns alone, so a client talking to the cache on a `--listen` address never
+//! sees a rewritten reply.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use nldns_common::{Counter, DatapathConfig, ServiceAddr, MAX_SERVICES};
+
+use crate::{
+    guard,
+    maps::{self, NLDNS_REVERSE, NLDNS_SERVICES},
+    parse::{self, Family, Transport, IPPROTO_UDP},
+};
+
+const DNS_PORT: u16 = 53;
+const LOG_LEVEL_DEBUG: u8 = 4;
+
+/// Ingress, from a pod: `ServiceIP:53` -> intercept endpoint.
+#[inline(always)]
+pub fn redirect_query(ctx: &TcContext) -> Counter {
+    let Some(config) = maps::config() else {
+        return Counter::Passed;
+    };
+    let pkt = match parse::transport(ctx) {
+        Ok(pkt) => pkt,
+        Err(counter) => return counter,
+    };
+    let Some(dst_port) = parse::read_be16(ctx, pkt.l4 + 2) else {
+        return Counter::ParseErrors;
+    };
+    if dst_port != DNS_PORT {
+        return Counter::Passed;
+    }
+    let Some(service) = read_addr(ctx, pkt, pkt.dst_addr_offset()) else {
+        return Counter::ParseErrors;
+    };
+    // SAFETY: the value is copied out at once; a concurrent update by the agent can at
+    // worst make us use the old or the new slot, both valid.
+    let Some(slot) = (unsafe { NLDNS_SERVICES.get(&service) }).map(|s| s.slot) else {
+        return Counter::Passed;
+    };
+    if slot >= MAX_SERVICES {
+        return Counter::Passed;
+    }
+    if !guard::agent_is_alive(config) {
+        return Counter::FailOpenPasses;
+    }
+    let endpoint = intercept_addr(config, pkt.family);
+    let port = config.intercept_base_port.wrapping_add(slot as u16);
+    if rewrite(
+        ctx,
+        pkt,
+        pkt.dst_addr_offset(),
+        &service,
+        &endpoint,
+        pkt.l4 + 2,
+        DNS_PORT,
+        port,
+    )
+    .is_err()
+    {
+        return Counter::RewriteErrors;
+    }
+    if config.log_level >= LOG_LEVEL_DEBUG {
+        debug!(ctx, "redirected query for slot {} to port {}", slot, port);
+    }
+    Counter::QueriesRedirected
+}
+
+/// Egress, toward a pod: intercept endpoint -> `ServiceIP:53`.
+#[inline(always)]
+pub fn restore_reply(ctx: &TcContext) -> Counter {
+    let Some(config) = maps::config() else {
+        return Counter::Passed;
+    };
+    // Deliberately no heartbeat check here: a reply already on its way to a pod must still
+    // look like it comes from the Service IP, or the pod drops it.
+    let pkt = match parse::transport(ctx) {
+        Ok(pkt) => pkt,
+        Err(counter) => return counter,
+    };
+    let Some(src_port) = parse::read_be16(ctx, pkt.l4) else {
+        return Counter::ParseErrors;
+    };
+    let slot = src_port.wrapping_sub(config.intercept_base_port);
+    if u32::from(slot) >= MAX_SERVICES {
+        return Counter::Passed;
+    }
+    let Some(source) = read_addr(ctx, pkt, pkt.src_addr_offset()) else {
+        return Counter::ParseErrors;
+    };
+    let endpoint = intercept_addr(config, pkt.family);
+    if source != endpoint {
+        return Counter::Passed;
+    }
+    let Some(service) = NLDNS_REVERSE.get(u32::from(slot)).copied() else {
+        return Counter::Passed;
+    };
+    // An unused slot, or one of the other family: not ours to answer for.
+    if service == ServiceAddr::default()
+        || (service.as_v4().is_some()) != (pkt.family == Family::V4)
+    {
+        return Counter::Passed;
+    }
+    if rewrite(
+        ctx,
+        pkt,
+        pkt.src_addr_offset(),
+        &endpoint,
+        &service,
+        pkt.l4,
+        src_port,
+        DNS_PORT,
+    )
+    .is_err()
+    {
+        return Counter::RewriteErrors;
+    }
+    if config.log_level >= LOG_LEVEL_DEBUG {
+        debug!(ctx, "restored reply from slot {}", slot);
+    }
+    Counter::RepliesRewritten
+}
+
+#[inline(always)]
+fn intercept_addr(config: &DatapathConfig, family: Family) -> ServiceAddr {
+    match family {
+        Family::V4 => ServiceAddr::from_v4(config.intercept_v4),
+        Family::V6 => ServiceAddr::from_v6(config.intercept_v6),
+    }
+}
+
+#[inline(always)]
+fn read_addr(ctx: &TcContext, pkt: Transport, offset: usize) -> Option<ServiceAddr> {
+    match pkt.family {
+        Family::V4 => parse::read_bytes::<4>(ctx, offset).map(ServiceAddr::from_v4),
+        Family::V6 => parse::read_bytes::<16>(ctx, offset).map(ServiceAddr::from_v6),
+    }
+}
+
+/// Replaces one address and one port, fixing the IPv4 header checksum and the transport
+/// checksum incrementally. The kernel helpers also handle CHECKSUM_PARTIAL skbs (veth
+/// offload), where the field holds only the pseudo-header sum.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    pkt: Transport,
+    addr_offset: usize,
+    old_addr: &ServiceAddr,
+    new_addr: &ServiceAddr,
+    port_offset: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), i64> {
+    let csum = pkt.csum_offset();
+    // IPv4 UDP may carry no checksum (0): MARK_MANGLED_0 leaves it 0, and writes 0xffff
+    // where a real checksum would come out as 0.
+    let udp_flags = if pkt.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    match pkt.family {
+        Family::V4 => {
+            let old = u32::from_ne_bytes(v4_octets(old_addr));
+            let new = u32::from_ne_bytes(v4_octets(new_addr));
+            ctx.store(addr_offset, &new, 0)?;
+            ctx.l3_csum_replace(pkt.l3 + 10, u64::from(old), u64::from(new), 4)?;
+            ctx.l4_csum_replace(
+                csum,
+                u64::from(old),
+                u64::from(new),
+                u64::from(BPF_F_PSEUDO_HDR) | udp_flags | 4,
+            )?;
+        }
+        Family::V6 => {
+            let mut old = old_addr.octets;
+            let mut new = new_addr.octets;
+            // SAFETY: both buffers are 16 bytes on our stack, as the sizes say.
+            let diff = unsafe {
+                bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0)
+            };
+            if diff < 0 {
+                return Err(diff);
+            }
+            ctx.store(addr_offset, &new, 0)?;
+            // Size 0: `to` is a precomputed checksum difference.
+            ctx.l4_csum_replace(csum, 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR))?;
+        }
+    }
+    let old_port = old_port.to_be();
+    let new_port = new_port.to_be();
+    ctx.store(port_offset, &new_port, 0)?;
+    ctx.l4_csum_replace(
+        csum,
+        u64::from(old_port),
+        u64::from(new_port),
+        udp_flags | 2,
+    )?;
+    Ok(())
+}
+
+#[inline(always)]
+fn v4_octets(addr: &ServiceAddr) -> [u8; 4] {
+    [
+        addr.octets[12],
+        addr.octets[13],
+        addr.octets[14],
+        addr.octets[15],
+    ]
+}

@@ -1,0 +1,237 @@
+//! Bounds-checked views of Ethernet / VLAN / IPv4 / IPv6 / UDP / TCP headers.
+//!
+//! Direct packet access (not `bpf_skb_load_bytes`) because this runs on every packet of
+//! every pod and the early exit for non-DNS traffic must stay within a few tens of ns.
+//! Each reader checks `data_end` first, which is also what the verifier wants to see.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+use nldns_common::Counter;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+/// 802.1ad QinQ: an outer and an inner tag. More than two tags is not seen on pod links.
+const MAX_VLAN_TAGS: usize = 2;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers followed before giving up (and passing the packet).
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+const IPV4_HLEN_MIN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const UDP_HLEN: usize = 8;
+const TCP_HLEN_MIN: usize = 20;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Offsets of a UDP or TCP packet that is a candidate for rewriting. The transport header
+/// is known to be inside the linear data, so its fixed part (ports, checksum) is readable.
+#[derive(Clone, Copy)]
+pub struct Transport {
+    pub family: Family,
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+}
+
+impl Transport {
+    /// Offset of the transport checksum.
+    #[inline(always)]
+    pub fn csum_offset(&self) -> usize {
+        if self.proto == IPPROTO_UDP {
+            self.l4 + 6
+        } else {
+            self.l4 + 16
+        }
+    }
+
+    #[inline(always)]
+    pub fn src_addr_offset(&self) -> usize {
+        match self.family {
+            Family::V4 => self.l3 + 12,
+            Family::V6 => self.l3 + 8,
+        }
+    }
+
+    #[inline(always)]
+    pub fn dst_addr_offset(&self) -> usize {
+        match self.family {
+            Family::V4 => self.l3 + 16,
+            Family::V6 => self.l3 + 24,
+        }
+    }
+}
+
+/// Pointer to a `T` at `offset` in the linear packet data, if it is all inside.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn read_u8(ctx: &TcContext, offset: usize) -> Option<u8> {
+    // SAFETY: ptr_at checked that the byte lies inside the packet.
+    ptr_at::<u8>(ctx, offset).map(|p| unsafe { *p })
+}
+
+/// Two bytes as they are on the wire (network order kept in the array).
+#[inline(always)]
+pub fn read_be16(ctx: &TcContext, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
+    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+pub fn read_bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+    // SAFETY: ptr_at checked all N bytes; byte arrays have alignment 1.
+    ptr_at::<[u8; N]>(ctx, offset).map(|p| unsafe { *p })
+}
+
+/// Finds the UDP or TCP header of an unfragmented IPv4/IPv6 packet. `Err` carries the
+/// counter that explains why the packet is not a candidate.
+#[inline(always)]
+pub fn transport(ctx: &TcContext) -> Result<Transport, Counter> {
+    let (ethertype, l3) = ethertype_and_l3(ctx)?;
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, l3),
+        ETH_P_IPV6 => ipv6(ctx, l3),
+        _ => Err(Counter::Passed),
+    }
+}
+
+#[inline(always)]
+fn ethertype_and_l3(ctx: &TcContext) -> Result<(u16, usize), Counter> {
+    let mut ethertype = read_be16(ctx, 12).ok_or(Counter::Passed)?;
+    let mut l3 = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // Tag: TCI (2 bytes), then the encapsulated ethertype.
+        ethertype = read_be16(ctx, l3 + 2).ok_or(Counter::ParseErrors)?;
+        l3 += VLAN_HLEN;
+    }
+    Ok((ethertype, l3))
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, l3: usize) -> Result<Transport, Counter> {
+    let version_ihl = read_u8(ctx, l3).ok_or(Counter::ParseErrors)?;
+    if version_ihl >> 4 != 4 {
+        return Err(Counter::ParseErrors);
+    }
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if header_len < IPV4_HLEN_MIN {
+        return Err(Counter::ParseErrors);
+    }
+    let proto = read_u8(ctx, l3 + 9).ok_or(Counter::ParseErrors)?;
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
+        return Err(Counter::Passed);
+    }
+    // More-fragments flag or a fragment offset: a piece of a larger datagram. Never
+    // rewrite it; reassembly happens later, in the stack, and takes the normal path.
+    let frag = read_be16(ctx, l3 + 6).ok_or(Counter::ParseErrors)?;
+    if frag & 0x3fff != 0 {
+        return Err(Counter::FragmentsPassed);
+    }
+    let total_len = usize::from(read_be16(ctx, l3 + 2).ok_or(Counter::ParseErrors)?);
+    let l4 = l3 + header_len;
+    check_transport(ctx, l3, l4, total_len, proto)?;
+    Ok(Transport {
+        family: Family::V4,
+        l3,
+        l4,
+        proto,
+    })
+}
+
+#[inline(always)]
+fn ipv6(ctx: &TcContext, l3: usize) -> Result<Transport, Counter> {
+    let version = read_u8(ctx, l3).ok_or(Counter::ParseErrors)? >> 4;
+    if version != 6 {
+        return Err(Counter::ParseErrors);
+    }
+    let payload_len = usize::from(read_be16(ctx, l3 + 4).ok_or(Counter::ParseErrors)?);
+    let mut next = read_u8(ctx, l3 + 6).ok_or(Counter::ParseErrors)?;
+    let mut l4 = l3 + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_UDP | IPPROTO_TCP => break,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                next = read_u8(ctx, l4).ok_or(Counter::ParseErrors)?;
+                let ext_len = read_u8(ctx, l4 + 1).ok_or(Counter::ParseErrors)?;
+                l4 += (usize::from(ext_len) + 1) * 8;
+            }
+            IPV6_FRAGMENT => return Err(Counter::FragmentsPassed),
+            _ => return Err(Counter::Passed),
+        }
+    }
+    if next != IPPROTO_UDP && next != IPPROTO_TCP {
+        return Err(Counter::Passed);
+    }
+    check_transport(ctx, l3, l4, IPV6_HLEN + payload_len, next)?;
+    Ok(Transport {
+        family: Family::V6,
+        l3,
+        l4,
+        proto: next,
+    })
+}
+
+/// The IP header's length must cover the transport header, and the packet must hold what
+/// the IP header claims: a packet with a lying length is passed, never rewritten.
+#[inline(always)]
+fn check_transport(
+    ctx: &TcContext,
+    l3: usize,
+    l4: usize,
+    ip_total_len: usize,
+    proto: u8,
+) -> Result<(), Counter> {
+    let min_l4 = if proto == IPPROTO_UDP {
+        UDP_HLEN
+    } else {
+        TCP_HLEN_MIN
+    };
+    if l4 - l3 + min_l4 > ip_total_len {
+        return Err(Counter::ParseErrors);
+    }
+    if l3 + ip_total_len > ctx.len() as usize {
+        return Err(Counter::ParseErrors);
+    }
+    // The fixed transport header must be in the linear area to be read and rewritten.
+    let in_linear_data = if proto == IPPROTO_UDP {
+        ptr_at::<[u8; UDP_HLEN]>(ctx, l4).is_some()
+    } else {
+        ptr_at::<[u8; TCP_HLEN_MIN]>(ctx, l4).is_some()
+    };
+    if !in_linear_data {
+        return Err(Counter::ParseErrors);
+    }
+    if proto == IPPROTO_UDP {
+        let udp_len = usize::from(read_be16(ctx, l4 + 4).ok_or(Counter::ParseErrors)?);
+        if udp_len < UDP_HLEN || l4 - l3 + udp_len > ip_total_len {
+            return Err(Counter::ParseErrors);
+        }
+    }
+    Ok(())
+}

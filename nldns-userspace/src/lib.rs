@@ -1,0 +1,1 @@
+//! The nldns agent as a library: the `nldns` binary is a thin CLI over these modules.
