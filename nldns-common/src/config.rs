@@ -8,7 +8,7 @@ pub const MAX_SERVICES: u32 = 16;
 /// An IP address in the 16-byte form the maps use: IPv6 as is, IPv4 as an IPv4-mapped
 /// IPv6 address (`::ffff:a.b.c.d`), both in network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, Eq, Default)]
 pub struct ServiceAddr {
     pub octets: [u8; 16],
 }
@@ -19,6 +19,12 @@ impl PartialEq for ServiceAddr {
     #[inline(always)]
     fn eq(&self, other: &Self) -> bool {
         self.words() == other.words()
+    }
+}
+
+impl core::hash::Hash for ServiceAddr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.words().hash(state);
     }
 }
 

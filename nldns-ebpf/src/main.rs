@@ -9,7 +9,10 @@
 //! intercept endpoint gets its source rewritten back to the Service IP it was meant for, so
 //! the pod sees ClusterIP:53 answering.
 //!
-//! Every doubt ends in `TC_ACT_OK` with the packet untouched: the programs never drop.
+//! Every doubt ends with the packet untouched: the programs never drop. They return
+//! `TC_ACT_UNSPEC` (TCX_NEXT), never `TC_ACT_OK`: with TCX, OK would end the chain and
+//! skip the CNI's own programs attached after ours; with netlink filters UNSPEC likewise
+//! lets the next filter run.
 #![no_std]
 #![no_main]
 
@@ -18,21 +21,21 @@ mod maps;
 mod nat;
 mod parse;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use nldns_common::Counter;
 
 #[classifier]
 pub fn nldns_ingress(ctx: TcContext) -> i32 {
     let outcome = nat::redirect_query(&ctx);
     maps::count(outcome);
-    TC_ACT_OK as i32
+    TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn nldns_egress(ctx: TcContext) -> i32 {
     let outcome = nat::restore_reply(&ctx);
     maps::count(outcome);
-    TC_ACT_OK as i32
+    TC_ACT_UNSPEC
 }
 
 /// Keeps rustc happy; the verifier guarantees this is never reached.

@@ -33,18 +33,13 @@ pub fn redirect_query(ctx: &TcContext) -> Counter {
         Ok(pkt) => pkt,
         Err(counter) => return counter,
     };
-    let Some(dst_port) = parse::read_be16(ctx, pkt.l4 + 2) else {
-        return Counter::ParseErrors;
-    };
-    if dst_port != DNS_PORT {
+    if pkt.dst_port != DNS_PORT {
         return Counter::Passed;
     }
-    let Some(service) = read_addr(ctx, pkt, pkt.dst_addr_offset()) else {
-        return Counter::ParseErrors;
-    };
+    let service = pkt.dst;
     // SAFETY: the value is copied out at once; a concurrent update by the agent can at
     // worst make us use the old or the new slot, both valid.
-    let Some(slot) = (unsafe { NLDNS_SERVICES.get(&service) }).map(|s| s.slot) else {
+    let Some(slot) = (unsafe { NLDNS_SERVICES.get(service) }).map(|s| s.slot) else {
         return Counter::Passed;
     };
     if slot >= MAX_SERVICES {
@@ -61,7 +56,7 @@ pub fn redirect_query(ctx: &TcContext) -> Counter {
         pkt.dst_addr_offset(),
         &service,
         &endpoint,
-        pkt.l4 + 2,
+        pkt.dst_port_offset(),
         DNS_PORT,
         port,
     )
@@ -87,18 +82,13 @@ pub fn restore_reply(ctx: &TcContext) -> Counter {
         Ok(pkt) => pkt,
         Err(counter) => return counter,
     };
-    let Some(src_port) = parse::read_be16(ctx, pkt.l4) else {
-        return Counter::ParseErrors;
-    };
+    let src_port = pkt.src_port;
     let slot = src_port.wrapping_sub(config.intercept_base_port);
     if u32::from(slot) >= MAX_SERVICES {
         return Counter::Passed;
     }
-    let Some(source) = read_addr(ctx, pkt, pkt.src_addr_offset()) else {
-        return Counter::ParseErrors;
-    };
     let endpoint = intercept_addr(config, pkt.family);
-    if source != endpoint {
+    if pkt.src != endpoint {
         return Counter::Passed;
     }
     let Some(service) = NLDNS_REVERSE.get(u32::from(slot)).copied() else {
@@ -116,7 +106,7 @@ pub fn restore_reply(ctx: &TcContext) -> Counter {
         pkt.src_addr_offset(),
         &endpoint,
         &service,
-        pkt.l4,
+        pkt.src_port_offset(),
         src_port,
         DNS_PORT,
     )
@@ -135,14 +125,6 @@ fn intercept_addr(config: &DatapathConfig, family: Family) -> ServiceAddr {
     match family {
         Family::V4 => ServiceAddr::from_v4(config.intercept_v4),
         Family::V6 => ServiceAddr::from_v6(config.intercept_v6),
-    }
-}
-
-#[inline(always)]
-fn read_addr(ctx: &TcContext, pkt: Transport, offset: usize) -> Option<ServiceAddr> {
-    match pkt.family {
-        Family::V4 => parse::read_bytes::<4>(ctx, offset).map(ServiceAddr::from_v4),
-        Family::V6 => parse::read_bytes::<16>(ctx, offset).map(ServiceAddr::from_v6),
     }
 }
 

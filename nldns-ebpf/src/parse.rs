@@ -7,7 +7,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use nldns_common::Counter;
+use nldns_common::{Counter, ServiceAddr};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -38,14 +38,20 @@ pub enum Family {
     V6,
 }
 
-/// Offsets of a UDP or TCP packet that is a candidate for rewriting. The transport header
-/// is known to be inside the linear data, so its fixed part (ports, checksum) is readable.
+/// A UDP or TCP packet that is a candidate for rewriting: offsets for the rewrite helpers
+/// and copies of the fields the decision needs. Fields are copied out of one bounds-checked
+/// read each, because the verifier loses track of a check when LLVM re-derives a packet
+/// pointer from a variable offset.
 #[derive(Clone, Copy)]
 pub struct Transport {
     pub family: Family,
     pub l3: usize,
     pub l4: usize,
     pub proto: u8,
+    pub src: ServiceAddr,
+    pub dst: ServiceAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
 }
 
 impl Transport {
@@ -74,6 +80,16 @@ impl Transport {
             Family::V6 => self.l3 + 24,
         }
     }
+
+    #[inline(always)]
+    pub fn src_port_offset(&self) -> usize {
+        self.l4
+    }
+
+    #[inline(always)]
+    pub fn dst_port_offset(&self) -> usize {
+        self.l4 + 2
+    }
 }
 
 /// Pointer to a `T` at `offset` in the linear packet data, if it is all inside.
@@ -87,23 +103,16 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-#[inline(always)]
-pub fn read_u8(ctx: &TcContext, offset: usize) -> Option<u8> {
-    // SAFETY: ptr_at checked that the byte lies inside the packet.
-    ptr_at::<u8>(ctx, offset).map(|p| unsafe { *p })
-}
-
-/// Two bytes as they are on the wire (network order kept in the array).
-#[inline(always)]
-pub fn read_be16(ctx: &TcContext, offset: usize) -> Option<u16> {
-    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
-    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
-}
-
+/// A copy of `N` bytes at `offset`, if they are all inside the linear data.
 #[inline(always)]
 pub fn read_bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
     // SAFETY: ptr_at checked all N bytes; byte arrays have alignment 1.
     ptr_at::<[u8; N]>(ctx, offset).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
 /// Finds the UDP or TCP header of an unfragmented IPv4/IPv6 packet. `Err` carries the
@@ -120,14 +129,16 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, Counter> {
 
 #[inline(always)]
 fn ethertype_and_l3(ctx: &TcContext) -> Result<(u16, usize), Counter> {
-    let mut ethertype = read_be16(ctx, 12).ok_or(Counter::Passed)?;
+    let eth = read_bytes::<ETH_HLEN>(ctx, 0).ok_or(Counter::Passed)?;
+    let mut ethertype = be16(&eth, 12);
     let mut l3 = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         // Tag: TCI (2 bytes), then the encapsulated ethertype.
-        ethertype = read_be16(ctx, l3 + 2).ok_or(Counter::ParseErrors)?;
+        let tag = read_bytes::<VLAN_HLEN>(ctx, l3).ok_or(Counter::ParseErrors)?;
+        ethertype = be16(&tag, 2);
         l3 += VLAN_HLEN;
     }
     Ok((ethertype, l3))
@@ -135,51 +146,54 @@ fn ethertype_and_l3(ctx: &TcContext) -> Result<(u16, usize), Counter> {
 
 #[inline(always)]
 fn ipv4(ctx: &TcContext, l3: usize) -> Result<Transport, Counter> {
-    let version_ihl = read_u8(ctx, l3).ok_or(Counter::ParseErrors)?;
-    if version_ihl >> 4 != 4 {
+    let ip = read_bytes::<IPV4_HLEN_MIN>(ctx, l3).ok_or(Counter::ParseErrors)?;
+    if ip[0] >> 4 != 4 {
         return Err(Counter::ParseErrors);
     }
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
     if header_len < IPV4_HLEN_MIN {
         return Err(Counter::ParseErrors);
     }
-    let proto = read_u8(ctx, l3 + 9).ok_or(Counter::ParseErrors)?;
+    let proto = ip[9];
     if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
         return Err(Counter::Passed);
     }
     // More-fragments flag or a fragment offset: a piece of a larger datagram. Never
     // rewrite it; reassembly happens later, in the stack, and takes the normal path.
-    let frag = read_be16(ctx, l3 + 6).ok_or(Counter::ParseErrors)?;
-    if frag & 0x3fff != 0 {
+    if be16(&ip, 6) & 0x3fff != 0 {
         return Err(Counter::FragmentsPassed);
     }
-    let total_len = usize::from(read_be16(ctx, l3 + 2).ok_or(Counter::ParseErrors)?);
+    let total_len = usize::from(be16(&ip, 2));
     let l4 = l3 + header_len;
-    check_transport(ctx, l3, l4, total_len, proto)?;
+    let (src_port, dst_port) = check_transport(ctx, l3, l4, total_len, proto)?;
     Ok(Transport {
         family: Family::V4,
         l3,
         l4,
         proto,
+        src: ServiceAddr::from_v4([ip[12], ip[13], ip[14], ip[15]]),
+        dst: ServiceAddr::from_v4([ip[16], ip[17], ip[18], ip[19]]),
+        src_port,
+        dst_port,
     })
 }
 
 #[inline(always)]
 fn ipv6(ctx: &TcContext, l3: usize) -> Result<Transport, Counter> {
-    let version = read_u8(ctx, l3).ok_or(Counter::ParseErrors)? >> 4;
-    if version != 6 {
+    let ip = read_bytes::<IPV6_HLEN>(ctx, l3).ok_or(Counter::ParseErrors)?;
+    if ip[0] >> 4 != 6 {
         return Err(Counter::ParseErrors);
     }
-    let payload_len = usize::from(read_be16(ctx, l3 + 4).ok_or(Counter::ParseErrors)?);
-    let mut next = read_u8(ctx, l3 + 6).ok_or(Counter::ParseErrors)?;
+    let payload_len = usize::from(be16(&ip, 4));
+    let mut next = ip[6];
     let mut l4 = l3 + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_UDP | IPPROTO_TCP => break,
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                next = read_u8(ctx, l4).ok_or(Counter::ParseErrors)?;
-                let ext_len = read_u8(ctx, l4 + 1).ok_or(Counter::ParseErrors)?;
-                l4 += (usize::from(ext_len) + 1) * 8;
+                let ext = read_bytes::<2>(ctx, l4).ok_or(Counter::ParseErrors)?;
+                next = ext[0];
+                l4 += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => return Err(Counter::FragmentsPassed),
             _ => return Err(Counter::Passed),
@@ -188,17 +202,26 @@ fn ipv6(ctx: &TcContext, l3: usize) -> Result<Transport, Counter> {
     if next != IPPROTO_UDP && next != IPPROTO_TCP {
         return Err(Counter::Passed);
     }
-    check_transport(ctx, l3, l4, IPV6_HLEN + payload_len, next)?;
+    let (src_port, dst_port) = check_transport(ctx, l3, l4, IPV6_HLEN + payload_len, next)?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
     Ok(Transport {
         family: Family::V6,
         l3,
         l4,
         proto: next,
+        src: ServiceAddr::from_v6(src),
+        dst: ServiceAddr::from_v6(dst),
+        src_port,
+        dst_port,
     })
 }
 
 /// The IP header's length must cover the transport header, and the packet must hold what
 /// the IP header claims: a packet with a lying length is passed, never rewritten.
+/// Returns the ports.
 #[inline(always)]
 fn check_transport(
     ctx: &TcContext,
@@ -206,7 +229,7 @@ fn check_transport(
     l4: usize,
     ip_total_len: usize,
     proto: u8,
-) -> Result<(), Counter> {
+) -> Result<(u16, u16), Counter> {
     let min_l4 = if proto == IPPROTO_UDP {
         UDP_HLEN
     } else {
@@ -218,20 +241,14 @@ fn check_transport(
     if l3 + ip_total_len > ctx.len() as usize {
         return Err(Counter::ParseErrors);
     }
-    // The fixed transport header must be in the linear area to be read and rewritten.
-    let in_linear_data = if proto == IPPROTO_UDP {
-        ptr_at::<[u8; UDP_HLEN]>(ctx, l4).is_some()
-    } else {
-        ptr_at::<[u8; TCP_HLEN_MIN]>(ctx, l4).is_some()
-    };
-    if !in_linear_data {
-        return Err(Counter::ParseErrors);
-    }
+    // The ports and (UDP) length are read from the linear data; the rewrite helpers
+    // reach the checksum by offset and fail cleanly if it is out of reach.
+    let header = read_bytes::<UDP_HLEN>(ctx, l4).ok_or(Counter::ParseErrors)?;
     if proto == IPPROTO_UDP {
-        let udp_len = usize::from(read_be16(ctx, l4 + 4).ok_or(Counter::ParseErrors)?);
+        let udp_len = usize::from(be16(&header, 4));
         if udp_len < UDP_HLEN || l4 - l3 + udp_len > ip_total_len {
             return Err(Counter::ParseErrors);
         }
     }
-    Ok(())
+    Ok((be16(&header, 0), be16(&header, 2)))
 }

@@ -1,1 +1,18 @@
 //! The nldns agent as a library: the `nldns` binary is a thin CLI over these modules.
+//!
+//! - `datapath`: load, configure, attach and inspect the TC programs (kernel side).
+//! - `dns`: the cache, upstream forwarding and the UDP/TCP servers.
+//! - `heartbeat`: proves the serving path works, which keeps interception on.
+//! - `agent`: `nldns run`, the start-up and shutdown order.
+//! - `http`, `metrics`: /health, /ready, /metrics.
+//! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod dns;
+pub mod heartbeat;
+pub mod http;
+pub mod metrics;
+pub mod status;

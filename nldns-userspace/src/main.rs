@@ -1,1 +1,29 @@
-fn main() {}
+//! `nldns`: the agent binary. Parsing and dispatch only; the work is in the library.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nldns::{
+    agent,
+    cli::{Cli, Command},
+    status,
+};
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_proto=error"),
+    )
+    .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => agent::run(*args).await,
+            Command::Status { json } => status::print_status(json).await,
+            Command::Cleanup { all } => status::cleanup(all).await,
+        }
+    })
+}

@@ -1,1 +1,48 @@
-fn main() {}
+//! The project's tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
+//!
+//! This crate builds with plain stable cargo and none of the eBPF tooling: `setup` is what
+//! installs that tooling on a fresh machine, and every other task runs `setup` first.
+
+mod cmd;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "nldns project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (idempotent; a quick no-op when all is there).
+    Setup,
+    /// fmt, clippy, unit tests, then the integration tests as root.
+    Test(test::TestArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test(args) => {
+            setup::run()?;
+            test::run(&root, &args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}

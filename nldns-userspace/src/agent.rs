@@ -1,0 +1,399 @@
+//! `nldns run`: start, attach, serve, shut down.
+//!
+//! Order matters for fail-open. At start the cache serves before anything is attached,
+//! and the first heartbeat is written only after a query through the intercept socket
+//! succeeded. At shutdown the heartbeat is cleared and ingress detached first (new
+//! queries go to kube-dns at once), queries in flight drain, and egress goes last so
+//! their replies still carry the Service IP.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use nldns_common::MAX_SERVICES;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunArgs,
+    config,
+    datapath::{
+        attach::{AttachMode, Attachments, Direction},
+        conflict, endpoint,
+        endpoint::InterceptEndpoint,
+        inspect,
+        interfaces::InterfaceFilter,
+        loader::{Datapath, DatapathSettings},
+        watcher::{self, LinkEvent},
+    },
+    dns::{server, DnsService},
+    heartbeat, http,
+    metrics::Metrics,
+};
+
+/// The loaded programs and where they are attached; one lock for both because attach
+/// and detach need the programs.
+pub struct Interception {
+    pub datapath: Datapath,
+    pub attachments: Attachments,
+}
+
+/// How many blocks of intercept ports to try when the first is taken (an older agent
+/// still running during an upgrade holds it).
+const PORT_BLOCKS: u16 = 8;
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let mode = args.attach_mode.resolve()?;
+    let filter = InterfaceFilter::parse(&args.interfaces)?;
+    let dns_config = config::dns_config(&args)?;
+    let requested_endpoint = InterceptEndpoint {
+        v4: args.intercept_v4,
+        v6: args.intercept_v6,
+        base_port: args.intercept_port,
+    };
+    for listen in &args.listen {
+        if listen.ip() == IpAddr::V4(requested_endpoint.v4)
+            || listen.ip() == IpAddr::V6(requested_endpoint.v6)
+        {
+            bail!(
+                "--listen {listen} uses the intercept address, which belongs to the datapath alone"
+            );
+        }
+    }
+
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    conflict::refuse_classic_node_local_dns(&handle, &args.service_ip).await?;
+    if mode == AttachMode::Netlink {
+        for removed in inspect::cleanup(&handle, false).await? {
+            log::info!(
+                "removed leftover filter {} on {} {:?}",
+                removed.program_name,
+                removed.interface,
+                removed.direction
+            );
+        }
+    }
+    let endpoint_device = endpoint::install(&handle, &requested_endpoint).await?;
+
+    let (endpoint, udp, tcp) = bind_intercept(&requested_endpoint, &args.service_ip)?;
+    log::info!(
+        "intercept endpoint {} / {} ports {}..{} on {endpoint_device}",
+        endpoint.v4,
+        endpoint.v6,
+        endpoint.base_port,
+        endpoint.base_port + args.service_ip.len() as u16 - 1
+    );
+    let heartbeat_target = udp[0].local_addr()?;
+
+    let metrics = Metrics::new();
+    let dns = DnsService::new(dns_config, metrics.clone())?;
+    let shutdown = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    for socket in udp {
+        socket.set_nonblocking(true)?;
+        servers.spawn(server::serve_udp(
+            tokio::net::UdpSocket::from_std(socket)?,
+            dns.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for listener in tcp {
+        listener.set_nonblocking(true)?;
+        servers.spawn(server::serve_tcp(
+            tokio::net::TcpListener::from_std(listener)?,
+            dns.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for addr in &args.listen {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr} (udp)"))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr} (tcp)"))?;
+        servers.spawn(server::serve_udp(udp, dns.clone(), shutdown.clone()));
+        servers.spawn(server::serve_tcp(tcp, dns.clone(), shutdown.clone()));
+    }
+
+    let max_age = Duration::from_millis(args.heartbeat_max_age_ms);
+    let mut datapath = Datapath::load(&DatapathSettings {
+        service_ips: args.service_ip.clone(),
+        endpoint,
+        heartbeat_max_age: max_age,
+        log_level: args.datapath_log,
+    })?;
+    if let Some(logger) = datapath.take_logger() {
+        tokio::spawn(poll_datapath_log(logger));
+    }
+    heartbeat::probe(heartbeat_target, Duration::from_secs(2))
+        .await
+        .context("the cache does not answer on its own intercept socket")?;
+    datapath.beat()?;
+    let interception = Arc::new(Mutex::new(Interception {
+        datapath,
+        attachments: Attachments::new(mode),
+    }));
+    {
+        let interception = interception.clone();
+        metrics.set_datapath_source(Box::new(move || {
+            interception
+                .lock()
+                .map(|i| i.datapath.counters())
+                .unwrap_or_default()
+        }));
+    }
+
+    let background = CancellationToken::new();
+    let heartbeat_task = tokio::spawn(heartbeat::run(
+        interception.clone(),
+        heartbeat_target,
+        max_age,
+        background.clone(),
+    ));
+    let watching = Arc::new(AtomicBool::new(false));
+    let watcher_task = tokio::spawn(follow_interfaces(
+        interception.clone(),
+        filter,
+        watching.clone(),
+    ));
+
+    let ready = {
+        let dns = dns.clone();
+        let watching = watching.clone();
+        Arc::new(move || watching.load(Ordering::Relaxed) && dns.upstream_reachable())
+    };
+    let http_state = Arc::new(http::HttpState {
+        metrics: metrics.clone(),
+        ready,
+        healthy: Arc::new(|| true),
+    });
+    let mut http_addrs = vec![args.health_addr];
+    if args.metrics_addr != args.health_addr {
+        http_addrs.push(args.metrics_addr);
+    }
+    for addr in http_addrs {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("HTTP address {addr}"))?;
+        tokio::spawn(http::serve(
+            listener,
+            http_state.clone(),
+            background.clone(),
+        ));
+    }
+    log::info!(
+        "nldns intercepting {:?} in {mode:?} mode; cache upstreams {:?}",
+        args.service_ip,
+        args.upstream
+    );
+
+    wait_for_stop(&args, &dns).await?;
+
+    log::info!("stopping: interception off, draining");
+    {
+        let mut guard = interception
+            .lock()
+            .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
+        let Interception {
+            datapath,
+            attachments,
+        } = &mut *guard;
+        let _ = datapath.stop_beating();
+        attachments.detach_direction(datapath, Direction::Ingress);
+    }
+    background.cancel();
+    watcher_task.abort();
+    let _ = heartbeat_task.await;
+    shutdown.cancel();
+    let drained = tokio::time::timeout(Duration::from_millis(args.drain_timeout_ms), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!("drain timeout: some queries in flight were dropped");
+    }
+    let mut guard = interception
+        .lock()
+        .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
+    let Interception {
+        datapath,
+        attachments,
+    } = &mut *guard;
+    attachments.detach_direction(datapath, Direction::Egress);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Binds UDP and TCP for each Service IP's slot, on the first free block of ports.
+fn bind_intercept(
+    requested: &InterceptEndpoint,
+    service_ips: &[IpAddr],
+) -> Result<(
+    InterceptEndpoint,
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+)> {
+    let mut last_err = None;
+    for block in 0..PORT_BLOCKS {
+        let Some(base) = requested.base_port.checked_add(block * MAX_SERVICES as u16) else {
+            break;
+        };
+        let endpoint = InterceptEndpoint {
+            base_port: base,
+            ..*requested
+        };
+        match bind_block(&endpoint, service_ips) {
+            Ok((udp, tcp)) => return Ok((endpoint, udp, tcp)),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(err),
+            Err(err) => {
+                return Err(err).with_context(|| format!("binding intercept port block {base}"))
+            }
+        }
+    }
+    Err(last_err
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no port")))
+    .context("every intercept port block is taken")
+}
+
+fn bind_block(
+    endpoint: &InterceptEndpoint,
+    service_ips: &[IpAddr],
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for (slot, service) in service_ips.iter().enumerate() {
+        let ip: IpAddr = match service {
+            IpAddr::V4(_) => endpoint.v4.into(),
+            IpAddr::V6(_) => endpoint.v6.into(),
+        };
+        let addr = SocketAddr::new(ip, endpoint.base_port + slot as u16);
+        let domain = Domain::for_address(addr);
+        let u = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            u.set_only_v6(true)?;
+        }
+        u.bind(&addr.into())?;
+        udp.push(u.into());
+        let t = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            t.set_only_v6(true)?;
+        }
+        // TIME_WAIT from a previous run must not block a restart.
+        t.set_reuse_address(true)?;
+        t.bind(&addr.into())?;
+        t.listen(1024)?;
+        tcp.push(t.into());
+    }
+    Ok((udp, tcp))
+}
+
+async fn follow_interfaces(
+    interception: Arc<Mutex<Interception>>,
+    filter: InterfaceFilter,
+    watching: Arc<AtomicBool>,
+) {
+    let mut events = match watcher::watch_links().await {
+        Ok(events) => events,
+        Err(err) => {
+            log::error!("cannot follow interfaces: {err:#}");
+            return;
+        }
+    };
+    watching.store(true, Ordering::Relaxed);
+    while let Some(event) = events.recv().await {
+        let Ok(mut guard) = interception.lock() else {
+            return;
+        };
+        let Interception {
+            datapath,
+            attachments,
+        } = &mut *guard;
+        match event {
+            LinkEvent::Present(name)
+                if filter.matches(&name) && !attachments.is_attached(&name) =>
+            {
+                // One interface failing must not stop the others.
+                match attachments.attach(datapath, &name) {
+                    Ok(()) => log::info!("attached to {name}"),
+                    Err(err) => log::warn!("not intercepting on {name}: {err:#}"),
+                }
+            }
+            LinkEvent::Gone(name) if attachments.is_attached(&name) => {
+                attachments.detach(datapath, &name);
+                log::info!("{name} is gone");
+            }
+            _ => {}
+        }
+    }
+    watching.store(false, Ordering::Relaxed);
+}
+
+/// Returns on SIGTERM or SIGINT. Reloads the config file on SIGHUP and when it changes.
+async fn wait_for_stop(args: &RunArgs, dns: &Arc<DnsService>) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut last_modified = config_modified(args);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(args, dns),
+            _ = poll.tick() => {
+                let modified = config_modified(args);
+                if modified != last_modified {
+                    last_modified = modified;
+                    reload(args, dns);
+                }
+            }
+        }
+    }
+}
+
+fn config_modified(args: &RunArgs) -> Option<SystemTime> {
+    let path = args.config.as_ref()?;
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn reload(args: &RunArgs, dns: &Arc<DnsService>) {
+    match config::dns_config(args) {
+        Ok(config) => {
+            dns.reload(config);
+            log::info!("configuration reloaded; cache kept");
+        }
+        // A bad edit must not take DNS down: keep serving with the last good config.
+        Err(err) => log::error!("configuration not reloaded: {err:#}"),
+    }
+}
+
+async fn poll_datapath_log(mut logger: crate::datapath::loader::DatapathLogger) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&logger);
+    // SAFETY: `raw` is owned by `logger`, which outlives `fd`: `fd` is declared later, so
+    // it is dropped (and deregistered) first.
+    let Ok(fd) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(raw, tokio::io::Interest::READABLE)
+    }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        logger.flush();
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,199 @@
+//! The command line. Flag names are a contract (DaemonSets and scripts use them): keep
+//! them. Every flag can also come from the environment as `NLDNS_<FLAG>`; lists there are
+//! comma-separated.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::datapath::{attach::AttachMode, interfaces::DEFAULT_INTERFACE_GLOBS};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nldns",
+    version,
+    about = "eBPF node-local DNS cache for Kubernetes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: intercept the Service IPs and answer from the node-local cache.
+    Run(Box<RunArgs>),
+    /// Show what nldns has attached and loaded on this node (works without an agent).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove filters left by dead or hung agents (legacy netlink mode).
+    Cleanup {
+        /// Also remove the filters of a live agent.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Service IP(s) to intercept: the kube-dns ClusterIP, one per family when dual-stack.
+    #[arg(
+        long = "service-ip",
+        env = "NLDNS_SERVICE_IP",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub service_ip: Vec<std::net::IpAddr>,
+
+    /// Where cluster-domain misses go: the kube-dns-uncached Service, IP[:PORT] ([IPv6]:PORT).
+    #[arg(long, env = "NLDNS_UPSTREAM", value_delimiter = ',', required = true,
+          value_parser = parse_upstream)]
+    pub upstream: Vec<SocketAddr>,
+
+    #[arg(long, env = "NLDNS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// The node's resolv.conf: its nameservers answer names outside the cluster zones.
+    #[arg(long, env = "NLDNS_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
+    /// Comma-separated globs of pod-facing interfaces. lo and nldns0 never match.
+    #[arg(long, env = "NLDNS_INTERFACES", default_value = DEFAULT_INTERFACE_GLOBS)]
+    pub interfaces: String,
+
+    #[arg(long, env = "NLDNS_ATTACH_MODE", value_enum, default_value = "auto")]
+    pub attach_mode: AttachMode,
+
+    /// Extra addresses on which the cache answers clients directly (e.g. 169.254.20.10:53).
+    /// Replies on these are never rewritten.
+    #[arg(long, env = "NLDNS_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+
+    /// /health and /ready.
+    #[arg(long, env = "NLDNS_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+    pub health_addr: SocketAddr,
+
+    /// /metrics (Prometheus). May equal --health-addr.
+    #[arg(long, env = "NLDNS_METRICS_ADDR", default_value = "127.0.0.1:9253")]
+    pub metrics_addr: SocketAddr,
+
+    /// JSON config: stubDomains, upstreamNameservers (kube-dns ConfigMap style), cache
+    /// settings. Reloaded on change and on SIGHUP, keeping the cache.
+    #[arg(long, env = "NLDNS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// IPv4 intercept address (nldns's alone; on nldns0, or lo without the dummy driver).
+    #[arg(long, env = "NLDNS_INTERCEPT_V4", default_value_t = crate::datapath::endpoint::DEFAULT_INTERCEPT_V4)]
+    pub intercept_v4: std::net::Ipv4Addr,
+
+    /// IPv6 intercept address.
+    #[arg(long, env = "NLDNS_INTERCEPT_V6", default_value_t = crate::datapath::endpoint::DEFAULT_INTERCEPT_V6)]
+    pub intercept_v6: std::net::Ipv6Addr,
+
+    /// First intercept port. If taken (another agent during an upgrade), the next free
+    /// block of 16 ports is used.
+    #[arg(long, env = "NLDNS_INTERCEPT_PORT", default_value_t = crate::datapath::endpoint::DEFAULT_BASE_PORT)]
+    pub intercept_port: u16,
+
+    /// Interception stops this long after the agent last proved it serves (max 1000).
+    #[arg(long, env = "NLDNS_HEARTBEAT_MAX_AGE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=1000))]
+    pub heartbeat_max_age_ms: u64,
+
+    /// How long shutdown waits for queries in flight.
+    #[arg(long, env = "NLDNS_DRAIN_TIMEOUT_MS", default_value_t = 2000)]
+    pub drain_timeout_ms: u64,
+
+    /// Datapath log level through aya-log: off, error, warn, info, debug, trace.
+    #[arg(long, env = "NLDNS_DATAPATH_LOG", default_value = "off", value_parser = parse_level)]
+    pub datapath_log: u8,
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 53 when absent.
+pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not IP, IP:PORT or [IPv6]:PORT"))
+}
+
+fn parse_level(s: &str) -> Result<u8, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Ok(0),
+        "error" => Ok(1),
+        "warn" => Ok(2),
+        "info" => Ok(3),
+        "debug" => Ok(4),
+        "trace" => Ok(5),
+        _ => Err(format!(
+            "{s:?} is not one of off, error, warn, info, debug, trace"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_forms() {
+        assert_eq!(
+            parse_upstream("10.96.0.11").unwrap(),
+            "10.96.0.11:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("10.96.0.11:5353").unwrap(),
+            "10.96.0.11:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("fd00::b").unwrap(),
+            "[fd00::b]:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("[fd00::b]:54").unwrap(),
+            "[fd00::b]:54".parse().unwrap()
+        );
+        assert!(parse_upstream("kube-dns").unwrap_err().contains("kube-dns"));
+    }
+
+    #[test]
+    fn run_flags_parse_and_bad_flags_are_named() {
+        let cli = Cli::try_parse_from([
+            "nldns",
+            "run",
+            "--service-ip",
+            "10.96.0.10",
+            "--service-ip",
+            "fd00:10:96::a",
+            "--upstream",
+            "10.96.0.11",
+            "--attach-mode",
+            "netlink",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.service_ip.len(), 2);
+        assert_eq!(args.attach_mode, AttachMode::Netlink);
+
+        let err = Cli::try_parse_from([
+            "nldns",
+            "run",
+            "--service-ip",
+            "10.96.0.10",
+            "--upstream",
+            "10.96.0.11",
+            "--heartbeat-max-age-ms",
+            "5000",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--heartbeat-max-age-ms"), "{err}");
+    }
+}

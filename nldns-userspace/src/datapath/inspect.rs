@@ -1,0 +1,261 @@
+//! What nldns has in the kernel, found from the kernel itself rather than from a running
+//! agent: `nldns status` works with no agent (and so shows leftovers), and `nldns cleanup`
+//! removes leftovers. Ownership is recognised by program name (`nldns_*`) only, so
+//! nobody else's filters are ever touched.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    programs::{links::Link, loaded_programs, ProgramInfo, SchedClassifier},
+};
+use futures::TryStreamExt;
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
+use nldns_common::{map_names, program_names, DatapathConfig, ServiceAddr, ServiceSlot};
+use rtnetlink::Handle;
+use serde::Serialize;
+
+use super::{
+    attach::{AttachMode, Direction},
+    loader::{from_service_addr, monotonic_ns, read_counters},
+    watcher::{link_name, list_links},
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Attachment {
+    pub interface: String,
+    pub direction: Direction,
+    pub mode: AttachMode,
+    pub program_id: u32,
+    pub program_name: String,
+    /// Netlink filters only: where the filter sits, so cleanup can remove exactly it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netlink_priority: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netlink_handle: Option<u32>,
+}
+
+/// One loaded copy of the datapath (one per agent process, or a leftover).
+#[derive(Clone, Debug, Serialize)]
+pub struct Instance {
+    pub ingress_program_id: Option<u32>,
+    pub service_ips: Vec<IpAddr>,
+    pub intercept_base_port: u16,
+    /// None when the agent never beat (or stopped beating on shutdown).
+    pub heartbeat_age_ms: Option<u64>,
+    pub heartbeat_max_age_ms: u64,
+    pub intercepting: bool,
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub attachments: Vec<Attachment>,
+    pub instances: Vec<Instance>,
+}
+
+pub async fn status(handle: &Handle) -> Result<Status> {
+    let attachments = attachments(handle).await?;
+    let instances = loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| p.name_as_str() == Some(program_names::INGRESS))
+        .filter_map(|p| match instance(&p) {
+            Ok(instance) => Some(instance),
+            Err(err) => {
+                log::warn!("cannot read maps of program {}: {err:#}", p.id());
+                None
+            }
+        })
+        .collect();
+    Ok(Status {
+        attachments,
+        instances,
+    })
+}
+
+/// Every nldns program attached anywhere in this network namespace, TCX and netlink.
+pub async fn attachments(handle: &Handle) -> Result<Vec<Attachment>> {
+    let mut found = Vec::new();
+    for link in list_links(handle).await? {
+        let Some(name) = link_name(&link) else {
+            continue;
+        };
+        let index = link.header.index;
+        for direction in Direction::BOTH {
+            // TCX: Debian's bpftool 7.1 cannot decode these, so this is the way to see them.
+            if let Ok((_, programs)) = SchedClassifier::query_tcx(name, direction.tc_type()) {
+                for program in programs.iter().filter(|p| is_ours(p)) {
+                    found.push(Attachment {
+                        interface: name.to_string(),
+                        direction,
+                        mode: AttachMode::Tcx,
+                        program_id: program.id(),
+                        program_name: program.name_as_str().unwrap_or("").to_string(),
+                        netlink_priority: None,
+                        netlink_handle: None,
+                    });
+                }
+            }
+            for filter in netlink_filters(handle, index, direction).await? {
+                found.push(Attachment {
+                    interface: name.to_string(),
+                    ..filter
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn netlink_filters(
+    handle: &Handle,
+    index: u32,
+    direction: Direction,
+) -> Result<Vec<Attachment>> {
+    let request = handle.traffic_filter(index as i32).get();
+    let request = match direction {
+        Direction::Ingress => request.ingress(),
+        Direction::Egress => request.egress(),
+    };
+    // An interface without a clsact qdisc answers with an error: no filters there.
+    let messages: Vec<TcMessage> = match request.execute().try_collect().await {
+        Ok(messages) => messages,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut found = Vec::new();
+    for message in messages {
+        let mut name = None;
+        let mut id = None;
+        for attribute in &message.attributes {
+            if let TcAttribute::Options(options) = attribute {
+                for option in options {
+                    match option {
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let (Some(name), Some(id)) = (name, id) else {
+            continue;
+        };
+        // The filter name is the program's name, possibly with an object prefix.
+        if !name.contains(program_names::PREFIX) {
+            continue;
+        }
+        found.push(Attachment {
+            interface: String::new(),
+            direction,
+            mode: AttachMode::Netlink,
+            program_id: id,
+            program_name: name,
+            netlink_priority: Some((message.header.info >> 16) as u16),
+            netlink_handle: Some(message.header.handle.into()),
+        });
+    }
+    Ok(found)
+}
+
+fn is_ours(program: &ProgramInfo) -> bool {
+    program
+        .name_as_str()
+        .is_some_and(|n| n.starts_with(program_names::PREFIX))
+}
+
+/// Reads an instance's state through the maps its ingress program uses.
+fn instance(program: &ProgramInfo) -> Result<Instance> {
+    let mut maps: BTreeMap<String, MapData> = BTreeMap::new();
+    for id in program.map_ids()?.unwrap_or_default() {
+        let data = MapData::from_id(id)?;
+        let name = data.info()?.name_as_str().unwrap_or("").to_string();
+        maps.insert(name, data);
+    }
+    let mut take = |name: &str| {
+        maps.remove(name)
+            .map(Map::from_map_data)
+            .transpose()
+            .with_context(|| format!("map {name}"))?
+            .with_context(|| format!("program {} has no map {name}", program.id()))
+    };
+    let config: Array<_, DatapathConfig> = Array::try_from(take(map_names::CONFIG)?)?;
+    let config = config.get(&0, 0)?;
+    let services: BpfHashMap<_, ServiceAddr, ServiceSlot> =
+        BpfHashMap::try_from(take(map_names::SERVICES)?)?;
+    let mut service_slots: Vec<(u32, IpAddr)> = services
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .map(|(addr, slot)| (slot.slot, from_service_addr(&addr)))
+        .collect();
+    service_slots.sort();
+    let heartbeat: Array<_, u64> = Array::try_from(take(map_names::HEARTBEAT)?)?;
+    let beat = heartbeat.get(&0, 0)?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(map_names::COUNTERS)?)?;
+    let age = (beat != 0).then(|| monotonic_ns().saturating_sub(beat) / 1_000_000);
+    let max_age = Duration::from_nanos(config.heartbeat_max_age_ns);
+    Ok(Instance {
+        ingress_program_id: Some(program.id()),
+        service_ips: service_slots.into_iter().map(|(_, ip)| ip).collect(),
+        intercept_base_port: config.intercept_base_port,
+        heartbeat_age_ms: age,
+        heartbeat_max_age_ms: max_age.as_millis() as u64,
+        intercepting: config.enabled == 1
+            && age.is_some_and(|a| u128::from(a) <= max_age.as_millis()),
+        counters: read_counters(&counters).into_iter().collect(),
+    })
+}
+
+/// Heartbeat state of the instance behind program `id`: true when its agent is alive.
+pub fn program_is_live(id: u32) -> bool {
+    loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| p.name_as_str() == Some(program_names::INGRESS) && p.id() == id)
+        .filter_map(|p| instance(&p).ok())
+        .any(|i| i.intercepting)
+}
+
+/// Removes nldns's netlink filters: those of dead or hung agents (stale heartbeat), or
+/// all of them with `all`. TCX links need no cleanup: they die with their process.
+/// The clsact qdisc stays: other filters may use it, and it costs nothing.
+pub async fn cleanup(handle: &Handle, all: bool) -> Result<Vec<Attachment>> {
+    let found = attachments(handle).await?;
+    // An ingress and an egress filter of one agent have different program ids, so the
+    // liveness of the egress filter is judged by its sibling: egress filters of a live
+    // agent share the interface with its ingress filter.
+    let live_interfaces: Vec<String> = found
+        .iter()
+        .filter(|a| a.mode == AttachMode::Netlink && a.direction == Direction::Ingress)
+        .filter(|a| program_is_live(a.program_id))
+        .map(|a| a.interface.clone())
+        .collect();
+    let mut removed = Vec::new();
+    for attachment in found.into_iter().filter(|a| a.mode == AttachMode::Netlink) {
+        let live = live_interfaces.contains(&attachment.interface);
+        if live && !all {
+            continue;
+        }
+        let (Some(priority), Some(handle_id)) =
+            (attachment.netlink_priority, attachment.netlink_handle)
+        else {
+            continue;
+        };
+        let link = aya::programs::tc::SchedClassifierLink::attached(
+            &attachment.interface,
+            attachment.direction.tc_type(),
+            priority,
+            handle_id.into(),
+            None,
+        )?;
+        match link.detach() {
+            Ok(()) => removed.push(attachment),
+            Err(err) => log::warn!(
+                "could not remove filter {} on {} {:?}: {err}",
+                attachment.program_name,
+                attachment.interface,
+                attachment.direction
+            ),
+        }
+    }
+    Ok(removed)
+}

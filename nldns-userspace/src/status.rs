@@ -1,0 +1,79 @@
+//! `nldns status` and `nldns cleanup`: the replacements for the seed's
+//! list-iptables-rules.sh and remove-iptables-rules.sh.
+
+use anyhow::{Context, Result};
+
+use crate::datapath::inspect;
+
+pub async fn print_status(json: bool) -> Result<()> {
+    let handle = rtnetlink_handle()?;
+    let status = inspect::status(&handle).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    if status.attachments.is_empty() {
+        println!("attachments: none (DNS goes to kube-dns through kube-proxy)");
+    } else {
+        println!("attachments:");
+        println!(
+            "  {:<16} {:<8} {:<8} {:>8}  program",
+            "interface", "dir", "mode", "prog id"
+        );
+        for a in &status.attachments {
+            println!(
+                "  {:<16} {:<8} {:<8} {:>8}  {}",
+                a.interface,
+                format!("{:?}", a.direction).to_lowercase(),
+                format!("{:?}", a.mode).to_lowercase(),
+                a.program_id,
+                a.program_name
+            );
+        }
+    }
+    if status.instances.is_empty() {
+        println!("datapath: not loaded");
+    }
+    for i in &status.instances {
+        let ips: Vec<String> = i.service_ips.iter().map(|ip| ip.to_string()).collect();
+        let age = i
+            .heartbeat_age_ms
+            .map(|a| format!("{a} ms"))
+            .unwrap_or_else(|| "never / stopped".to_string());
+        println!(
+            "datapath (ingress prog {}): service IPs {} -> intercept port {}+, heartbeat {age} (max {} ms), {}",
+            i.ingress_program_id.unwrap_or(0),
+            ips.join(", "),
+            i.intercept_base_port,
+            i.heartbeat_max_age_ms,
+            if i.intercepting { "INTERCEPTING" } else { "fail-open: passing everything" }
+        );
+        for (name, value) in &i.counters {
+            println!("  {name:<20} {value}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn cleanup(all: bool) -> Result<()> {
+    let handle = rtnetlink_handle()?;
+    let removed = inspect::cleanup(&handle, all).await?;
+    if removed.is_empty() {
+        println!("nothing to remove");
+    }
+    for a in removed {
+        println!(
+            "removed {} filter {} on {}",
+            format!("{:?}", a.direction).to_lowercase(),
+            a.program_name,
+            a.interface
+        );
+    }
+    Ok(())
+}
+
+fn rtnetlink_handle() -> Result<rtnetlink::Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}

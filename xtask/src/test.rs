@@ -1,0 +1,75 @@
+//! `cargo xtask test`: the one test command (README, .ci/run). Static checks first, then
+//! unit tests, then the integration tests that need root, BPF and network namespaces.
+
+use std::{path::Path, process::Command};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{cmd, setup::NIGHTLY};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip fmt and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only run integration tests whose name contains this filter.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
+    if !args.no_lint {
+        lint(root)?;
+    }
+    let cargo = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(root);
+        c
+    };
+    cmd::run(cargo().args([
+        "test",
+        "-p",
+        "nldns-common",
+        "-p",
+        "nldns-userspace",
+        "-p",
+        "xtask",
+    ]))?;
+    // The integration tests drive the real binary; build it first and tell them where.
+    cmd::run(cargo().args(["build", "-p", "nldns-userspace", "--bin", "nldns"]))?;
+    let bin = root.join("target/debug/nldns");
+    let mut integration = cargo();
+    integration
+        .env("NLDNS_BIN", &bin)
+        .args(["test", "-p", "nldns-tests", "--"]);
+    // One at a time: several tests time fail-open bounds; two cores are shared.
+    integration.arg("--test-threads=1");
+    if let Some(filter) = &args.filter {
+        integration.arg(filter);
+    }
+    cmd::run(&mut integration)
+}
+
+fn lint(root: &Path) -> Result<()> {
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    cmd::run(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate only builds for the bpf target with the pinned nightly.
+    cmd::run(
+        Command::new("rustup")
+            .current_dir(root)
+            .args(["run", NIGHTLY, "cargo", "clippy", "-p", "nldns-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--release", "--", "-D", "warnings"]),
+    )
+}
