@@ -288,7 +288,7 @@ impl Renderer {
         match self {
             Renderer::Kustomize => "kustomize build",
             Renderer::Kubectl => "kubectl kustomize",
-            Renderer::Fallback => "deploy/tests/render.py (no kustomize or kubectl found; overlays are checked as text only)",
+            Renderer::Fallback => "deploy/tests/render.py (fallback: install overlays are checked as text only)",
         }
     }
 
@@ -565,6 +565,13 @@ impl Run {
     fn expect_last(&self, needle: &str) -> Result<()> {
         let last = self.calls.last().ok_or_else(|| anyhow!("no kubectl calls at all"))?;
         ensure!(last.contains(needle), "the last call must contain {needle:?}, was: {last}");
+        let first = self.position(needle, 0).unwrap_or(0);
+        ensure!(
+            first == self.calls.len() - 1,
+            "{needle:?} must come only last, but call #{} already is: {}",
+            first + 1,
+            self.calls[first]
+        );
         Ok(())
     }
 }
