@@ -59,8 +59,12 @@ pub fn run(root: &Path) -> Result<()> {
     fs::create_dir_all(&work)?;
     let mut checks = Checks::default();
 
-    checks.run("grafana dashboard and metrics reference", || dashboard(root));
-    checks.run("shellcheck deploy/*.sh deploy/tests/kubectl", || shellcheck(root));
+    checks.run("grafana dashboard and metrics reference", || {
+        dashboard(root)
+    });
+    checks.run("shellcheck deploy/*.sh deploy/tests/kubectl", || {
+        shellcheck(root)
+    });
 
     // Everything below needs the venv (kubernetes-validate, PyYAML).
     let tools = match Tools::new(root) {
@@ -71,13 +75,17 @@ pub fn run(root: &Path) -> Result<()> {
         }
     };
     if let Some(tools) = &tools {
-        eprintln!("deploy-checks: rendering with {}", tools.renderer.describe());
+        eprintln!(
+            "deploy-checks: rendering with {}",
+            tools.renderer.describe()
+        );
         checks.run("render + validate deploy/ (base)", || {
             let docs = tools.render_and_validate(&root.join("deploy"), &work.join("base.yaml"))?;
             base_policy(&docs)
         });
         checks.run("render + validate deploy/cleanup/", || {
-            let docs = tools.render_and_validate(&root.join("deploy/cleanup"), &work.join("cleanup.yaml"))?;
+            let docs = tools
+                .render_and_validate(&root.join("deploy/cleanup"), &work.join("cleanup.yaml"))?;
             cleanup_policy(&docs)
         });
     }
@@ -111,7 +119,11 @@ impl Checks {
     }
 
     fn finish(self) -> Result<()> {
-        eprintln!("deploy-checks: {} passed, {} failed", self.passed, self.failed.len());
+        eprintln!(
+            "deploy-checks: {} passed, {} failed",
+            self.passed,
+            self.failed.len()
+        );
         if self.failed.is_empty() {
             Ok(())
         } else {
@@ -134,13 +146,20 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd`; Ok(output) only if it exits 0, else an error with its stderr/stdout.
 fn checked(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("cannot run `{}`", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
     if !out.status.success() {
         let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if msg.is_empty() {
             msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
-        bail!("`{}` failed ({}): {}", describe(cmd), out.status, tail(&msg, 3000));
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            out.status,
+            tail(&msg, 3000)
+        );
     }
     Ok(out)
 }
@@ -158,14 +177,22 @@ fn tail(s: &str, n: usize) -> &str {
 }
 
 fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// `apt-get install -y PKG`, with one `apt-get update` retry (a fresh machine has no
 /// package lists). Only called when the tool is missing.
 fn apt_install(pkg: &str) -> Result<()> {
     eprintln!("deploy-checks: installing {pkg} with apt-get");
-    let install = || Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends", pkg]).output();
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", pkg])
+            .output()
+    };
     if install().map(|o| o.status.success()).unwrap_or(false) {
         return Ok(());
     }
@@ -180,29 +207,52 @@ fn apt_install(pkg: &str) -> Result<()> {
 fn dashboard(root: &Path) -> Result<()> {
     let path = root.join("docs/grafana-dashboard.json");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let dash: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let dash: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let ops_path = root.join("docs/operations.md");
-    let ops = fs::read_to_string(&ops_path).with_context(|| format!("reading {}", ops_path.display()))?;
+    let ops =
+        fs::read_to_string(&ops_path).with_context(|| format!("reading {}", ops_path.display()))?;
 
     for m in CONTRACT_METRICS {
-        ensure!(ops.contains(m), "docs/operations.md does not document metric {m}");
+        ensure!(
+            ops.contains(m),
+            "docs/operations.md does not document metric {m}"
+        );
     }
     ensure!(dash["title"].is_string(), "dashboard has no title");
     let mut exprs = Vec::new();
     collect_exprs(&dash, &mut exprs);
-    ensure!(!exprs.is_empty(), "dashboard has no queries (targets[].expr)");
+    ensure!(
+        !exprs.is_empty(),
+        "dashboard has no queries (targets[].expr)"
+    );
     let mut used = Vec::new();
     for expr in &exprs {
         let names = metric_names(expr);
-        ensure!(!names.is_empty(), "dashboard query uses no nldns metric: {expr}");
+        ensure!(
+            !names.is_empty(),
+            "dashboard query uses no nldns metric: {expr}"
+        );
         used.extend(names);
     }
     for name in &used {
-        let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
-        ensure!(ops.contains(base), "dashboard uses {name}, which docs/operations.md does not document");
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        ensure!(
+            ops.contains(base),
+            "dashboard uses {name}, which docs/operations.md does not document"
+        );
     }
-    for m in ["nldns_requests_total", "nldns_cache_hits_total", "nldns_upstream_latency_seconds"] {
-        ensure!(used.iter().any(|u| u.starts_with(m)), "dashboard has no panel on {m}");
+    for m in [
+        "nldns_requests_total",
+        "nldns_cache_hits_total",
+        "nldns_upstream_latency_seconds",
+    ] {
+        ensure!(
+            used.iter().any(|u| u.starts_with(m)),
+            "dashboard has no panel on {m}"
+        );
     }
     Ok(())
 }
@@ -228,7 +278,8 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(pos) = expr[i..].find("nldns_") {
         let start = i + pos;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
@@ -256,7 +307,12 @@ fn shellcheck(root: &Path) -> Result<()> {
     files.sort();
     ensure!(!files.is_empty(), "no deploy/*.sh found");
     files.push(deploy.join("tests/kubectl"));
-    checked(Command::new("shellcheck").arg("--external-sources").args(&files).current_dir(root))?;
+    checked(
+        Command::new("shellcheck")
+            .arg("--external-sources")
+            .args(&files)
+            .current_dir(root),
+    )?;
     Ok(())
 }
 
@@ -288,7 +344,9 @@ impl Renderer {
         match self {
             Renderer::Kustomize => "kustomize build",
             Renderer::Kubectl => "kubectl kustomize",
-            Renderer::Fallback => "deploy/tests/render.py (fallback: install overlays are checked as text only)",
+            Renderer::Fallback => {
+                "deploy/tests/render.py (fallback: install overlays are checked as text only)"
+            }
         }
     }
 
@@ -310,22 +368,49 @@ impl Tools {
         let venv = root.join("target").join("venv");
         let python = venv.join("bin/python");
         let validate = venv.join("bin/kubernetes-validate");
-        let ready = || validate.exists() && works(python.to_str().unwrap_or(""), &["-c", "import yaml, kubernetes_validate"]);
+        let ready = || {
+            validate.exists()
+                && works(
+                    python.to_str().unwrap_or(""),
+                    &["-c", "import yaml, kubernetes_validate"],
+                )
+        };
         if !ready() {
             if !python.exists() {
                 let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-                if !works(&python3, &["-m", "venv", "--help"]) || checked(Command::new(&python3).arg("-m").arg("venv").arg(&venv)).is_err() {
+                if !works(&python3, &["-m", "venv", "--help"])
+                    || checked(Command::new(&python3).arg("-m").arg("venv").arg(&venv)).is_err()
+                {
                     // Debian's python3 needs python3-venv for `-m venv`.
                     apt_install("python3-venv")?;
                     let _ = fs::remove_dir_all(&venv);
                     checked(Command::new(&python3).arg("-m").arg("venv").arg(&venv))?;
                 }
             }
-            eprintln!("deploy-checks: pip install {KUBERNETES_VALIDATE} into {}", venv.display());
-            checked(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", KUBERNETES_VALIDATE]))?;
-            ensure!(ready(), "kubernetes-validate still missing from {} after pip install", venv.display());
+            eprintln!(
+                "deploy-checks: pip install {KUBERNETES_VALIDATE} into {}",
+                venv.display()
+            );
+            checked(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                KUBERNETES_VALIDATE,
+            ]))?;
+            ensure!(
+                ready(),
+                "kubernetes-validate still missing from {} after pip install",
+                venv.display()
+            );
         }
-        Ok(Tools { root: root.to_path_buf(), python, validate, renderer: Renderer::detect() })
+        Ok(Tools {
+            root: root.to_path_buf(),
+            python,
+            validate,
+            renderer: Renderer::detect(),
+        })
     }
 
     fn render(&self, dir: &Path) -> Result<String> {
@@ -342,7 +427,9 @@ impl Tools {
             }
             Renderer::Fallback => {
                 let mut c = Command::new(&self.python);
-                c.arg(self.root.join("deploy/tests/render.py")).arg("build").arg(dir);
+                c.arg(self.root.join("deploy/tests/render.py"))
+                    .arg("build")
+                    .arg(dir);
                 c
             }
         };
@@ -352,14 +439,23 @@ impl Tools {
 
     fn validate(&self, file: &Path) -> Result<()> {
         for v in SCHEMA_VERSIONS {
-            checked(Command::new(&self.validate).args(["--strict", "--quiet", "-k", v]).arg(file))
-                .with_context(|| format!("{} is not valid Kubernetes {v}", file.display()))?;
+            checked(
+                Command::new(&self.validate)
+                    .args(["--strict", "--quiet", "-k", v])
+                    .arg(file),
+            )
+            .with_context(|| format!("{} is not valid Kubernetes {v}", file.display()))?;
         }
         Ok(())
     }
 
     fn to_json(&self, file: &Path) -> Result<Vec<Value>> {
-        let out = checked(Command::new(&self.python).arg(self.root.join("deploy/tests/render.py")).arg("to-json").arg(file))?;
+        let out = checked(
+            Command::new(&self.python)
+                .arg(self.root.join("deploy/tests/render.py"))
+                .arg("to-json")
+                .arg(file),
+        )?;
         match serde_json::from_slice(&out.stdout)? {
             Value::Array(docs) => Ok(docs),
             other => bail!("expected a list of documents, got {other}"),
@@ -390,7 +486,12 @@ fn container<'a>(ds: &'a Value, name: &str) -> Result<&'a Value> {
     ds["spec"]["template"]["spec"]["containers"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .ok_or_else(|| anyhow!("DaemonSet {} has no container {name}", ds["metadata"]["name"]))
+        .ok_or_else(|| {
+            anyhow!(
+                "DaemonSet {} has no container {name}",
+                ds["metadata"]["name"]
+            )
+        })
 }
 
 fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
@@ -400,75 +501,160 @@ fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
 fn caps(c: &Value) -> Vec<String> {
     c["securityContext"]["capabilities"]["add"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(|s| s.trim_start_matches("CAP_").to_string())).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(|s| s.trim_start_matches("CAP_").to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn base_policy(docs: &[Value]) -> Result<()> {
     for d in docs {
-        ensure!(d["metadata"]["namespace"] == "kube-system", "{} {} is not in kube-system", d["kind"], d["metadata"]["name"]);
+        ensure!(
+            d["metadata"]["namespace"] == "kube-system",
+            "{} {} is not in kube-system",
+            d["kind"],
+            d["metadata"]["name"]
+        );
     }
     // The upstream Service.
     let svc = find(docs, "Service", "kube-dns-uncached")?;
-    ensure!(svc["spec"]["selector"]["k8s-app"] == "kube-dns", "kube-dns-uncached must select k8s-app: kube-dns");
+    ensure!(
+        svc["spec"]["selector"]["k8s-app"] == "kube-dns",
+        "kube-dns-uncached must select k8s-app: kube-dns"
+    );
     let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
     for (name, proto) in [("dns", "UDP"), ("dns-tcp", "TCP")] {
         ensure!(
-            ports.iter().any(|p| p["name"] == name && p["port"] == 53 && p["protocol"] == proto),
+            ports
+                .iter()
+                .any(|p| p["name"] == name && p["port"] == 53 && p["protocol"] == proto),
             "kube-dns-uncached lacks port {name} 53/{proto}"
         );
     }
     find(docs, "ServiceAccount", "nldns")?;
     let cm = find(docs, "ConfigMap", "nldns")?;
-    let cfg = cm["data"]["config.json"].as_str().ok_or_else(|| anyhow!("ConfigMap nldns has no config.json"))?;
-    let cfg: Value = serde_json::from_str(cfg).context("ConfigMap nldns: config.json is not JSON")?;
-    ensure!(cfg["stubDomains"].is_object() && cfg["upstreamNameservers"].is_array(), "config.json lacks stubDomains/upstreamNameservers");
+    let cfg = cm["data"]["config.json"]
+        .as_str()
+        .ok_or_else(|| anyhow!("ConfigMap nldns has no config.json"))?;
+    let cfg: Value =
+        serde_json::from_str(cfg).context("ConfigMap nldns: config.json is not JSON")?;
+    ensure!(
+        cfg["stubDomains"].is_object() && cfg["upstreamNameservers"].is_array(),
+        "config.json lacks stubDomains/upstreamNameservers"
+    );
 
     // The agent.
     let ds = find(docs, "DaemonSet", "nldns")?;
     let spec = &ds["spec"];
     let pod = &spec["template"]["spec"];
     let ru = &spec["updateStrategy"]["rollingUpdate"];
-    ensure!(spec["updateStrategy"]["type"] == "RollingUpdate", "updateStrategy must be RollingUpdate");
-    ensure!(ru["maxSurge"] == 1 && ru["maxUnavailable"] == 0, "rollingUpdate must be maxSurge 1, maxUnavailable 0 (got {ru})");
-    ensure!(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) >= 30, "terminationGracePeriodSeconds must cover draining (>= 30)");
+    ensure!(
+        spec["updateStrategy"]["type"] == "RollingUpdate",
+        "updateStrategy must be RollingUpdate"
+    );
+    ensure!(
+        ru["maxSurge"] == 1 && ru["maxUnavailable"] == 0,
+        "rollingUpdate must be maxSurge 1, maxUnavailable 0 (got {ru})"
+    );
+    ensure!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) >= 30,
+        "terminationGracePeriodSeconds must cover draining (>= 30)"
+    );
     ensure!(pod["hostNetwork"] == true, "pod must be hostNetwork");
-    ensure!(pod["dnsPolicy"] == "Default", "dnsPolicy must be Default (the agent must not resolve through itself)");
-    ensure!(pod["priorityClassName"] == "system-node-critical", "priorityClassName must be system-node-critical");
-    ensure!(pod["serviceAccountName"] == "nldns", "serviceAccountName must be nldns");
+    ensure!(
+        pod["dnsPolicy"] == "Default",
+        "dnsPolicy must be Default (the agent must not resolve through itself)"
+    );
+    ensure!(
+        pod["priorityClassName"] == "system-node-critical",
+        "priorityClassName must be system-node-critical"
+    );
+    ensure!(
+        pod["serviceAccountName"] == "nldns",
+        "serviceAccountName must be nldns"
+    );
     let tolerations = pod["tolerations"].as_array().cloned().unwrap_or_default();
     ensure!(
-        tolerations.iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()),
+        tolerations.iter().any(|t| t["operator"] == "Exists"
+            && t.get("key").is_none()
+            && t.get("effect").is_none()),
         "needs a toleration {{operator: Exists}} for every taint"
     );
     let c = container(ds, "nldns")?;
-    ensure!(c["image"] == "nldns:latest", "image must be the placeholder nldns:latest (got {})", c["image"]);
+    ensure!(
+        c["image"] == "nldns:latest",
+        "image must be the placeholder nldns:latest (got {})",
+        c["image"]
+    );
     let sc = &c["securityContext"];
     ensure!(sc["privileged"] != true, "the agent must not be privileged");
-    ensure!(sc["allowPrivilegeEscalation"] == false, "allowPrivilegeEscalation must be false");
+    ensure!(
+        sc["allowPrivilegeEscalation"] == false,
+        "allowPrivilegeEscalation must be false"
+    );
     let added = caps(c);
     for want in ["BPF", "NET_ADMIN", "PERFMON"] {
-        ensure!(added.iter().any(|a| a == want), "capability {want} missing (have {added:?})");
+        ensure!(
+            added.iter().any(|a| a == want),
+            "capability {want} missing (have {added:?})"
+        );
     }
     ensure!(!added.iter().any(|a| a == "SYS_ADMIN"), "CAP_SYS_ADMIN must not be in the base (deploy/patches/legacy-kernel.yaml adds it for kernels < 5.8)");
-    let drops = sc["capabilities"]["drop"].as_array().cloned().unwrap_or_default();
-    ensure!(drops.iter().any(|d| d == "ALL"), "capabilities must drop ALL first");
+    let drops = sc["capabilities"]["drop"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        drops.iter().any(|d| d == "ALL"),
+        "capabilities must drop ALL first"
+    );
     // Surge: any declared port is a hostPort under hostNetwork and blocks the surge pod.
-    ensure!(c.get("ports").is_none(), "no containerPorts: under hostNetwork they become hostPorts and block the maxSurge pod");
+    ensure!(
+        c.get("ports").is_none(),
+        "no containerPorts: under hostNetwork they become hostPorts and block the maxSurge pod"
+    );
     for (probe, path) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
-        ensure!(c[probe]["httpGet"]["path"] == path, "{probe} must GET {path}");
+        ensure!(
+            c[probe]["httpGet"]["path"] == path,
+            "{probe} must GET {path}"
+        );
     }
     let health_port = c["livenessProbe"]["httpGet"]["port"].as_u64().unwrap_or(0);
     let health_addr = env_value(c, "NLDNS_HEALTH_ADDR").unwrap_or("");
-    ensure!(health_addr.ends_with(&format!(":{health_port}")), "probes use port {health_port} but NLDNS_HEALTH_ADDR is {health_addr:?}");
+    ensure!(
+        health_addr.ends_with(&format!(":{health_port}")),
+        "probes use port {health_port} but NLDNS_HEALTH_ADDR is {health_addr:?}"
+    );
     let res = &c["resources"];
-    ensure!(res["requests"]["memory"] == "32Mi" && res["limits"]["memory"] == "128Mi" && res["requests"]["cpu"] == "25m", "resources must be requests 25m/32Mi, limit 128Mi (got {res})");
-    for name in ["NLDNS_SERVICE_IP", "NLDNS_UPSTREAM", "NLDNS_CLUSTER_DOMAIN", "NLDNS_CONFIG", "NLDNS_METRICS_ADDR"] {
-        ensure!(env_value(c, name).is_some_and(|v| !v.is_empty()), "env {name} is not set");
+    ensure!(
+        res["requests"]["memory"] == "32Mi"
+            && res["limits"]["memory"] == "128Mi"
+            && res["requests"]["cpu"] == "25m",
+        "resources must be requests 25m/32Mi, limit 128Mi (got {res})"
+    );
+    for name in [
+        "NLDNS_SERVICE_IP",
+        "NLDNS_UPSTREAM",
+        "NLDNS_CLUSTER_DOMAIN",
+        "NLDNS_CONFIG",
+        "NLDNS_METRICS_ADDR",
+    ] {
+        ensure!(
+            env_value(c, name).is_some_and(|v| !v.is_empty()),
+            "env {name} is not set"
+        );
     }
     // The service-link expansion of the base depends on these exact variable names.
-    ensure!(env_value(c, "NLDNS_SERVICE_IP") == Some("$(KUBE_DNS_SERVICE_HOST)"), "base NLDNS_SERVICE_IP must be $(KUBE_DNS_SERVICE_HOST)");
-    ensure!(env_value(c, "NLDNS_UPSTREAM") == Some("$(KUBE_DNS_UNCACHED_SERVICE_HOST)"), "base NLDNS_UPSTREAM must be $(KUBE_DNS_UNCACHED_SERVICE_HOST)");
+    ensure!(
+        env_value(c, "NLDNS_SERVICE_IP") == Some("$(KUBE_DNS_SERVICE_HOST)"),
+        "base NLDNS_SERVICE_IP must be $(KUBE_DNS_SERVICE_HOST)"
+    );
+    ensure!(
+        env_value(c, "NLDNS_UPSTREAM") == Some("$(KUBE_DNS_UNCACHED_SERVICE_HOST)"),
+        "base NLDNS_UPSTREAM must be $(KUBE_DNS_UNCACHED_SERVICE_HOST)"
+    );
     let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
     for path in ["/sys/fs/bpf", "/sys/fs/cgroup"] {
         let vol = volumes
@@ -476,7 +662,10 @@ fn base_policy(docs: &[Value]) -> Result<()> {
             .find(|v| v["hostPath"]["path"] == path)
             .ok_or_else(|| anyhow!("no hostPath volume for {path}"))?;
         let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
-        ensure!(mounts.iter().any(|m| m["name"] == vol["name"]), "hostPath {path} is not mounted in the agent");
+        ensure!(
+            mounts.iter().any(|m| m["name"] == vol["name"]),
+            "hostPath {path} is not mounted in the agent"
+        );
     }
     Ok(())
 }
@@ -484,17 +673,37 @@ fn base_policy(docs: &[Value]) -> Result<()> {
 fn cleanup_policy(docs: &[Value]) -> Result<()> {
     let ds = find(docs, "DaemonSet", "nldns-cleanup")?;
     let pod = &ds["spec"]["template"]["spec"];
-    ensure!(pod["hostNetwork"] == true, "cleanup must run in the node's network namespace (hostNetwork)");
+    ensure!(
+        pod["hostNetwork"] == true,
+        "cleanup must run in the node's network namespace (hostNetwork)"
+    );
     let tolerations = pod["tolerations"].as_array().cloned().unwrap_or_default();
-    ensure!(tolerations.iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none()), "cleanup must tolerate every taint");
+    ensure!(
+        tolerations
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "cleanup must tolerate every taint"
+    );
     let init = pod["initContainers"]
         .as_array()
         .and_then(|a| a.first())
         .ok_or_else(|| anyhow!("cleanup DaemonSet has no init container"))?;
-    ensure!(init["args"] == serde_json::json!(["cleanup"]), "cleanup init container must run `nldns cleanup` (args [cleanup])");
-    ensure!(init["image"] == "nldns:latest", "cleanup image must be the nldns placeholder");
-    ensure!(caps(init).iter().any(|c| c == "NET_ADMIN"), "cleanup needs NET_ADMIN to delete tc filters");
-    ensure!(init["securityContext"]["privileged"] != true, "cleanup must not be privileged");
+    ensure!(
+        init["args"] == serde_json::json!(["cleanup"]),
+        "cleanup init container must run `nldns cleanup` (args [cleanup])"
+    );
+    ensure!(
+        init["image"] == "nldns:latest",
+        "cleanup image must be the nldns placeholder"
+    );
+    ensure!(
+        caps(init).iter().any(|c| c == "NET_ADMIN"),
+        "cleanup needs NET_ADMIN to delete tc filters"
+    );
+    ensure!(
+        init["securityContext"]["privileged"] != true,
+        "cleanup must not be privileged"
+    );
     Ok(())
 }
 
@@ -522,7 +731,11 @@ impl Run {
     /// The directory the stand-in saved for the n-th `apply -k` (1-based).
     fn applied(&self, n: usize) -> Result<PathBuf> {
         let d = self.dir.join(format!("apply-{n}"));
-        ensure!(d.join("kustomization.yaml").exists(), "there was no apply #{n} (calls: {:?})", self.calls);
+        ensure!(
+            d.join("kustomization.yaml").exists(),
+            "there was no apply #{n} (calls: {:?})",
+            self.calls
+        );
         Ok(d)
     }
 
@@ -533,7 +746,11 @@ impl Run {
 
     /// Index of the first call at or after `from` that contains `needle`.
     fn position(&self, needle: &str, from: usize) -> Option<usize> {
-        self.calls.iter().skip(from).position(|c| c.contains(needle)).map(|i| i + from)
+        self.calls
+            .iter()
+            .skip(from)
+            .position(|c| c.contains(needle))
+            .map(|i| i + from)
     }
 
     /// Each needle must match a call, in this order (other calls may come between).
@@ -546,7 +763,11 @@ impl Run {
                     let anywhere = self.position(needle, 0);
                     bail!(
                         "expected a call containing {needle:?} {}; calls were:\n      {}",
-                        if anywhere.is_some() { "later (it came too early)" } else { "(none)" },
+                        if anywhere.is_some() {
+                            "later (it came too early)"
+                        } else {
+                            "(none)"
+                        },
                         self.calls.join("\n      ")
                     )
                 }
@@ -563,8 +784,14 @@ impl Run {
     }
 
     fn expect_last(&self, needle: &str) -> Result<()> {
-        let last = self.calls.last().ok_or_else(|| anyhow!("no kubectl calls at all"))?;
-        ensure!(last.contains(needle), "the last call must contain {needle:?}, was: {last}");
+        let last = self
+            .calls
+            .last()
+            .ok_or_else(|| anyhow!("no kubectl calls at all"))?;
+        ensure!(
+            last.contains(needle),
+            "the last call must contain {needle:?}, was: {last}"
+        );
         let first = self.position(needle, 0).unwrap_or(0);
         ensure!(
             first == self.calls.len() - 1,
@@ -600,16 +827,26 @@ impl Scenario {
         for (k, v) in self.env {
             cmd.env(k, v);
         }
-        let out = cmd.output().with_context(|| format!("cannot run deploy/{}", self.script))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run deploy/{}", self.script))?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let calls = fs::read_to_string(&log).unwrap_or_default().lines().map(String::from).collect();
+        let calls = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
         ensure!(
             out.status.success() == self.expect_success,
             "deploy/{} {:?} exited with {} (expected {}); stderr:\n{}",
             self.script,
             self.args,
             out.status,
-            if self.expect_success { "success" } else { "failure" },
+            if self.expect_success {
+                "success"
+            } else {
+                "failure"
+            },
             tail(&stderr, 2000)
         );
         (self.verify)(&Run { dir, calls, stderr }, tools)
@@ -634,15 +871,34 @@ const INSTALL_ORDER: &[&str] = &[
     "rollout status daemonset/nldns",
 ];
 
-fn check_agent_env(run: &Run, tools: Option<&Tools>, service_ip: &str, upstream: &str, domain: &str) -> Result<Option<Vec<Value>>> {
+fn check_agent_env(
+    run: &Run,
+    tools: Option<&Tools>,
+    service_ip: &str,
+    upstream: &str,
+    domain: &str,
+) -> Result<Option<Vec<Value>>> {
     let patch = run.file(2, "agent-env.yaml")?;
     for v in [service_ip, upstream, domain] {
-        ensure!(patch.contains(&format!("value: \"{v}\"")), "the overlay's env patch lacks {v:?}:\n{patch}");
+        ensure!(
+            patch.contains(&format!("value: \"{v}\"")),
+            "the overlay's env patch lacks {v:?}:\n{patch}"
+        );
     }
-    let Some(docs) = render_applied(run, 2, tools)? else { return Ok(None) };
+    let Some(docs) = render_applied(run, 2, tools)? else {
+        return Ok(None);
+    };
     let c = container(find(&docs, "DaemonSet", "nldns")?, "nldns")?;
-    for (name, want) in [("NLDNS_SERVICE_IP", service_ip), ("NLDNS_UPSTREAM", upstream), ("NLDNS_CLUSTER_DOMAIN", domain)] {
-        ensure!(env_value(c, name) == Some(want), "rendered {name} is {:?}, expected {want:?}", env_value(c, name));
+    for (name, want) in [
+        ("NLDNS_SERVICE_IP", service_ip),
+        ("NLDNS_UPSTREAM", upstream),
+        ("NLDNS_CLUSTER_DOMAIN", domain),
+    ] {
+        ensure!(
+            env_value(c, name) == Some(want),
+            "rendered {name} is {:?}, expected {want:?}",
+            env_value(c, name)
+        );
     }
     Ok(Some(docs))
 }
@@ -657,27 +913,59 @@ fn scenarios() -> Vec<Scenario> {
             expect_success: true,
             verify: |run, tools| {
                 run.expect_order(INSTALL_ORDER)?;
-                run.expect_order(&["get service kube-dns -o", "get configmap coredns", "apply -k"])?;
-                ensure!(run.calls.iter().filter(|c| c.contains("apply")).count() == 2, "expected exactly 2 applies: {:?}", run.calls);
+                run.expect_order(&[
+                    "get service kube-dns -o",
+                    "get configmap coredns",
+                    "apply -k",
+                ])?;
+                ensure!(
+                    run.calls.iter().filter(|c| c.contains("apply")).count() == 2,
+                    "expected exactly 2 applies: {:?}",
+                    run.calls
+                );
                 let first = run.file(1, "kustomization.yaml")?;
-                ensure!(first.contains("service-uncached.yaml") && !first.contains("base"), "apply #1 must be the kube-dns-uncached Service alone:\n{first}");
-                ensure!(!first.contains("dual-stack"), "single-stack cluster got a dual-stack patch");
+                ensure!(
+                    first.contains("service-uncached.yaml") && !first.contains("base"),
+                    "apply #1 must be the kube-dns-uncached Service alone:\n{first}"
+                );
+                ensure!(
+                    !first.contains("dual-stack"),
+                    "single-stack cluster got a dual-stack patch"
+                );
                 if let Some(docs) = render_applied(run, 1, tools)? {
-                    ensure!(docs.len() == 1 && docs[0]["kind"] == "Service", "apply #1 rendered more than the Service");
+                    ensure!(
+                        docs.len() == 1 && docs[0]["kind"] == "Service",
+                        "apply #1 rendered more than the Service"
+                    );
                 }
-                if let Some(docs) = check_agent_env(run, tools, "10.96.0.10", "10.96.0.11", "cluster.example")? {
+                if let Some(docs) =
+                    check_agent_env(run, tools, "10.96.0.10", "10.96.0.11", "cluster.example")?
+                {
                     base_like(&docs)?;
                     let c = container(find(&docs, "DaemonSet", "nldns")?, "nldns")?;
-                    ensure!(c["image"] == "nldns:latest", "image changed without --image: {}", c["image"]);
+                    ensure!(
+                        c["image"] == "nldns:latest",
+                        "image changed without --image: {}",
+                        c["image"]
+                    );
                 }
-                ensure!(run.stderr.contains("cluster.example"), "install.sh did not say which cluster domain it uses");
+                ensure!(
+                    run.stderr.contains("cluster.example"),
+                    "install.sh did not say which cluster domain it uses"
+                );
                 Ok(())
             },
         },
         Scenario {
             script: "install.sh",
             name: "dual-stack, --cluster-domain, --image, --legacy-kernel",
-            args: &["--cluster-domain", "corp.internal.", "--image", "registry.example:5000/nldns:v1.2.3", "--legacy-kernel"],
+            args: &[
+                "--cluster-domain",
+                "corp.internal.",
+                "--image",
+                "registry.example:5000/nldns:v1.2.3",
+                "--legacy-kernel",
+            ],
             env: &[
                 ("FAKE_COREFILE", COREFILE),
                 ("FAKE_KUBE_DNS_IPS", r#"["10.96.0.10","fd00:10:96::a"]"#),
@@ -687,17 +975,37 @@ fn scenarios() -> Vec<Scenario> {
             verify: |run, tools| {
                 run.expect_order(INSTALL_ORDER)?;
                 run.expect_none("get configmap coredns")?;
-                ensure!(run.file(1, "kustomization.yaml")?.contains("dual-stack.yaml"), "dual-stack kube-dns but kube-dns-uncached was not made dual-stack");
-                if let Some(docs) = check_agent_env(run, tools, "10.96.0.10,fd00:10:96::a", "10.96.0.11,fd00:10:96::b", "corp.internal")? {
+                ensure!(
+                    run.file(1, "kustomization.yaml")?
+                        .contains("dual-stack.yaml"),
+                    "dual-stack kube-dns but kube-dns-uncached was not made dual-stack"
+                );
+                if let Some(docs) = check_agent_env(
+                    run,
+                    tools,
+                    "10.96.0.10,fd00:10:96::a",
+                    "10.96.0.11,fd00:10:96::b",
+                    "corp.internal",
+                )? {
                     let ds = find(&docs, "DaemonSet", "nldns")?;
                     let c = container(ds, "nldns")?;
-                    ensure!(c["image"] == "registry.example:5000/nldns:v1.2.3", "--image not applied: {}", c["image"]);
+                    ensure!(
+                        c["image"] == "registry.example:5000/nldns:v1.2.3",
+                        "--image not applied: {}",
+                        c["image"]
+                    );
                     let added = caps(c);
                     for cap in ["SYS_ADMIN", "SYS_RESOURCE", "BPF", "NET_ADMIN", "PERFMON"] {
-                        ensure!(added.iter().any(|a| a == cap), "--legacy-kernel: capability {cap} missing ({added:?})");
+                        ensure!(
+                            added.iter().any(|a| a == cap),
+                            "--legacy-kernel: capability {cap} missing ({added:?})"
+                        );
                     }
                     let svc = find(&docs, "Service", "kube-dns-uncached")?;
-                    ensure!(svc["spec"]["ipFamilyPolicy"] == "PreferDualStack", "the overlay would undo the Service's dual-stack policy");
+                    ensure!(
+                        svc["spec"]["ipFamilyPolicy"] == "PreferDualStack",
+                        "the overlay would undo the Service's dual-stack policy"
+                    );
                 }
                 Ok(())
             },
@@ -706,10 +1014,19 @@ fn scenarios() -> Vec<Scenario> {
             script: "install.sh",
             name: "GKE-like: kube-dns without CoreDNS ConfigMap, default cluster.local",
             args: &["--no-wait"],
-            env: &[("FAKE_KUBE_DNS_IPS", r#"["10.23.240.10"]"#), ("FAKE_UNCACHED_IPS", r#"["10.23.250.77"]"#)],
+            env: &[
+                ("FAKE_KUBE_DNS_IPS", r#"["10.23.240.10"]"#),
+                ("FAKE_UNCACHED_IPS", r#"["10.23.250.77"]"#),
+            ],
             expect_success: true,
             verify: |run, tools| {
-                run.expect_order(&["get service kube-dns -o", "get configmap coredns", "apply -k", "get service kube-dns-uncached", "apply -k"])?;
+                run.expect_order(&[
+                    "get service kube-dns -o",
+                    "get configmap coredns",
+                    "apply -k",
+                    "get service kube-dns-uncached",
+                    "apply -k",
+                ])?;
                 run.expect_none("rollout status")?;
                 check_agent_env(run, tools, "10.23.240.10", "10.23.250.77", "cluster.local")?;
                 Ok(())
@@ -723,7 +1040,11 @@ fn scenarios() -> Vec<Scenario> {
             expect_success: false,
             verify: |run, _| {
                 run.expect_none("apply")?;
-                ensure!(run.stderr.contains("kube-dns"), "the error does not name kube-dns: {}", run.stderr);
+                ensure!(
+                    run.stderr.contains("kube-dns"),
+                    "the error does not name kube-dns: {}",
+                    run.stderr
+                );
                 Ok(())
             },
         },
@@ -735,7 +1056,11 @@ fn scenarios() -> Vec<Scenario> {
             expect_success: false,
             verify: |run, _| {
                 run.expect_none("apply")?;
-                ensure!(run.stderr.contains("headless"), "the error does not say headless: {}", run.stderr);
+                ensure!(
+                    run.stderr.contains("headless"),
+                    "the error does not say headless: {}",
+                    run.stderr
+                );
                 Ok(())
             },
         },
@@ -748,7 +1073,11 @@ fn scenarios() -> Vec<Scenario> {
             verify: |run, _| {
                 run.expect_order(INSTALL_ORDER)?;
                 run.expect_order(&["--timeout=5s"])?;
-                ensure!(run.stderr.contains("did not roll out"), "no rollout error message: {}", run.stderr);
+                ensure!(
+                    run.stderr.contains("did not roll out"),
+                    "no rollout error message: {}",
+                    run.stderr
+                );
                 Ok(())
             },
         },
@@ -759,7 +1088,11 @@ fn scenarios() -> Vec<Scenario> {
             env: &[],
             expect_success: false,
             verify: |run, _| {
-                ensure!(run.calls.is_empty(), "kubectl was called despite a bad flag: {:?}", run.calls);
+                ensure!(
+                    run.calls.is_empty(),
+                    "kubectl was called despite a bad flag: {:?}",
+                    run.calls
+                );
                 Ok(())
             },
         },
@@ -767,7 +1100,10 @@ fn scenarios() -> Vec<Scenario> {
             script: "uninstall.sh",
             name: "order: agents gone, then cleanup, kube-dns-uncached last",
             args: &[],
-            env: &[("FAKE_DS_IMAGE", "registry.example/nldns:v9"), ("FAKE_PODS_LINGER", "2")],
+            env: &[
+                ("FAKE_DS_IMAGE", "registry.example/nldns:v9"),
+                ("FAKE_PODS_LINGER", "2"),
+            ],
             expect_success: true,
             verify: |run, tools| {
                 run.expect_order(&[
@@ -784,17 +1120,37 @@ fn scenarios() -> Vec<Scenario> {
                     "delete service kube-dns-uncached",
                 ])?;
                 // The cleanup starts only once the last agent is gone (3rd pod listing empty).
-                let last_agent_poll = run.calls.iter().rposition(|c| c.contains("get pods -l k8s-app=nldns -o name")).unwrap_or(0);
+                let last_agent_poll = run
+                    .calls
+                    .iter()
+                    .rposition(|c| c.contains("get pods -l k8s-app=nldns -o name"))
+                    .unwrap_or(0);
                 let apply = run.position("apply -k", 0).unwrap_or(0);
-                ensure!(apply > last_agent_poll, "cleanup applied before the agents were gone");
-                ensure!(run.calls.iter().any(|c| c.contains("delete daemonset nldns ") && c.contains("--cascade=foreground")), "the DaemonSet delete must cascade in the foreground");
+                ensure!(
+                    apply > last_agent_poll,
+                    "cleanup applied before the agents were gone"
+                );
+                ensure!(
+                    run.calls
+                        .iter()
+                        .any(|c| c.contains("delete daemonset nldns ")
+                            && c.contains("--cascade=foreground")),
+                    "the DaemonSet delete must cascade in the foreground"
+                );
                 run.expect_last("delete service kube-dns-uncached")?;
                 let k = run.file(1, "kustomization.yaml")?;
-                ensure!(k.contains("registry.example/nldns") && k.contains("v9"), "cleanup does not use the agent's image:\n{k}");
+                ensure!(
+                    k.contains("registry.example/nldns") && k.contains("v9"),
+                    "cleanup does not use the agent's image:\n{k}"
+                );
                 if let Some(docs) = render_applied(run, 1, tools)? {
                     let ds = find(&docs, "DaemonSet", "nldns-cleanup")?;
                     let init = &ds["spec"]["template"]["spec"]["initContainers"][0];
-                    ensure!(init["image"] == "registry.example/nldns:v9", "cleanup image is {}", init["image"]);
+                    ensure!(
+                        init["image"] == "registry.example/nldns:v9",
+                        "cleanup image is {}",
+                        init["image"]
+                    );
                 }
                 Ok(())
             },
@@ -806,7 +1162,11 @@ fn scenarios() -> Vec<Scenario> {
             env: &[],
             expect_success: true,
             verify: |run, _| {
-                run.expect_order(&["delete daemonset nldns ", "get pods -l k8s-app=nldns -o name", "delete service kube-dns-uncached"])?;
+                run.expect_order(&[
+                    "delete daemonset nldns ",
+                    "get pods -l k8s-app=nldns -o name",
+                    "delete service kube-dns-uncached",
+                ])?;
                 run.expect_none("apply")?;
                 run.expect_last("delete service kube-dns-uncached")
             },
@@ -815,13 +1175,20 @@ fn scenarios() -> Vec<Scenario> {
             script: "uninstall.sh",
             name: "agents do not stop: nothing else is removed",
             args: &["--timeout", "1"],
-            env: &[("FAKE_PODS_LINGER", "100000"), ("NLDNS_UNINSTALL_POLL", "0.2")],
+            env: &[
+                ("FAKE_PODS_LINGER", "100000"),
+                ("NLDNS_UNINSTALL_POLL", "0.2"),
+            ],
             expect_success: false,
             verify: |run, _| {
                 run.expect_none("apply")?;
                 run.expect_none("delete service kube-dns-uncached")?;
                 run.expect_none("delete configmap")?;
-                ensure!(run.stderr.contains("did not stop"), "no error about the pods: {}", run.stderr);
+                ensure!(
+                    run.stderr.contains("did not stop"),
+                    "no error about the pods: {}",
+                    run.stderr
+                );
                 Ok(())
             },
         },
@@ -832,7 +1199,13 @@ fn scenarios() -> Vec<Scenario> {
             env: &[("FAKE_ROLLOUT_RC", "1")],
             expect_success: false,
             verify: |run, _| {
-                run.expect_order(&["apply -k", "rollout status daemonset/nldns-cleanup", "get pods -l k8s-app=nldns-cleanup -o wide", "delete daemonset nldns-cleanup", "delete service kube-dns-uncached"])?;
+                run.expect_order(&[
+                    "apply -k",
+                    "rollout status daemonset/nldns-cleanup",
+                    "get pods -l k8s-app=nldns-cleanup -o wide",
+                    "delete daemonset nldns-cleanup",
+                    "delete service kube-dns-uncached",
+                ])?;
                 run.expect_last("delete service kube-dns-uncached")?;
                 ensure!(run.stderr.contains("nldns:latest"), "without a DaemonSet the cleanup image should default to nldns:latest and say so");
                 Ok(())
@@ -846,11 +1219,14 @@ fn base_like(docs: &[Value]) -> Result<()> {
     let mut docs = docs.to_vec();
     for d in &mut docs {
         if d["kind"] == "DaemonSet" {
-            if let Some(env) = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
+            if let Some(env) = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut()
+            {
                 for e in env.iter_mut() {
                     match e["name"].as_str() {
                         Some("NLDNS_SERVICE_IP") => e["value"] = "$(KUBE_DNS_SERVICE_HOST)".into(),
-                        Some("NLDNS_UPSTREAM") => e["value"] = "$(KUBE_DNS_UNCACHED_SERVICE_HOST)".into(),
+                        Some("NLDNS_UPSTREAM") => {
+                            e["value"] = "$(KUBE_DNS_UNCACHED_SERVICE_HOST)".into()
+                        }
                         _ => {}
                     }
                 }
@@ -867,6 +1243,12 @@ mod tests {
     #[test]
     fn metric_names_are_found_whole() {
         let e = "sum(rate(nldns_cache_hits_total[5m])) / sum(rate(xnldns_no[5m])) + histogram_quantile(0.9, nldns_upstream_latency_seconds_bucket)";
-        assert_eq!(metric_names(e), vec!["nldns_cache_hits_total", "nldns_upstream_latency_seconds_bucket"]);
+        assert_eq!(
+            metric_names(e),
+            vec![
+                "nldns_cache_hits_total",
+                "nldns_upstream_latency_seconds_bucket"
+            ]
+        );
     }
 }

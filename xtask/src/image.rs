@@ -49,11 +49,23 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     let target_dir = target_dir(root);
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
-        .args(["build", "--release", "--target", MUSL_TARGET, "-p", "nldns-userspace", "--bin", "nldns"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            MUSL_TARGET,
+            "-p",
+            "nldns-userspace",
+            "--bin",
+            "nldns",
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .status()
         .context("image: running cargo build for the musl target")?;
-    ensure!(status.success(), "image: cargo build --target {MUSL_TARGET} -p nldns-userspace failed ({status})");
+    ensure!(
+        status.success(),
+        "image: cargo build --target {MUSL_TARGET} -p nldns-userspace failed ({status})"
+    );
     let binary = target_dir.join(MUSL_TARGET).join("release").join("nldns");
     let elf = fs::read(&binary).with_context(|| format!("image: reading {}", binary.display()))?;
     ensure!(
@@ -79,7 +91,11 @@ fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) if !d.is_empty() => {
             let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { root.join(d) }
+            if d.is_absolute() {
+                d
+            } else {
+                root.join(d)
+            }
         }
         _ => root.join("target"),
     }
@@ -90,11 +106,19 @@ fn ensure_musl_target() -> Result<()> {
         .args(["target", "list", "--installed"])
         .output()
         .context("image: running rustup (needed to add the musl target)")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == MUSL_TARGET) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL_TARGET)
+    {
         return Ok(());
     }
-    let status = Command::new("rustup").args(["target", "add", MUSL_TARGET]).status()?;
-    ensure!(status.success(), "image: rustup target add {MUSL_TARGET} failed");
+    let status = Command::new("rustup")
+        .args(["target", "add", MUSL_TARGET])
+        .status()?;
+    ensure!(
+        status.success(),
+        "image: rustup target add {MUSL_TARGET} failed"
+    );
     Ok(())
 }
 
@@ -116,7 +140,10 @@ fn version(root: &Path) -> String {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A tar header with fixed owner and time, so that the archive is reproducible.
@@ -137,7 +164,12 @@ fn append_dir<W: Write>(b: &mut tar::Builder<W>, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> Result<()> {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     b.append_data(&mut h, path, data)?;
     Ok(())
@@ -225,9 +257,19 @@ fn write_archive(binary: &[u8], version: &str, out: &Path) -> Result<Summary> {
     }]);
 
     let mut b = tar::Builder::new(Vec::new());
-    append_file(&mut b, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    append_file(
+        &mut b,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     append_file(&mut b, "index.json", 0o644, &serde_json::to_vec(&index)?)?;
-    append_file(&mut b, "manifest.json", 0o644, &serde_json::to_vec(&docker_manifest)?)?;
+    append_file(
+        &mut b,
+        "manifest.json",
+        0o644,
+        &serde_json::to_vec(&docker_manifest)?,
+    )?;
     append_dir(&mut b, "blobs/")?;
     append_dir(&mut b, "blobs/sha256/")?;
     // BTreeMap: a fixed order.
@@ -248,13 +290,21 @@ fn write_archive(binary: &[u8], version: &str, out: &Path) -> Result<Summary> {
     let tmp = out.with_extension("tar.tmp");
     fs::write(&tmp, &bytes).with_context(|| format!("image: writing {}", tmp.display()))?;
     fs::rename(&tmp, out)?;
-    Ok(Summary { layer_size: layer_gz.len() })
+    Ok(Summary {
+        layer_size: layer_gz.len(),
+    })
 }
 
 /// True when the ELF file asks for a program interpreter (dynamic linking).
 pub fn elf_has_interpreter(elf: &[u8]) -> Result<bool> {
-    ensure!(elf.len() >= 64 && &elf[..4] == b"\x7fELF", "not an ELF file");
-    ensure!(elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF file");
+    ensure!(
+        elf.len() >= 64 && &elf[..4] == b"\x7fELF",
+        "not an ELF file"
+    );
+    ensure!(
+        elf[4] == 2 && elf[5] == 1,
+        "not a 64-bit little-endian ELF file"
+    );
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into()?) as usize;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
@@ -274,7 +324,11 @@ fn read_archive(archive: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     for entry in tar::Archive::new(file).entries()? {
         let mut entry = entry?;
         if entry.header().entry_type().is_file() {
-            let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+            let path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
             let mut data = Vec::new();
             entry.read_to_end(&mut data)?;
             files.insert(path, data);
@@ -283,13 +337,24 @@ fn read_archive(archive: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(files)
 }
 
-fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, descriptor: &Value, what: &str) -> Result<&'a [u8]> {
-    let digest = descriptor["digest"].as_str().ok_or_else(|| anyhow!("{what}: descriptor without digest"))?;
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| anyhow!("{what}: digest {digest} is not sha256"))?;
+fn blob<'a>(
+    files: &'a BTreeMap<String, Vec<u8>>,
+    descriptor: &Value,
+    what: &str,
+) -> Result<&'a [u8]> {
+    let digest = descriptor["digest"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{what}: descriptor without digest"))?;
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| anyhow!("{what}: digest {digest} is not sha256"))?;
     let data = files
         .get(&format!("blobs/sha256/{hex}"))
         .ok_or_else(|| anyhow!("{what}: blob {digest} missing from the archive"))?;
-    ensure!(sha256_hex(data) == hex, "{what}: blob {digest} does not match its content");
+    ensure!(
+        sha256_hex(data) == hex,
+        "{what}: blob {digest} does not match its content"
+    );
     ensure!(
         descriptor["size"].as_u64() == Some(data.len() as u64),
         "{what}: size {} in the descriptor, {} in the blob",
@@ -304,16 +369,42 @@ fn blob<'a>(files: &'a BTreeMap<String, Vec<u8>>, descriptor: &Value, what: &str
 /// under `chroot` (nothing from the host is reachable: it runs only if static).
 pub fn verify(archive: &Path) -> Result<()> {
     let files = read_archive(archive)?;
-    let layout: Value = serde_json::from_slice(files.get("oci-layout").ok_or_else(|| anyhow!("image check: no oci-layout file"))?)?;
-    ensure!(layout["imageLayoutVersion"] == "1.0.0", "image check: oci-layout is {layout}");
-    let index: Value = serde_json::from_slice(files.get("index.json").ok_or_else(|| anyhow!("image check: no index.json"))?)?;
+    let layout: Value = serde_json::from_slice(
+        files
+            .get("oci-layout")
+            .ok_or_else(|| anyhow!("image check: no oci-layout file"))?,
+    )?;
+    ensure!(
+        layout["imageLayoutVersion"] == "1.0.0",
+        "image check: oci-layout is {layout}"
+    );
+    let index: Value = serde_json::from_slice(
+        files
+            .get("index.json")
+            .ok_or_else(|| anyhow!("image check: no index.json"))?,
+    )?;
     let descriptor = &index["manifests"][0];
-    ensure!(descriptor["mediaType"] == MT_MANIFEST, "image check: index.json's first entry is not an image manifest");
-    let manifest: Value = serde_json::from_slice(blob(&files, descriptor, "image check: manifest")?)?;
-    let config: Value = serde_json::from_slice(blob(&files, &manifest["config"], "image check: config")?)?;
-    let layers = manifest["layers"].as_array().ok_or_else(|| anyhow!("image check: manifest has no layers"))?;
-    let diff_ids = config["rootfs"]["diff_ids"].as_array().cloned().unwrap_or_default();
-    ensure!(layers.len() == diff_ids.len(), "image check: {} layers but {} diff_ids", layers.len(), diff_ids.len());
+    ensure!(
+        descriptor["mediaType"] == MT_MANIFEST,
+        "image check: index.json's first entry is not an image manifest"
+    );
+    let manifest: Value =
+        serde_json::from_slice(blob(&files, descriptor, "image check: manifest")?)?;
+    let config: Value =
+        serde_json::from_slice(blob(&files, &manifest["config"], "image check: config")?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .ok_or_else(|| anyhow!("image check: manifest has no layers"))?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        layers.len() == diff_ids.len(),
+        "image check: {} layers but {} diff_ids",
+        layers.len(),
+        diff_ids.len()
+    );
 
     let rootfs = archive.with_extension("rootfs");
     if rootfs.exists() {
@@ -323,14 +414,17 @@ pub fn verify(archive: &Path) -> Result<()> {
     for (layer, diff_id) in layers.iter().zip(&diff_ids) {
         let gz = blob(&files, layer, "image check: layer")?;
         let mut tar_bytes = Vec::new();
-        flate2::read::GzDecoder::new(gz).read_to_end(&mut tar_bytes).context("image check: layer is not gzip")?;
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut tar_bytes)
+            .context("image check: layer is not gzip")?;
         ensure!(
             diff_id.as_str() == Some(format!("sha256:{}", sha256_hex(&tar_bytes)).as_str()),
             "image check: layer diff_id {diff_id} does not match the uncompressed layer"
         );
         let mut ar = tar::Archive::new(tar_bytes.as_slice());
         ar.set_preserve_permissions(true);
-        ar.unpack(&rootfs).context("image check: unpacking the layer")?;
+        ar.unpack(&rootfs)
+            .context("image check: unpacking the layer")?;
     }
 
     let entrypoint: Vec<String> = config["config"]["Entrypoint"]
@@ -339,10 +433,16 @@ pub fn verify(archive: &Path) -> Result<()> {
         .iter()
         .filter_map(|v| v.as_str().map(String::from))
         .collect();
-    let program = entrypoint.first().ok_or_else(|| anyhow!("image check: empty Entrypoint"))?;
+    let program = entrypoint
+        .first()
+        .ok_or_else(|| anyhow!("image check: empty Entrypoint"))?;
     let in_root = rootfs.join(program.trim_start_matches('/'));
-    let elf = fs::read(&in_root).with_context(|| format!("image check: entrypoint {program} is not in the image"))?;
-    ensure!(!elf_has_interpreter(&elf)?, "image check: {program} is dynamically linked");
+    let elf = fs::read(&in_root)
+        .with_context(|| format!("image check: entrypoint {program} is not in the image"))?;
+    ensure!(
+        !elf_has_interpreter(&elf)?,
+        "image check: {program} is dynamically linked"
+    );
 
     // chroot: the image's root is all the binary sees, as in a FROM-scratch container.
     let mut cmd = Command::new(program);
@@ -356,9 +456,18 @@ pub fn verify(archive: &Path) -> Result<()> {
             std::env::set_current_dir("/")
         });
     }
-    cmd.env_clear().env("PATH", "/usr/local/bin").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (status, stdout, stderr) = run_bounded(cmd, Duration::from_secs(20))
-        .with_context(|| format!("image check: running {program} chrooted into {} (needs root)", rootfs.display()))?;
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (status, stdout, stderr) =
+        run_bounded(cmd, Duration::from_secs(20)).with_context(|| {
+            format!(
+                "image check: running {program} chrooted into {} (needs root)",
+                rootfs.display()
+            )
+        })?;
     ensure!(
         status.success(),
         "image check: `{} --version` in the image exited with {status}: {}",
@@ -369,7 +478,10 @@ pub fn verify(archive: &Path) -> Result<()> {
     if printed.is_empty() {
         eprintln!("image check: {program} ran statically in the image (printed no version: the stub agent has no --version yet)");
     } else {
-        ensure!(printed.contains("nldns"), "image check: `--version` printed {printed:?}, expected it to name nldns");
+        ensure!(
+            printed.contains("nldns"),
+            "image check: `--version` printed {printed:?}, expected it to name nldns"
+        );
         eprintln!("image check: {printed}");
     }
     fs::remove_dir_all(&rootfs)?;
@@ -383,7 +495,10 @@ pub fn verify(archive: &Path) -> Result<()> {
 }
 
 /// Runs `cmd`, killing it after `limit`; returns status, stdout, stderr.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(std::process::ExitStatus, String, String)> {
+fn run_bounded(
+    mut cmd: Command,
+    limit: Duration,
+) -> Result<(std::process::ExitStatus, String, String)> {
     let mut child = cmd.spawn()?;
     let start = Instant::now();
     loop {
@@ -412,7 +527,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("nldns-image-test-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("nldns-image-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
@@ -434,15 +550,26 @@ mod tests {
         let (a, b) = (d.join("a.tar"), d.join("b.tar"));
         write_archive(&sh, "1.2.3", &a).unwrap();
         write_archive(&sh, "1.2.3", &b).unwrap();
-        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "two builds differ");
+        assert_eq!(
+            fs::read(&a).unwrap(),
+            fs::read(&b).unwrap(),
+            "two builds differ"
+        );
         let err = verify(&a).unwrap_err().to_string();
         assert!(err.contains("dynamically linked"), "{err}");
 
         // Flip one byte inside the gzip layer blob: the digest check must name it.
         let mut bytes = fs::read(&a).unwrap();
         let files = read_archive(&a).unwrap();
-        let (_, layer) = files.iter().filter(|(k, _)| k.starts_with("blobs/")).max_by_key(|(_, v)| v.len()).unwrap();
-        let at = bytes.windows(64).position(|w| w == &layer[100..164]).unwrap();
+        let (_, layer) = files
+            .iter()
+            .filter(|(k, _)| k.starts_with("blobs/"))
+            .max_by_key(|(_, v)| v.len())
+            .unwrap();
+        let at = bytes
+            .windows(64)
+            .position(|w| w == &layer[100..164])
+            .unwrap();
         bytes[at] ^= 0xff;
         fs::write(&a, &bytes).unwrap();
         let err = format!("{:#}", verify(&a).unwrap_err());
