@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Remove nldns from the current cluster.
 #
-#   deploy/uninstall.sh [--timeout SECONDS] [--image IMAGE] [--skip-cleanup]
+#   deploy/uninstall.sh [--timeout SECONDS] [--image IMAGE] [--pause-image IMAGE]
+#                       [--skip-cleanup]
 #
 # In this order:
 #   1. deletes the nldns DaemonSet and waits until its pods are gone. Each agent
@@ -11,7 +12,8 @@
 #      remove legacy netlink TC filters that a crashed agent may have left on kernels
 #      without TCX (< 6.6). Such leftovers are already pass-through (heartbeat guard),
 #      so this is tidying, not repair; on TCX nodes it finds nothing. --skip-cleanup
-#      skips it. The image is the one the DaemonSet ran (or --image);
+#      skips it. The image is the one the DaemonSet ran (or --image); the cleanup
+#      pods' second container is registry.k8s.io/pause (--pause-image for mirrors);
 #   3. deletes the ConfigMap and the ServiceAccount;
 #   4. deletes the kube-dns-uncached Service LAST: until every agent is gone, some
 #      agent may still be forwarding to it.
@@ -28,11 +30,12 @@ log() { printf 'uninstall.sh: %s\n' "$*" >&2; }
 die() { printf 'uninstall.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 timeout=180
 image=""
+pause_image=""
 cleanup=1
 # Seconds between two looks at the remaining pods (the tests set 0).
 poll=${NLDNS_UNINSTALL_POLL:-2}
@@ -43,6 +46,8 @@ while [ $# -gt 0 ]; do
         --timeout=*) timeout=${1#*=}; shift ;;
         --image) [ $# -ge 2 ] || die "$1 needs a value"; image=$2; shift 2 ;;
         --image=*) image=${1#*=}; shift ;;
+        --pause-image) [ $# -ge 2 ] || die "$1 needs a value"; pause_image=$2; shift 2 ;;
+        --pause-image=*) pause_image=${1#*=}; shift ;;
         --skip-cleanup) cleanup=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
@@ -66,6 +71,23 @@ wait_pods_gone() {
     done
 }
 
+# A kustomize `images:` entry replacing image NAME with IMAGE (name[:tag] or name@digest;
+# a ':' before the last '/' is a registry port, not a tag).
+image_entry() {
+    local name=$1 img=$2
+    printf '  - name: %s\n' "$name"
+    case "$img" in
+        *@*) printf '    newName: %s\n    digest: %s\n' "${img%%@*}" "${img#*@}" ;;
+        *)
+            if [[ "${img##*/}" == *:* ]]; then
+                printf '    newName: %s\n    newTag: "%s"\n' "${img%:*}" "${img##*:}"
+            else
+                printf '    newName: %s\n' "$img"
+            fi
+            ;;
+    esac
+}
+
 # --- 1. the agents --------------------------------------------------------------------
 if [ -z "$image" ]; then
     image=$(kc -n "$NS" get daemonset nldns -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null || true)
@@ -86,17 +108,9 @@ if [ "$cleanup" = 1 ]; then
     cp "$here/cleanup/daemonset.yaml" "$tmp/daemonset.yaml"
     {
         printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
-        printf 'resources:\n  - daemonset.yaml\nimages:\n  - name: nldns\n'
-        case "$image" in
-            *@*) printf '    newName: %s\n    digest: %s\n' "${image%%@*}" "${image#*@}" ;;
-            *)
-                if [[ "${image##*/}" == *:* ]]; then
-                    printf '    newName: %s\n    newTag: "%s"\n' "${image%:*}" "${image##*:}"
-                else
-                    printf '    newName: %s\n' "$image"
-                fi
-                ;;
-        esac
+        printf 'resources:\n  - daemonset.yaml\nimages:\n'
+        image_entry nldns "$image"
+        [ -z "$pause_image" ] || image_entry registry.k8s.io/pause "$pause_image"
     } >"$tmp/kustomization.yaml"
     kc apply -k "$tmp"
     # Ready means the init container (`nldns cleanup`) succeeded on that node.

@@ -1099,7 +1099,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             script: "uninstall.sh",
             name: "order: agents gone, then cleanup, kube-dns-uncached last",
-            args: &[],
+            args: &["--pause-image", "mirror.example:5000/pause:3.10"],
             env: &[
                 ("FAKE_DS_IMAGE", "registry.example/nldns:v9"),
                 ("FAKE_PODS_LINGER", "2"),
@@ -1150,6 +1150,11 @@ fn scenarios() -> Vec<Scenario> {
                         init["image"] == "registry.example/nldns:v9",
                         "cleanup image is {}",
                         init["image"]
+                    );
+                    let pause = &ds["spec"]["template"]["spec"]["containers"][0]["image"];
+                    ensure!(
+                        pause == "mirror.example:5000/pause:3.10",
+                        "--pause-image not applied: {pause}"
                     );
                 }
                 Ok(())
