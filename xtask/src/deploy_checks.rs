@@ -1034,6 +1034,19 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             script: "install.sh",
+            name: "--dry-run renders and applies nothing",
+            args: &["--dry-run"],
+            env: &[],
+            expect_success: true,
+            verify: |run, _| {
+                run.expect_none("apply")?;
+                run.expect_none("rollout")?;
+                run.expect_order(&["get service kube-dns -o", "kustomize "])?;
+                Ok(())
+            },
+        },
+        Scenario {
+            script: "install.sh",
             name: "kube-dns missing: fails before applying anything",
             args: &[],
             env: &[("FAKE_KUBE_DNS_IPS", "missing")],
