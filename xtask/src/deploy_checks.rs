@@ -65,6 +65,9 @@ pub fn run(root: &Path) -> Result<()> {
     checks.run("shellcheck deploy/*.sh deploy/tests/kubectl", || {
         shellcheck(root)
     });
+    checks.run("Containerfile matches the xtask image", || {
+        containerfile(root)
+    });
 
     // Everything below needs the venv (kubernetes-validate, PyYAML).
     let tools = match Tools::new(root) {
@@ -290,6 +293,31 @@ fn metric_names(expr: &str) -> Vec<String> {
         i = end;
     }
     names
+}
+
+// ---------------------------------------------------------------------------------
+// Containerfile: the daemon build must give the image that `cargo xtask image` writes
+// (xtask/src/image.rs: FROM scratch, /usr/local/bin/nldns, entrypoint + `run`).
+
+fn containerfile(root: &Path) -> Result<()> {
+    let text = fs::read_to_string(root.join("Containerfile")).context("reading Containerfile")?;
+    let last_from = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("FROM "))
+        .next_back();
+    ensure!(
+        last_from.is_some_and(|l| l.split_whitespace().nth(1) == Some("scratch")),
+        "the final stage must be FROM scratch (a static binary needs nothing else)"
+    );
+    for want in [
+        r#"ENTRYPOINT ["/usr/local/bin/nldns"]"#,
+        r#"CMD ["run"]"#,
+        "x86_64-unknown-linux-musl",
+    ] {
+        ensure!(text.contains(want), "Containerfile lacks {want}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
