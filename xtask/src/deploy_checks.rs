@@ -304,8 +304,7 @@ fn containerfile(root: &Path) -> Result<()> {
     let last_from = text
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("FROM "))
-        .next_back();
+        .rfind(|l| l.starts_with("FROM "));
     ensure!(
         last_from.is_some_and(|l| l.split_whitespace().nth(1) == Some("scratch")),
         "the final stage must be FROM scratch (a static binary needs nothing else)"
