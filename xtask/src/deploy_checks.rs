@@ -92,6 +92,34 @@ pub fn run(root: &Path) -> Result<()> {
             cleanup_policy(&docs)
         });
     }
+    if let Some(tools) = tools.as_ref().filter(|t| t.renderer.renders_overlays()) {
+        // The fallback renderer must not drift from kustomize while nobody needs it.
+        checks.run("deploy/tests/render.py renders like kustomize", || {
+            for (dir, name) in [("deploy", "base"), ("deploy/cleanup", "cleanup")] {
+                let real = work.join(format!("{name}.yaml"));
+                let fallback = work.join(format!("{name}.fallback.yaml"));
+                let out = checked(
+                    Command::new(&tools.python)
+                        .arg(root.join("deploy/tests/render.py"))
+                        .arg("build")
+                        .arg(root.join(dir)),
+                )?;
+                fs::write(&fallback, &out.stdout)?;
+                let key = |d: &Value| format!("{}/{}", d["kind"], d["metadata"]["name"]);
+                let mut a = tools.to_json(&real)?;
+                let mut b = tools.to_json(&fallback)?;
+                a.sort_by_key(key);
+                b.sort_by_key(key);
+                ensure!(
+                    a == b,
+                    "{dir}: render.py and kustomize disagree ({} vs {})",
+                    fallback.display(),
+                    real.display()
+                );
+            }
+            Ok(())
+        });
+    }
     for scenario in scenarios() {
         let name = format!("{}: {}", scenario.script, scenario.name);
         checks.run(&name, || scenario.check(root, &work, tools.as_ref()));
