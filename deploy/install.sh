@@ -8,8 +8,9 @@
 #   1. reads the kube-dns Service's ClusterIP(s) (both families on dual-stack clusters):
 #      these are the addresses nldns intercepts; the kubelet's --cluster-dns already
 #      points pods at them, so nothing on the nodes changes (works on GKE, EKS, AKS...);
-#   2. finds the cluster domain: --cluster-domain, else the `kubernetes` zone of the
-#      CoreDNS Corefile (ConfigMap kube-system/coredns), else cluster.local;
+#   2. finds the cluster domain: --cluster-domain, else the kubelet's clusterDomain
+#      (node proxy /configz of one node), else the `kubernetes` zone of the CoreDNS
+#      Corefile (ConfigMap kube-system/coredns), else cluster.local;
 #   3. creates/updates the kube-dns-uncached Service (same backends, second ClusterIP)
 #      and reads its ClusterIP(s): the cache's upstream;
 #   4. renders a kustomize overlay of deploy/ in a temporary directory with those
@@ -29,7 +30,7 @@ log() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
 cluster_domain=""
@@ -127,13 +128,22 @@ n_families=$(awk -F, '{print NF}' <<<"$service_ip")
 if [ -n "$cluster_domain" ]; then
     domain_source="--cluster-domain"
 else
-    corefile=$(kc -n "$NS" get configmap coredns -o jsonpath='{.data.Corefile}' 2>/dev/null || true)
-    cluster_domain=$(corefile_domain <<<"$corefile")
-    if [ -n "$cluster_domain" ]; then
+    # The kubelet's own setting is what pods get in their resolv.conf search list. It is
+    # readable through the API server's node proxy (needs nodes/proxy rights; may fail).
+    node=$(kc get nodes -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
+    if [ -n "$node" ]; then
+        configz=$(kc get --raw "/api/v1/nodes/$node/proxy/configz" 2>/dev/null || true)
+        cluster_domain=$(sed -n 's/.*"clusterDomain"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$configz" | head -n 1)
+        domain_source="kubelet configuration of node $node"
+    fi
+    if [ -z "$cluster_domain" ]; then
+        corefile=$(kc -n "$NS" get configmap coredns -o jsonpath='{.data.Corefile}' 2>/dev/null || true)
+        cluster_domain=$(corefile_domain <<<"$corefile")
         domain_source="ConfigMap $NS/coredns"
-    else
+    fi
+    if [ -z "$cluster_domain" ]; then
         cluster_domain=cluster.local
-        domain_source="default (no CoreDNS Corefile found; kube-dns clusters such as GKE use cluster.local)"
+        domain_source="default (neither the kubelet configuration nor a CoreDNS Corefile was readable; kube-dns clusters such as GKE use cluster.local)"
     fi
 fi
 cluster_domain=${cluster_domain%.}

@@ -30,7 +30,7 @@ log() { printf 'uninstall.sh: %s\n' "$*" >&2; }
 die() { printf 'uninstall.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
 timeout=180

@@ -1030,6 +1030,7 @@ fn scenarios() -> Vec<Scenario> {
             verify: |run, tools| {
                 run.expect_order(INSTALL_ORDER)?;
                 run.expect_none("get configmap coredns")?;
+                run.expect_none("configz")?;
                 ensure!(
                     run.file(1, "kustomization.yaml")?
                         .contains("dual-stack.yaml"),
@@ -1062,6 +1063,29 @@ fn scenarios() -> Vec<Scenario> {
                         "the overlay would undo the Service's dual-stack policy"
                     );
                 }
+                Ok(())
+            },
+        },
+        Scenario {
+            script: "install.sh",
+            name: "cluster domain from the kubelet's configz wins over the Corefile",
+            args: &[],
+            env: &[
+                ("FAKE_COREFILE", COREFILE),
+                (
+                    "FAKE_CONFIGZ",
+                    r#"{"kubeletconfig":{"enableServer":true,"clusterDomain":"k8s.example","clusterDNS":["10.96.0.10"]}}"#,
+                ),
+            ],
+            expect_success: true,
+            verify: |run, tools| {
+                run.expect_order(&[
+                    "get nodes -o jsonpath",
+                    "get --raw /api/v1/nodes/node-a/proxy/configz",
+                    "apply -k",
+                ])?;
+                run.expect_none("get configmap coredns")?;
+                check_agent_env(run, tools, "10.96.0.10", "10.96.0.11", "k8s.example")?;
                 Ok(())
             },
         },
