@@ -1175,6 +1175,36 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             script: "install.sh",
+            name: "--help calls nothing",
+            args: &["--help"],
+            env: &[],
+            expect_success: true,
+            verify: |run, _| {
+                ensure!(
+                    run.calls.is_empty(),
+                    "kubectl was called for --help: {:?}",
+                    run.calls
+                );
+                Ok(())
+            },
+        },
+        Scenario {
+            script: "uninstall.sh",
+            name: "--help calls nothing",
+            args: &["--help"],
+            env: &[],
+            expect_success: true,
+            verify: |run, _| {
+                ensure!(
+                    run.calls.is_empty(),
+                    "kubectl was called for --help: {:?}",
+                    run.calls
+                );
+                Ok(())
+            },
+        },
+        Scenario {
+            script: "install.sh",
             name: "unknown flag is refused",
             args: &["--bogus"],
             env: &[],
