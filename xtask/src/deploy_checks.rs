@@ -51,6 +51,20 @@ const CONTRACT_METRICS: &[&str] = &[
     "nldns_datapath_rewrite_errors_total",
 ];
 
+/// `nldns run` flags (the agent's CLI contract), as their NLDNS_<FLAG> env suffixes.
+const RUN_FLAGS: &[&str] = &[
+    "SERVICE_IP",
+    "UPSTREAM",
+    "CLUSTER_DOMAIN",
+    "RESOLV_CONF",
+    "INTERFACES",
+    "ATTACH_MODE",
+    "LISTEN",
+    "HEALTH_ADDR",
+    "METRICS_ADDR",
+    "CONFIG",
+];
+
 pub fn run(root: &Path) -> Result<()> {
     let work = root.join("target").join("deploy-checks");
     if work.exists() {
@@ -700,6 +714,16 @@ fn base_policy(docs: &[Value]) -> Result<()> {
             env_value(c, name).is_some_and(|v| !v.is_empty()),
             "env {name} is not set"
         );
+    }
+    // Every NLDNS_ variable must be a flag of the agent's CLI contract (`nldns run`).
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or("");
+        if let Some(flag) = name.strip_prefix("NLDNS_") {
+            ensure!(
+                RUN_FLAGS.contains(&flag),
+                "env {name} is not a flag of `nldns run` (known: {RUN_FLAGS:?})"
+            );
+        }
     }
     // The service-link expansion of the base depends on these exact variable names.
     ensure!(
