@@ -300,6 +300,18 @@ fn bind_block(
     Ok((udp, tcp))
 }
 
+/// HTTP listeners are shared with SO_REUSEPORT so that, during a surge upgrade, the new
+/// agent can bind the same health and metrics ports as the old one on the same node.
+fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 async fn follow_interfaces(
     interception: Arc<Mutex<Interception>>,
     filter: InterfaceFilter,

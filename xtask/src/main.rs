@@ -4,6 +4,8 @@
 //! installs that tooling on a fresh machine, and every other task runs `setup` first.
 
 mod cmd;
+mod deploy_checks;
+mod image;
 mod setup;
 mod test;
 
@@ -25,6 +27,11 @@ enum Task {
     Setup,
     /// fmt, clippy, unit tests, then the integration tests as root.
     Test(test::TestArgs),
+    /// Build the OCI image archive (static musl binary, no Docker daemon) and check it runs.
+    Image,
+    /// Validate deploy/: manifests against the Kubernetes schemas, shellcheck, and the
+    /// install/uninstall scripts against a recording kubectl.
+    DeployChecks,
 }
 
 fn main() -> Result<()> {
@@ -36,6 +43,13 @@ fn main() -> Result<()> {
             setup::run()?;
             test::run(&root, &args)
         }
+        Task::Image => {
+            setup::run()?;
+            let archive = image::build(&root)?;
+            eprintln!("xtask: image archive {}", archive.display());
+            Ok(())
+        }
+        Task::DeployChecks => deploy_checks::run(&root),
     }
 }
 

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{cmd, setup::NIGHTLY};
+use crate::{cmd, deploy_checks, image, setup::NIGHTLY};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -48,7 +48,14 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     if let Some(filter) = &args.filter {
         integration.arg(filter);
     }
-    cmd::run(&mut integration)
+    cmd::run(&mut integration)?;
+    if args.filter.is_some() {
+        return Ok(());
+    }
+    deploy_checks::run(root)?;
+    // Builds the static image and runs `nldns --version` from inside the unpacked archive.
+    image::build(root)?;
+    Ok(())
 }
 
 fn lint(root: &Path) -> Result<()> {
