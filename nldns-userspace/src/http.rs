@@ -131,3 +131,62 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.read_to_string(&mut response),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn health_ready_and_metrics() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics = Metrics::new();
+        metrics.cache_hits.inc();
+        let state = Arc::new(HttpState {
+            metrics,
+            ready: {
+                let ready = ready.clone();
+                Arc::new(move || ready.load(Ordering::SeqCst))
+            },
+            healthy: Arc::new(|| true),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state, shutdown.clone()));
+
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::SeqCst);
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("openmetrics-text"));
+        assert!(metrics.contains("nldns_cache_hits_total 1"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

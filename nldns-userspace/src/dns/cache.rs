@@ -129,6 +129,7 @@ pub struct Cache {
     policy: CachePolicy,
     bytes: usize,
     evictions: u64,
+    unreported_evictions: u64,
 }
 
 impl Cache {
@@ -138,6 +139,7 @@ impl Cache {
             policy,
             bytes: 0,
             evictions: 0,
+            unreported_evictions: 0,
         }
     }
 
@@ -145,6 +147,12 @@ impl Cache {
     pub fn set_policy(&mut self, policy: CachePolicy) {
         self.policy = policy;
         self.evict_to_fit();
+    }
+
+    /// Evictions since the last call (for a metrics counter that must not double
+    /// count when several callers report at once).
+    pub fn take_new_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.unreported_evictions)
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -266,6 +274,7 @@ impl Cache {
                 Some((_, old)) => {
                     self.bytes -= old.charge;
                     self.evictions += 1;
+                    self.unreported_evictions += 1;
                 }
                 None => break,
             }

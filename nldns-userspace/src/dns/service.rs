@@ -136,6 +136,42 @@ impl DnsService {
         self.exchanger.health.any_healthy(&config.default_upstreams)
     }
 
+    /// Asks each cluster upstream (or, without any, each default upstream) for the
+    /// cluster domain's SOA (the root's for default upstreams) and records who
+    /// answered: any DNS reply, even an error code, shows the server is alive. Call
+    /// it periodically so `upstream_reachable` does not depend on client traffic.
+    pub async fn check_upstreams(&self) -> bool {
+        let settings = self.settings();
+        let c = &settings.config;
+        let (servers, zone) = if c.cluster_upstreams.is_empty() {
+            (&c.default_upstreams, ".".to_string())
+        } else {
+            (&c.cluster_upstreams, format!("{}.", c.cluster_domain))
+        };
+        let Ok(name) = Name::from_ascii(&zone) else {
+            return false;
+        };
+        let question = UpstreamQuery {
+            name,
+            qtype: RecordType::SOA,
+            qclass: DNSClass::IN,
+            dnssec_ok: false,
+            checking_disabled: false,
+        };
+        let opts = ExchangeOptions {
+            timeout: c.upstream_timeout,
+            attempts: 1,
+            failure_backoff: c.upstream_failure_backoff,
+            force_tcp: false,
+        };
+        let probes = servers.iter().map(|server| {
+            self.exchanger
+                .exchange(std::slice::from_ref(server), &question, &opts)
+        });
+        futures::future::join_all(probes).await;
+        self.upstream_reachable()
+    }
+
     /// (max connections, pipelining depth, idle timeout) for the TCP server.
     pub fn tcp_limits(&self) -> (usize, usize, Duration) {
         let settings = self.settings();
@@ -159,18 +195,15 @@ impl DnsService {
     }
 
     fn update_cache_gauges(&self) {
-        let stats = self.lock_cache().stats();
-        self.metrics
-            .cache_entries
-            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
-        self.metrics
-            .cache_bytes
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        let counted = self.metrics.cache_evictions.get();
-        if stats.evictions > counted {
-            self.metrics
-                .cache_evictions
-                .inc_by(stats.evictions - counted);
+        let (stats, evicted) = {
+            let mut cache = self.lock_cache();
+            (cache.stats(), cache.take_new_evictions())
+        };
+        let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics.cache_entries.set(gauge(stats.entries));
+        self.metrics.cache_bytes.set(gauge(stats.bytes));
+        if evicted > 0 {
+            self.metrics.cache_evictions.inc_by(evicted);
         }
     }
 
@@ -421,7 +454,8 @@ impl DnsService {
                         Ok(p) if p.cacheable => Some(p.answer),
                         Ok(p) => return Outcome::Answer(p.answer), // e.g. REFUSED, passed on
                         Err(()) => {
-                            let q = Query::query(question.name.clone(), question.qtype);
+                            let mut q = Query::query(question.name.clone(), question.qtype);
+                            q.set_query_class(question.qclass);
                             answer::servfail(q, policy.servfail_ttl, now).ok()
                         }
                     };

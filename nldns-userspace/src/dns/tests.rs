@@ -699,3 +699,22 @@ async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn upstream_check_tracks_reachability() {
+    let up = TestUpstream::start(Mode::ServFail).await;
+    let (svc, _) = service(config(&[], &[&up]));
+    assert!(
+        svc.check_upstreams().await,
+        "an error reply still shows it is alive"
+    );
+    assert_eq!(
+        up.last_query().unwrap().queries[0].name().to_ascii(),
+        "cluster.local."
+    );
+    up.set_mode(Mode::Silent);
+    assert!(!svc.check_upstreams().await);
+    assert!(!svc.upstream_reachable());
+    up.set_mode(Mode::Answer { ttl: 1, records: 1 });
+    assert!(svc.check_upstreams().await);
+}
