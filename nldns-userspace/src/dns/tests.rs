@@ -347,6 +347,17 @@ async fn large_answers_truncate_for_udp_clients() {
     .await;
     assert_eq!(tcp.answers.len(), 40);
     assert_eq!(up.queries(), 1, "one cache entry serves all three");
+
+    // Above our own EDNS size (1232) even an EDNS client that offers 4096 gets TC=1.
+    up.set_mode(Mode::Answer {
+        ttl: 60,
+        records: 100,
+    });
+    let q = query("huge.example.com.", RecordType::A, 4, Some((4096, false)));
+    let udp = ask(&svc, &q, Protocol::Udp).await;
+    assert!(udp.metadata.truncation && udp.answers.is_empty());
+    assert!(udp.edns.is_some(), "TC answer still carries our OPT");
+    assert_eq!(ask(&svc, &q, Protocol::Tcp).await.answers.len(), 100);
 }
 
 #[tokio::test]
