@@ -149,8 +149,10 @@ async fn serve_connection(
             let mut framed = Vec::with_capacity(answer.len() + 2);
             framed.extend_from_slice(&len.to_be_bytes());
             framed.extend_from_slice(&answer);
-            if writer.write_all(&framed).await.is_err() {
-                break;
+            // A client that stops reading must not pin the connection forever.
+            match tokio::time::timeout(idle, writer.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     });

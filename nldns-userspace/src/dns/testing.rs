@@ -35,6 +35,10 @@ pub enum Mode {
         ttl: u32,
         records: u8,
     },
+    /// FORMERR (without OPT) to queries with EDNS, like `Answer` to plain ones.
+    NoEdns {
+        ttl: u32,
+    },
     /// Over UDP, first replies with a wrong ID, then a wrong question, then from
     /// another source port (all carrying 6.6.6.6), then correctly (10.0.0.1) unless
     /// `then_answer` is false.
@@ -163,6 +167,15 @@ impl Shared {
             reply.set_edns(ours);
         }
         let name = query.queries.first()?.name().clone();
+        if let Mode::NoEdns { ttl } = mode {
+            reply.edns = None;
+            if query.edns.is_some() {
+                reply.metadata.response_code = ResponseCode::FormErr;
+            } else {
+                reply.add_answer(Record::from_rdata(name, ttl, RData::A(A::new(10, 0, 0, 1))));
+            }
+            return Some(reply);
+        }
         match mode {
             Mode::Silent => return None,
             Mode::ServFail => reply.metadata.response_code = ResponseCode::ServFail,
@@ -179,6 +192,7 @@ impl Shared {
                     reply.add_answer(Record::from_rdata(name.clone(), ttl, RData::A(a)));
                 }
             }
+            Mode::NoEdns { .. } => {}
             Mode::Spoof { .. } => {
                 reply.add_answer(Record::from_rdata(name, 60, RData::A(A::new(10, 0, 0, 1))));
             }

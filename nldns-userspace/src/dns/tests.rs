@@ -729,3 +729,18 @@ async fn upstream_check_tracks_reachability() {
     up.set_mode(Mode::Answer { ttl: 1, records: 1 });
     assert!(svc.check_upstreams().await);
 }
+
+#[tokio::test]
+async fn upstream_without_edns_is_asked_again_plainly() {
+    let up = TestUpstream::start(Mode::NoEdns { ttl: 60 }).await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let a = ask(
+        &svc,
+        &query("old.example.com.", RecordType::A, 1, Some((1232, false))),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(addresses(&a), vec!["10.0.0.1"]);
+    assert!(a.edns.is_some(), "the client still gets our OPT");
+    assert_eq!(up.queries(), 2);
+}

@@ -200,19 +200,35 @@ impl Exchanger {
         query: &UpstreamQuery,
         opts: &ExchangeOptions,
     ) -> Result<Message, UpstreamError> {
-        if opts.force_tcp {
-            return exchange_tcp(server, query, opts.timeout).await;
-        }
-        let reply = exchange_udp(server, query, opts.timeout).await?;
-        if reply.metadata.truncation {
-            log::debug!("truncated UDP answer from {server}, retrying over TCP");
-            return exchange_tcp(server, query, opts.timeout).await;
+        let reply = exchange_transport(server, query, opts, true).await?;
+        if reply.metadata.response_code == ResponseCode::FormErr && reply.edns.is_none() {
+            // RFC 6891 section 7: a server without EDNS answers FORMERR; ask plainly.
+            log::debug!("{server} does not support EDNS, retrying without");
+            return exchange_transport(server, query, opts, false).await;
         }
         Ok(reply)
     }
 }
 
-fn encode_query(query: &UpstreamQuery, id: u16) -> Result<Vec<u8>, UpstreamError> {
+/// One exchange with `server`: UDP then TCP on truncation, or TCP only if forced.
+async fn exchange_transport(
+    server: SocketAddr,
+    query: &UpstreamQuery,
+    opts: &ExchangeOptions,
+    edns: bool,
+) -> Result<Message, UpstreamError> {
+    if opts.force_tcp {
+        return exchange_tcp(server, query, opts.timeout, edns).await;
+    }
+    let reply = exchange_udp(server, query, opts.timeout, edns).await?;
+    if reply.metadata.truncation {
+        log::debug!("truncated UDP answer from {server}, retrying over TCP");
+        return exchange_tcp(server, query, opts.timeout, edns).await;
+    }
+    Ok(reply)
+}
+
+fn encode_query(query: &UpstreamQuery, id: u16, with_edns: bool) -> Result<Vec<u8>, UpstreamError> {
     let mut msg = Message::query();
     msg.metadata.id = id;
     msg.metadata.recursion_desired = true;
@@ -220,10 +236,12 @@ fn encode_query(query: &UpstreamQuery, id: u16) -> Result<Vec<u8>, UpstreamError
     let mut q = Query::query(query.name.clone(), query.qtype);
     q.set_query_class(query.qclass);
     msg.add_query(q);
-    let mut edns = Edns::new();
-    edns.set_max_payload(OUR_EDNS_UDP_SIZE);
-    edns.set_dnssec_ok(query.dnssec_ok);
-    msg.set_edns(edns);
+    if with_edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OUR_EDNS_UDP_SIZE);
+        edns.set_dnssec_ok(query.dnssec_ok);
+        msg.set_edns(edns);
+    }
     msg.to_vec()
         .map_err(|e| UpstreamError::Encode(e.to_string()))
 }
@@ -245,9 +263,10 @@ async fn exchange_udp(
     server: SocketAddr,
     query: &UpstreamQuery,
     timeout: Duration,
+    edns: bool,
 ) -> Result<Message, UpstreamError> {
     let id: u16 = rand::random();
-    let bytes = encode_query(query, id)?;
+    let bytes = encode_query(query, id, edns)?;
     // A new socket per query: the kernel picks a random ephemeral source port.
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -290,9 +309,10 @@ async fn exchange_tcp(
     server: SocketAddr,
     query: &UpstreamQuery,
     timeout: Duration,
+    edns: bool,
 ) -> Result<Message, UpstreamError> {
     let id: u16 = rand::random();
-    let bytes = encode_query(query, id)?;
+    let bytes = encode_query(query, id, edns)?;
     let exchange = async {
         let mut stream = TcpStream::connect(server).await?;
         let len = u16::try_from(bytes.len()).map_err(|_| io::Error::other("query too long"))?;
