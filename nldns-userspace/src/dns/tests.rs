@@ -231,7 +231,7 @@ async fn concurrent_identical_misses_coalesce() {
         records: 1,
     })
     .await;
-    up.set_delay(Duration::from_millis(300));
+    up.set_delay(Duration::from_millis(1000));
     let mut cfg = config(&[&up], &[]);
     cfg.upstream_timeout = Duration::from_secs(5);
     let (svc, metrics) = service(cfg);
@@ -304,9 +304,15 @@ async fn serves_stale_on_upstream_servfail_and_slow_upstream() {
     up.set_delay(Duration::from_millis(500));
     let b = ask(&svc, &q, Protocol::Udp).await;
     assert_eq!(ttls(&b), vec![30]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let c = ask(&svc, &q, Protocol::Udp).await;
-    assert!(ttls(&c)[0] > 90, "refreshed: {:?}", ttls(&c));
+    let mut refreshed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if ttls(&ask(&svc, &q, Protocol::Udp).await)[0] > 90 {
+            refreshed = true;
+            break;
+        }
+    }
+    assert!(refreshed, "the upstream answer replaced the stale one");
 }
 
 #[tokio::test]
@@ -444,7 +450,7 @@ async fn in_flight_cap_answers_servfail_at_once() {
         records: 1,
     })
     .await;
-    up.set_delay(Duration::from_millis(500));
+    up.set_delay(Duration::from_millis(1500));
     let mut cfg = config(&[&up], &[]);
     cfg.max_upstream_in_flight = 2;
     cfg.upstream_timeout = Duration::from_secs(5);
@@ -574,27 +580,29 @@ async fn heartbeat_and_malformed_queries_are_answered_locally() {
 
 #[tokio::test]
 async fn prefetch_refreshes_popular_entries_before_expiry() {
-    let up = TestUpstream::start(Mode::Answer { ttl: 2, records: 1 }).await;
+    let up = TestUpstream::start(Mode::Answer { ttl: 3, records: 1 }).await;
     let mut cfg = config(&[&up], &[]);
     cfg.prefetch_min_hits = 2;
-    cfg.prefetch_percent = 60;
+    cfg.prefetch_percent = 90; // window: the last 2.7 s of 3
     let (svc, metrics) = service(cfg);
     let q = query("hot.example.com.", RecordType::A, 1, None);
     ask(&svc, &q, Protocol::Udp).await;
-    ask(&svc, &q, Protocol::Udp).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    ask(&svc, &q, Protocol::Udp).await; // 2nd hit, < 60% left: prefetch
+    ask(&svc, &q, Protocol::Udp).await; // 1st hit: not popular yet
+    up.set_mode(Mode::Answer { ttl: 3, records: 2 }); // tells the refreshed entry apart
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a = ask(&svc, &q, Protocol::Udp).await; // 2nd hit inside the window: prefetch
+    assert_eq!(a.answers.len(), 1, "answered from the cache at once");
+    let mut refreshed = false;
     for _ in 0..100 {
-        if up.queries() == 2 {
+        if ask(&svc, &q, Protocol::Udp).await.answers.len() == 2 {
+            refreshed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(up.queries(), 2);
+    assert!(refreshed, "the prefetched answer replaced the entry");
+    assert_eq!(up.queries(), 2, "no miss: the entry never expired");
     assert_eq!(metrics.prefetches.get(), 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let a = ask(&svc, &q, Protocol::Udp).await;
-    assert_eq!(ttls(&a), vec![2], "fresh entry from the prefetch");
 }
 
 #[tokio::test]
@@ -637,7 +645,7 @@ async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
         records: 1,
     })
     .await;
-    up.set_slow_delay(Duration::from_millis(400));
+    up.set_slow_delay(Duration::from_millis(1000));
     let mut cfg = config(&[&up], &[]);
     cfg.upstream_timeout = Duration::from_secs(5);
     let (svc, _) = service(cfg);
