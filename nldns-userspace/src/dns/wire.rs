@@ -190,19 +190,20 @@ pub fn read_question_name(buf: &[u8], lower: &mut Vec<u8>) -> Result<usize, Wire
 /// Parses a client's query. On success, `lower_name` holds the question name
 /// lowercased, in wire form (the cache key's name).
 pub fn parse_query(buf: &[u8], lower_name: &mut Vec<u8>) -> Result<QueryInfo, QueryError> {
-    if buf.len() < HEADER_LEN {
+    // A fixed-size array: the constant indexes below are checked at compile time.
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return Err(QueryError::Drop);
-    }
-    let id = u16::from_be_bytes([buf[0], buf[1]]);
-    let flags = u16::from_be_bytes([buf[2], buf[3]]);
+    };
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    let flags = u16::from_be_bytes([header[2], header[3]]);
     if flags & FLAG_QR != 0 {
         return Err(QueryError::Drop);
     }
     if flags & OPCODE_MASK != 0 {
         return Err(QueryError::NotImp);
     }
-    let count = |i: usize| u16::from_be_bytes([buf[4 + 2 * i], buf[5 + 2 * i]]);
-    if count(0) != 1 {
+    let qdcount = u16::from_be_bytes([header[4], header[5]]);
+    if qdcount != 1 {
         return Err(QueryError::FormErr);
     }
     lower_name.clear();
@@ -212,7 +213,10 @@ pub fn parse_query(buf: &[u8], lower_name: &mut Vec<u8>) -> Result<QueryInfo, Qu
     let question_end = name_end + 4;
 
     // Walk every record after the question looking for the (single) OPT.
-    let records = usize::from(count(1)) + usize::from(count(2)) + usize::from(count(3));
+    let records = [6, 8, 10]
+        .map(|at| usize::from(u16::from_be_bytes([header[at], header[at + 1]])))
+        .iter()
+        .sum::<usize>();
     let mut at = question_end;
     let mut edns = None;
     let mut bad_version = false;
@@ -327,7 +331,9 @@ fn push_opt(out: &mut Vec<u8>, dnssec_ok: bool, ext_rcode: u8) {
 /// `rcode` may be an extended RCODE (> 15); it then needs an OPT, which is added.
 pub fn synthesize(query: &[u8], info: Option<&QueryInfo>, rcode: u16, extra_flags: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(info.map_or(HEADER_LEN, |i| i.question_end) + 11);
-    let header = query.get(..HEADER_LEN).unwrap_or(&[0; HEADER_LEN]);
+    let header = query
+        .first_chunk::<HEADER_LEN>()
+        .unwrap_or(&[0; HEADER_LEN]);
     out.extend_from_slice(&header[..4]);
     let query_flags = u16::from_be_bytes([header[2], header[3]]);
     let flags = FLAG_QR
