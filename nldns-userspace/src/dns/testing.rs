@@ -159,6 +159,7 @@ impl Shared {
         let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
         reply.metadata.recursion_desired = query.metadata.recursion_desired;
         reply.metadata.recursion_available = true;
+        reply.metadata.authoritative = true;
         reply.add_queries(query.queries.iter().cloned());
         if let Some(edns) = &query.edns {
             let mut ours = Edns::new();

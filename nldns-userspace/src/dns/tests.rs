@@ -90,6 +90,10 @@ async fn hit_counts_ttl_down_and_echoes_id_and_case() {
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ttls(&first), vec![300]);
     assert_eq!(first.edns, None, "no OPT for a client that sent none");
+    assert!(
+        !first.metadata.authoritative,
+        "a cache is not authoritative"
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let q = query("WwW.ExAmple.CoM.", RecordType::A, 0xbeef, None);

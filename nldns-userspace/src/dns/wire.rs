@@ -3,11 +3,16 @@
 //! A hit needs the client's ID, its question (exact bytes, for the 0x20 case echo),
 //! qtype/qclass and its EDNS UDP size / DO bit, and then a copy of the stored answer
 //! with the ID, question case and TTLs patched. Decoding the query and the stored
-//! answer with hickory-proto, editing and re-encoding costs far more than that
-//! (see `benches/cache_hit.rs` and the measured ratio on `render_answer`). Everything on the miss path (upstream replies, synthesized
-//! SERVFAILs, upstream queries) goes through hickory-proto instead.
+//! answer with hickory-proto, editing and re-encoding costs about 12x more (see
+//! `benches/cache_hit.rs` and the numbers on `render_answer`).
 //!
-//! Every read is bounds-checked through `get`: network input never panics here.
+//! Here: the query parser, the answer patcher, the TTL-offset finder that builds the
+//! stored form (run once per stored answer, on bytes hickory-proto encoded), and the
+//! header-plus-question replies the same parse makes possible without a decode
+//! (FORMERR, SERVFAIL, TC=1, the heartbeat's NXDOMAIN). Everything else on the miss
+//! path (upstream replies, upstream queries) goes through hickory-proto.
+//!
+//! Every read is bounds-checked: network input never panics here.
 
 use thiserror::Error;
 
@@ -24,6 +29,7 @@ pub const MAX_NAME_LEN: usize = 255;
 
 // Header flag bits (second 16-bit word).
 pub const FLAG_QR: u16 = 0x8000;
+pub const FLAG_AA: u16 = 0x0400;
 pub const FLAG_TC: u16 = 0x0200;
 pub const FLAG_RD: u16 = 0x0100;
 pub const FLAG_RA: u16 = 0x0080;
@@ -366,8 +372,9 @@ pub enum TtlPatch {
 }
 
 /// Builds the answer to `query` from a stored answer into `out`: the stored bytes with
-/// the client's ID, RD bit and question bytes (case echo), TTLs patched, AD cleared
-/// unless the client asked for DNSSEC data, plus our OPT when the client sent one.
+/// the client's ID, RD bit and question bytes (case echo), TTLs patched, AA cleared, AD
+/// cleared unless the client asked for DNSSEC data, plus our OPT when the client sent
+/// one.
 ///
 /// Measured with `cargo bench --bench cache_hit` (2 shared cores, release, a
 /// 2-record A answer with EDNS): parse + lookup + this took 0.20 us per hit, the
@@ -385,7 +392,8 @@ pub fn render_answer(
     out.extend_from_slice(stored);
     put_u16(out, 0, info.id);
     let stored_flags = get_u16(out, 2).unwrap_or(0);
-    let mut flags = (stored_flags & !(FLAG_RD | FLAG_TC)) | (info.flags & FLAG_RD);
+    // A cached answer is never authoritative, whatever the upstream said.
+    let mut flags = (stored_flags & !(FLAG_RD | FLAG_TC | FLAG_AA)) | (info.flags & FLAG_RD);
     if !info.dnssec_ok() && info.flags & FLAG_AD == 0 {
         // RFC 6840 section 5.8: AD only for clients that show they understand it.
         flags &= !FLAG_AD;
