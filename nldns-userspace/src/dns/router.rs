@@ -328,5 +328,22 @@ mod tests {
         assert!(
             KubeDnsConfig::from_json(&serde_json::json!({"stubDomains": {"a": ["nope"]}})).is_err()
         );
+
+        // A mounted ConfigMap: one file per key.
+        let dir = std::env::temp_dir().join(format!("nldns-kube-dns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stubDomains"), r#"{"corp": ["10.1.1.1"]}"#).unwrap();
+        std::fs::write(dir.join("upstreamNameservers"), r#"["9.9.9.9:5353"]"#).unwrap();
+        let read = KubeDnsConfig::read(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let read = read.unwrap();
+        assert_eq!(
+            read.stub_domains,
+            vec![("corp".to_string(), vec!["10.1.1.1:53".parse().unwrap()])]
+        );
+        assert_eq!(
+            read.upstream_nameservers,
+            vec!["9.9.9.9:5353".parse().unwrap()]
+        );
     }
 }

@@ -756,3 +756,39 @@ async fn upstream_without_edns_is_asked_again_plainly() {
     assert!(a.edns.is_some(), "the client still gets our OPT");
     assert_eq!(up.queries(), 2);
 }
+
+#[tokio::test]
+async fn waiting_queries_are_bounded_during_an_outage() {
+    let up = TestUpstream::start(Mode::Silent).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_waiting_queries = 3;
+    cfg.upstream_timeout = Duration::from_secs(2);
+    let (svc, metrics) = service(cfg);
+    let q = query("outage.example.com.", RecordType::A, 1, None);
+    // Three waiters park on the one upstream query; the fourth is refused at once.
+    let mut parked = Vec::new();
+    for _ in 0..3 {
+        match svc.handle_now(&q, Protocol::Udp) {
+            super::Handled::Resolve(p) => parked.push(tokio::spawn(p.resolve())),
+            _ => panic!("expected to wait for upstream"),
+        }
+    }
+    let fourth = match svc.handle_now(&q, Protocol::Udp) {
+        super::Handled::Reply(r) => Message::from_vec(&r).unwrap(),
+        _ => panic!("expected an immediate answer"),
+    };
+    assert_eq!(fourth.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(metrics.upstream_overload.get(), 1);
+    for p in parked {
+        let r = Message::from_vec(&p.await.unwrap()).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    }
+    // Slots are released once answered.
+    assert!(matches!(
+        svc.handle_now(
+            &query("after.example.com.", RecordType::A, 1, None),
+            Protocol::Udp
+        ),
+        super::Handled::Resolve(_)
+    ));
+}
