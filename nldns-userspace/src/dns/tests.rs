@@ -275,11 +275,19 @@ async fn serves_stale_when_upstream_fails() {
     assert_eq!(addresses(&a), vec!["10.0.0.1"]);
     assert_eq!(ttls(&a), vec![30]);
     assert_eq!(up.queries(), 2);
-    // Within the recheck window, stale again without asking upstream.
+    // Within the recheck window, stale again without asking upstream; an EDNS
+    // client is told it is stale (Extended DNS Error 3).
+    let with_edns = query("stale.example.com.", RecordType::A, 1, Some((1232, false)));
+    let raw = svc.handle(&with_edns, Protocol::Udp).await.unwrap();
+    assert!(
+        raw.ends_with(&[0, 6, 0, 15, 0, 2, 0, 3]),
+        "EDE option at the end: {raw:?}"
+    );
+    assert!(Message::from_vec(&raw).unwrap().edns.is_some());
     let b = ask(&svc, &q, Protocol::Udp).await;
     assert_eq!(ttls(&b), vec![30]);
     assert_eq!(up.queries(), 2);
-    assert_eq!(metrics.stale_answers.get(), 2);
+    assert_eq!(metrics.stale_answers.get(), 3);
 }
 
 #[tokio::test]

@@ -22,6 +22,10 @@ pub const HEADER_LEN: usize = 12;
 pub const TYPE_OPT: u16 = 41;
 /// The UDP payload size we advertise in our OPT records (DNS flag day 2020 value).
 pub const OUR_EDNS_UDP_SIZE: u16 = 1232;
+/// EDNS option code of Extended DNS Errors (RFC 8914) ...
+const OPTION_EDE: u16 = 15;
+/// ... and its info-code "Stale Answer".
+pub const EDE_STALE_ANSWER: u16 = 3;
 /// Largest UDP answer for a client that sent no EDNS (RFC 1035).
 pub const PLAIN_UDP_LIMIT: usize = 512;
 /// Longest domain name in wire form (RFC 1035 section 2.3.4).
@@ -320,13 +324,22 @@ pub fn ttl_offsets(msg: &[u8]) -> Result<Vec<u16>, WireError> {
 }
 
 /// Appends our OPT record (root owner, our UDP size, DO echoed) and bumps ARCOUNT.
-fn push_opt(out: &mut Vec<u8>, dnssec_ok: bool, ext_rcode: u8) {
+/// With `ede`, the OPT carries an Extended DNS Error (RFC 8914) of that info-code.
+fn push_opt(out: &mut Vec<u8>, dnssec_ok: bool, ext_rcode: u8, ede: Option<u16>) {
     out.push(0); // root owner name
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
     out.extend_from_slice(&OUR_EDNS_UDP_SIZE.to_be_bytes());
     let ttl = (u32::from(ext_rcode) << 24) | if dnssec_ok { 0x8000 } else { 0 };
     out.extend_from_slice(&ttl.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes()); // no options
+    match ede {
+        Some(code) => {
+            out.extend_from_slice(&6u16.to_be_bytes()); // RDLENGTH
+            out.extend_from_slice(&OPTION_EDE.to_be_bytes());
+            out.extend_from_slice(&2u16.to_be_bytes()); // option length
+            out.extend_from_slice(&code.to_be_bytes());
+        }
+        None => out.extend_from_slice(&0u16.to_be_bytes()), // no options
+    }
     let arcount = get_u16(out, 10).unwrap_or(0).saturating_add(1);
     put_u16(out, 10, arcount);
 }
@@ -357,7 +370,7 @@ pub fn synthesize(query: &[u8], info: Option<&QueryInfo>, rcode: u16, extra_flag
     let edns = info.and_then(|i| i.edns);
     if edns.is_some() || rcode > RCODE_MASK {
         let ext = u8::try_from(rcode >> 4).unwrap_or(0);
-        push_opt(&mut out, edns.is_some_and(|e| e.dnssec_ok), ext);
+        push_opt(&mut out, edns.is_some_and(|e| e.dnssec_ok), ext, None);
     }
     out
 }
@@ -416,7 +429,9 @@ pub fn render_answer(
         put_u32(out, at, ttl);
     }
     if let Some(edns) = info.edns {
-        push_opt(out, edns.dnssec_ok, 0);
+        // RFC 8767 section 6: tell the client the answer is stale (EDE 3).
+        let ede = matches!(ttls, TtlPatch::Fixed(_)).then_some(EDE_STALE_ANSWER);
+        push_opt(out, edns.dnssec_ok, 0, ede);
     }
 }
 
