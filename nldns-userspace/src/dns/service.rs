@@ -395,11 +395,13 @@ impl DnsService {
         let key = key.clone();
         tokio::spawn(async move {
             let _slot = Slot(&svc.upstream_in_flight);
+            // Removes the map entry even if resolution panicked, so the key is not
+            // stuck behind a dead query (its waiters then see a closed channel).
+            let _entry = InflightEntry {
+                map: &svc.inflight,
+                key: &key,
+            };
             let outcome = svc.resolve_upstream(&key).await;
-            svc.inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
             let _ = tx.send(Some(outcome));
         });
         Some(rx)
@@ -479,11 +481,27 @@ impl DnsService {
     /// bounded by its own timeouts; this is only a safety net.
     fn wait_bound(config: &DnsConfig) -> Duration {
         let attempts = u32::try_from(config.upstream_attempts.max(1)).unwrap_or(u32::MAX);
-        // Each attempt may be a UDP timeout followed by a TCP one.
+        // Each attempt may be UDP then TCP (truncation), twice (EDNS fallback).
         config
             .upstream_timeout
-            .saturating_mul(attempts.saturating_mul(2))
+            .saturating_mul(attempts.saturating_mul(4))
             + Duration::from_secs(1)
+    }
+}
+
+/// Removes a key from the in-flight map when dropped, after the outcome was sent:
+/// a query joining in between finds the outcome already in the channel.
+struct InflightEntry<'a> {
+    map: &'a Mutex<HashMap<CacheKey, Inflight>>,
+    key: &'a CacheKey,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.key);
     }
 }
 
