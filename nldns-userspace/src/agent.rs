@@ -169,6 +169,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         watching.clone(),
     ));
 
+    // /ready must not depend on client traffic having exercised the upstreams.
+    tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
     let ready = {
         let dns = dns.clone();
         let watching = watching.clone();
@@ -184,9 +186,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         http_addrs.push(args.metrics_addr);
     }
     for addr in http_addrs {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("HTTP address {addr}"))?;
+        let listener = bind_http(addr).with_context(|| format!("HTTP address {addr}"))?;
         tokio::spawn(http::serve(
             listener,
             http_state.clone(),
@@ -298,6 +298,18 @@ fn bind_block(
         tcp.push(t.into());
     }
     Ok((udp, tcp))
+}
+
+async fn probe_upstreams(dns: Arc<DnsService>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                dns.check_upstreams().await;
+            }
+        }
+    }
 }
 
 /// HTTP listeners are shared with SO_REUSEPORT so that, during a surge upgrade, the new

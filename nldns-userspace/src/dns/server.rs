@@ -1,0 +1,196 @@
+//! UDP and TCP serving loops. Cache hits are answered inline in the receive loop;
+//! queries that need upstream run in tracked tasks so shutdown can let them finish.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::service::{DnsService, Handled, Protocol};
+
+/// After shutdown fires, queries in flight get this long to be answered.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves DNS over UDP until `shutdown` fires, then answers the queries in flight
+/// (for at most [`SHUTDOWN_GRACE`]) and returns.
+pub async fn serve_udp(
+    socket: UdpSocket,
+    svc: Arc<DnsService>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let socket = Arc::new(socket);
+    let tasks = TaskTracker::new();
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (len, peer) = match received {
+            Ok(got) => got,
+            Err(e) => {
+                // e.g. ICMP errors surfacing on the socket: not fatal for a server.
+                log::debug!("udp recv: {e}");
+                continue;
+            }
+        };
+        let Some(query) = buf.get(..len) else {
+            continue;
+        };
+        match svc.handle_now(query, Protocol::Udp) {
+            Handled::Drop => {}
+            Handled::Reply(reply) => {
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    log::debug!("udp send to {peer}: {e}");
+                }
+            }
+            Handled::Resolve(pending) => {
+                let socket = socket.clone();
+                tasks.spawn(async move {
+                    let reply = pending.resolve().await;
+                    if let Err(e) = socket.send_to(&reply, peer).await {
+                        log::debug!("udp send to {peer}: {e}");
+                    }
+                });
+            }
+        }
+    }
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        log::warn!("udp: {} queries still unanswered at shutdown", tasks.len());
+    }
+    Ok(())
+}
+
+/// Serves DNS over TCP until `shutdown` fires: pipelined queries on a connection
+/// are answered as each is ready (out of order). Then stops accepting and reading,
+/// answers the queries in flight (for at most [`SHUTDOWN_GRACE`]) and returns.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    svc: Arc<DnsService>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let tasks = TaskTracker::new();
+    let connections = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(got) => got,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                log::warn!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (max_connections, pipeline, idle) = svc.tcp_limits();
+        if connections.fetch_add(1, Ordering::AcqRel) >= max_connections {
+            connections.fetch_sub(1, Ordering::AcqRel);
+            log::debug!("tcp: connection limit reached, closing {peer}");
+            continue;
+        }
+        let svc = svc.clone();
+        let shutdown = shutdown.clone();
+        let connections = connections.clone();
+        tasks.spawn(async move {
+            serve_connection(stream, svc, shutdown, pipeline, idle).await;
+            connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        log::warn!("tcp: {} connections still busy at shutdown", tasks.len());
+    }
+    Ok(())
+}
+
+/// Reads one length-prefixed DNS message.
+async fn read_frame(reader: &mut OwnedReadHalf) -> io::Result<Vec<u8>> {
+    let len = reader.read_u16().await?;
+    let mut frame = vec![0u8; usize::from(len)];
+    reader.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    svc: Arc<DnsService>,
+    shutdown: CancellationToken,
+    pipeline: usize,
+    idle: Duration,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (answers, mut outbox) = mpsc::channel::<Vec<u8>>(pipeline.max(1));
+    // One writer, so answers finishing at once never interleave their bytes.
+    let write_task = tokio::spawn(async move {
+        while let Some(answer) = outbox.recv().await {
+            let Ok(len) = u16::try_from(answer.len()) else {
+                continue;
+            };
+            let mut framed = Vec::with_capacity(answer.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&answer);
+            // A client that stops reading must not pin the connection forever.
+            match tokio::time::timeout(idle, writer.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(pipeline.max(1)));
+    let mut pending = JoinSet::new();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = tokio::time::timeout(idle, read_frame(&mut reader)) => match r {
+                Ok(Ok(frame)) => frame,
+                _ => break, // idle, closed by the client, or an I/O error
+            },
+        };
+        match svc.handle_now(&frame, Protocol::Tcp) {
+            Handled::Drop => {}
+            Handled::Reply(reply) => {
+                if answers.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            Handled::Resolve(query) => {
+                // Bounded pipelining: stop reading while `pipeline` queries are open.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let answers = answers.clone();
+                pending.spawn(async move {
+                    let reply = query.resolve().await;
+                    let _ = answers.send(reply).await;
+                    drop(slot);
+                });
+            }
+        }
+        while pending.try_join_next().is_some() {}
+    }
+    drop(answers);
+    // Queries already read are still answered; each is bounded by its own timeouts.
+    while pending.join_next().await.is_some() {}
+    let _ = write_task.await;
+}

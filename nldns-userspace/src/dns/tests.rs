@@ -1,0 +1,802 @@
+//! Service-level tests against real DNS servers on 127.0.0.1 (see `testing.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use super::testing::{Mode, TestUpstream};
+use super::{server, DnsConfig, DnsService, Protocol, HEARTBEAT_NAME};
+use crate::metrics::Metrics;
+
+/// Functional bound for any single wait in these tests (never a performance check).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn config(default: &[&TestUpstream], cluster: &[&TestUpstream]) -> DnsConfig {
+    DnsConfig {
+        default_upstreams: default.iter().map(|u| u.addr).collect(),
+        cluster_upstreams: cluster.iter().map(|u| u.addr).collect(),
+        min_ttl: Duration::ZERO,
+        upstream_timeout: Duration::from_millis(300),
+        upstream_attempts: 1,
+        ..DnsConfig::default()
+    }
+}
+
+fn service(config: DnsConfig) -> (Arc<DnsService>, Arc<Metrics>) {
+    let metrics = Metrics::new();
+    (DnsService::new(config, metrics.clone()).unwrap(), metrics)
+}
+
+fn query(name: &str, qtype: RecordType, id: u16, edns: Option<(u16, bool)>) -> Vec<u8> {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some((size, dnssec_ok)) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        e.set_dnssec_ok(dnssec_ok);
+        msg.set_edns(e);
+    }
+    msg.to_vec().unwrap()
+}
+
+async fn ask(svc: &Arc<DnsService>, q: &[u8], protocol: Protocol) -> Message {
+    let reply = tokio::time::timeout(PATIENCE, svc.handle(q, protocol))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    Message::from_vec(&reply).unwrap()
+}
+
+fn ttls(msg: &Message) -> Vec<u32> {
+    msg.answers
+        .iter()
+        .chain(&msg.authorities)
+        .map(|r| r.ttl)
+        .collect()
+}
+
+fn addresses(msg: &Message) -> Vec<String> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hit_counts_ttl_down_and_echoes_id_and_case() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 300,
+        records: 1,
+    })
+    .await;
+    let (svc, metrics) = service(config(&[&up], &[]));
+    let first = ask(
+        &svc,
+        &query("www.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(ttls(&first), vec![300]);
+    assert_eq!(first.edns, None, "no OPT for a client that sent none");
+    assert!(
+        !first.metadata.authoritative,
+        "a cache is not authoritative"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let q = query("WwW.ExAmple.CoM.", RecordType::A, 0xbeef, None);
+    let second = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(up.queries(), 1, "served from the cache");
+    assert_eq!(second.metadata.id, 0xbeef);
+    let t = ttls(&second)[0];
+    assert!((290..300).contains(&t), "TTL counted down: {t}");
+    // 0x20: the question comes back byte for byte as the client wrote it.
+    let raw = svc.handle(&q, Protocol::Udp).await.unwrap();
+    let end = q.len();
+    assert_eq!(&raw[12..end], &q[12..end]);
+    assert_eq!(second.answers[0].name.to_ascii(), "WwW.ExAmple.CoM.");
+    assert_eq!(metrics.cache_hits.get(), 2);
+    assert_eq!(metrics.cache_misses.get(), 1);
+}
+
+#[tokio::test]
+async fn cluster_zone_answers_capped_at_30s() {
+    let cluster = TestUpstream::start(Mode::Answer {
+        ttl: 300,
+        records: 1,
+    })
+    .await;
+    let other = TestUpstream::start(Mode::Answer {
+        ttl: 300,
+        records: 1,
+    })
+    .await;
+    let (svc, _) = service(config(&[&other], &[&cluster]));
+    let a = ask(
+        &svc,
+        &query(
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A,
+            1,
+            None,
+        ),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(ttls(&a), vec![30]);
+    let p = ask(
+        &svc,
+        &query("1.0.96.10.in-addr.arpa.", RecordType::PTR, 2, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(ttls(&p), vec![30]);
+    assert_eq!((cluster.queries(), other.queries()), (2, 0));
+    let e = ask(
+        &svc,
+        &query("example.org.", RecordType::A, 3, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(ttls(&e), vec![300]);
+    assert_eq!(other.queries(), 1);
+}
+
+#[tokio::test]
+async fn stub_domains_route_to_their_servers() {
+    let stub = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let other = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&other], &[]);
+    cfg.stub_domains = vec![("acme.local".into(), vec![stub.addr])];
+    let (svc, _) = service(cfg);
+    ask(
+        &svc,
+        &query("db.ACME.local.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!((stub.queries(), other.queries()), (1, 0));
+}
+
+#[tokio::test]
+async fn negative_answers_cached_from_soa() {
+    let up = TestUpstream::start(Mode::NxDomain {
+        soa_ttl: 60,
+        minimum: 3,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let q = query("nope.example.com.", RecordType::A, 1, None);
+    let a = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ttls(&a), vec![3], "min(SOA TTL, MINIMUM)");
+    let b = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(b.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(up.queries(), 1);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(up.queries(), 2, "expired after 3 s");
+}
+
+#[tokio::test]
+async fn servfail_cached_briefly() {
+    let up = TestUpstream::start(Mode::ServFail).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.servfail_ttl = Duration::from_secs(1);
+    let (svc, _) = service(cfg);
+    let q = query("broken.example.com.", RecordType::A, 1, None);
+    for _ in 0..3 {
+        let a = ask(&svc, &q, Protocol::Udp).await;
+        assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
+    }
+    assert_eq!(up.queries(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(up.queries(), 2);
+}
+
+#[tokio::test]
+async fn total_upstream_failure_is_servfail_and_cached() {
+    let up = TestUpstream::start(Mode::Silent).await;
+    let (svc, metrics) = service(config(&[&up], &[]));
+    let q = query("down.example.com.", RecordType::A, 1, None);
+    let a = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
+    ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(up.queries(), 1, "failure cached");
+    assert!(metrics.encode().contains("kind=\"timeout\""));
+    assert!(!svc.upstream_reachable());
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_coalesce() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    up.set_delay(Duration::from_millis(1000));
+    let mut cfg = config(&[&up], &[]);
+    cfg.upstream_timeout = Duration::from_secs(5);
+    let (svc, metrics) = service(cfg);
+    let mut handles = Vec::new();
+    for i in 0..20u16 {
+        let svc = svc.clone();
+        handles.push(tokio::spawn(async move {
+            let name = if i % 2 == 0 {
+                "same.example.com."
+            } else {
+                "SAME.example.com."
+            };
+            ask(&svc, &query(name, RecordType::A, i, None), Protocol::Udp).await
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let a = h.await.unwrap();
+        assert_eq!(a.metadata.id, i as u16);
+        assert_eq!(addresses(&a), vec!["10.0.0.1"]);
+    }
+    assert_eq!(up.queries(), 1);
+    assert_eq!(metrics.coalesced.get(), 19);
+}
+
+#[tokio::test]
+async fn serves_stale_when_upstream_fails() {
+    let up = TestUpstream::start(Mode::Answer { ttl: 1, records: 1 }).await;
+    let (svc, metrics) = service(config(&[&up], &[]));
+    let q = query("stale.example.com.", RecordType::A, 1, None);
+    ask(&svc, &q, Protocol::Udp).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Timeout: the stale answer, TTL 30.
+    up.set_mode(Mode::Silent);
+    let a = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&a), vec!["10.0.0.1"]);
+    assert_eq!(ttls(&a), vec![30]);
+    assert_eq!(up.queries(), 2);
+    // Within the recheck window, stale again without asking upstream; an EDNS
+    // client is told it is stale (Extended DNS Error 3).
+    let with_edns = query("stale.example.com.", RecordType::A, 1, Some((1232, false)));
+    let raw = svc.handle(&with_edns, Protocol::Udp).await.unwrap();
+    assert!(
+        raw.ends_with(&[0, 6, 0, 15, 0, 2, 0, 3]),
+        "EDE option at the end: {raw:?}"
+    );
+    assert!(Message::from_vec(&raw).unwrap().edns.is_some());
+    let b = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(ttls(&b), vec![30]);
+    assert_eq!(up.queries(), 2);
+    assert_eq!(metrics.stale_answers.get(), 3);
+}
+
+#[tokio::test]
+async fn serves_stale_on_upstream_servfail_and_slow_upstream() {
+    let up = TestUpstream::start(Mode::Answer { ttl: 1, records: 1 }).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.stale_recheck = Duration::ZERO;
+    cfg.stale_client_timeout = Duration::from_millis(100);
+    cfg.upstream_timeout = Duration::from_secs(3);
+    let (svc, _) = service(cfg);
+    let q = query("stale2.example.com.", RecordType::A, 1, None);
+    ask(&svc, &q, Protocol::Udp).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    up.set_mode(Mode::ServFail);
+    let a = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(
+        (a.metadata.response_code, ttls(&a)),
+        (ResponseCode::NoError, vec![30])
+    );
+    // Slow upstream: the client gets stale after stale_client_timeout; the query
+    // goes on and refreshes the cache.
+    up.set_mode(Mode::Answer {
+        ttl: 100,
+        records: 1,
+    });
+    up.set_delay(Duration::from_millis(500));
+    let b = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(ttls(&b), vec![30]);
+    let mut refreshed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if ttls(&ask(&svc, &q, Protocol::Udp).await)[0] > 90 {
+            refreshed = true;
+            break;
+        }
+    }
+    assert!(refreshed, "the upstream answer replaced the stale one");
+}
+
+#[tokio::test]
+async fn large_answers_truncate_for_udp_clients() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 40,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let plain = ask(
+        &svc,
+        &query("big.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert!(plain.metadata.truncation);
+    assert!(plain.answers.is_empty());
+    assert_eq!(plain.queries.len(), 1, "question kept");
+    let edns = ask(
+        &svc,
+        &query("big.example.com.", RecordType::A, 2, Some((4096, false))),
+        Protocol::Udp,
+    )
+    .await;
+    assert!(!edns.metadata.truncation);
+    assert_eq!(edns.answers.len(), 40);
+    assert_eq!(
+        edns.edns.as_ref().map(|e| e.max_payload()),
+        Some(1232),
+        "our OPT"
+    );
+    let tcp = ask(
+        &svc,
+        &query("big.example.com.", RecordType::A, 3, None),
+        Protocol::Tcp,
+    )
+    .await;
+    assert_eq!(tcp.answers.len(), 40);
+    assert_eq!(up.queries(), 1, "one cache entry serves all three");
+
+    // Above our own EDNS size (1232) even an EDNS client that offers 4096 gets TC=1.
+    up.set_mode(Mode::Answer {
+        ttl: 60,
+        records: 100,
+    });
+    let q = query("huge.example.com.", RecordType::A, 4, Some((4096, false)));
+    let udp = ask(&svc, &q, Protocol::Udp).await;
+    assert!(udp.metadata.truncation && udp.answers.is_empty());
+    assert!(udp.edns.is_some(), "TC answer still carries our OPT");
+    assert_eq!(ask(&svc, &q, Protocol::Tcp).await.answers.len(), 100);
+}
+
+#[tokio::test]
+async fn truncated_upstream_reply_is_retried_over_tcp() {
+    let up = TestUpstream::start(Mode::TruncateUdp {
+        ttl: 60,
+        records: 3,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let a = ask(
+        &svc,
+        &query("tc.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(a.answers.len(), 3);
+    assert_eq!(up.udp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(up.tcp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn force_tcp_zones_use_tcp_only() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.force_tcp_zones = vec!["example.com".into()];
+    let (svc, _) = service(cfg);
+    ask(
+        &svc,
+        &query("a.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    ask(
+        &svc,
+        &query("a.example.net.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(up.udp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(up.tcp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn mismatched_replies_are_ignored() {
+    let up = TestUpstream::start(Mode::Spoof { then_answer: true }).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.upstream_timeout = Duration::from_secs(3);
+    let (svc, _) = service(cfg);
+    let a = ask(
+        &svc,
+        &query("spoof.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(
+        addresses(&a),
+        vec!["10.0.0.1"],
+        "wrong ID, question and source were all ignored"
+    );
+
+    up.set_mode(Mode::Spoof { then_answer: false });
+    let b = ask(
+        &svc,
+        &query("spoof2.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(
+        b.metadata.response_code,
+        ResponseCode::ServFail,
+        "only forgeries: timeout"
+    );
+}
+
+#[tokio::test]
+async fn in_flight_cap_answers_servfail_at_once() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    up.set_delay(Duration::from_millis(1500));
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_upstream_in_flight = 2;
+    cfg.upstream_timeout = Duration::from_secs(5);
+    let (svc, metrics) = service(cfg);
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        let svc = svc.clone();
+        handles.push(tokio::spawn(async move {
+            let q = query(&format!("n{i}.example.com."), RecordType::A, 1, None);
+            ask(&svc, &q, Protocol::Udp).await.metadata.response_code
+        }));
+        // Let each query reach the upstream stage in order.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut codes = Vec::new();
+    for h in handles {
+        codes.push(h.await.unwrap());
+    }
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ResponseCode::NoError)
+            .count(),
+        2
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ResponseCode::ServFail)
+            .count(),
+        3
+    );
+    assert_eq!(up.queries(), 2);
+    assert_eq!(metrics.upstream_overload.get(), 3);
+}
+
+#[tokio::test]
+async fn unhealthy_upstream_is_skipped() {
+    let dead = TestUpstream::start(Mode::Silent).await;
+    let good = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&dead, &good], &[]);
+    cfg.upstream_attempts = 2;
+    cfg.upstream_timeout = Duration::from_millis(200);
+    let (svc, _) = service(cfg);
+    for i in 0..6 {
+        let a = ask(
+            &svc,
+            &query(&format!("h{i}.example.com."), RecordType::A, 1, None),
+            Protocol::Udp,
+        )
+        .await;
+        assert_eq!(addresses(&a), vec!["10.0.0.1"]);
+    }
+    assert!(
+        dead.queries() <= 1,
+        "asked once at most, then skipped: {}",
+        dead.queries()
+    );
+    assert_eq!(good.queries(), 6);
+    assert!(svc.upstream_reachable());
+}
+
+#[tokio::test]
+async fn edns_and_dnssec_ok_are_forwarded_and_keyed() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let a = ask(
+        &svc,
+        &query("do.example.com.", RecordType::A, 1, Some((1232, true))),
+        Protocol::Udp,
+    )
+    .await;
+    let sent = up.last_query().unwrap();
+    assert!(
+        sent.edns.as_ref().unwrap().flags().dnssec_ok,
+        "DO forwarded"
+    );
+    assert_ne!(sent.metadata.id, 1, "our own random ID upstream");
+    assert!(a.edns.as_ref().unwrap().flags().dnssec_ok, "DO echoed");
+    // Without DO: a different cache entry, no OPT in the answer.
+    let b = ask(
+        &svc,
+        &query("do.example.com.", RecordType::A, 2, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert!(b.edns.is_none());
+    assert!(!up.last_query().unwrap().edns.unwrap().flags().dnssec_ok);
+    assert_eq!(up.queries(), 2);
+}
+
+#[tokio::test]
+async fn heartbeat_and_malformed_queries_are_answered_locally() {
+    let (svc, metrics) = service(DnsConfig::default());
+    let hb = ask(
+        &svc,
+        &query(HEARTBEAT_NAME, RecordType::A, 9, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(
+        (hb.metadata.id, hb.metadata.response_code),
+        (9, ResponseCode::NXDomain)
+    );
+    assert!(
+        !metrics.encode().contains("nldns_requests_total{"),
+        "heartbeat not counted"
+    );
+
+    // Header readable, question not: FORMERR with the client's ID.
+    let mut bad = query("x.example.", RecordType::A, 7, None);
+    bad.truncate(15);
+    let f = svc.handle(&bad, Protocol::Udp).await.unwrap();
+    assert_eq!(&f[..2], &[0, 7]);
+    assert_eq!(f[3] & 0xf, 1);
+    // Not even a header: dropped.
+    assert!(svc.handle(&[1, 2, 3], Protocol::Udp).await.is_none());
+}
+
+#[tokio::test]
+async fn prefetch_refreshes_popular_entries_before_expiry() {
+    let up = TestUpstream::start(Mode::Answer { ttl: 3, records: 1 }).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.prefetch_min_hits = 2;
+    cfg.prefetch_percent = 90; // window: the last 2.7 s of 3
+    let (svc, metrics) = service(cfg);
+    let q = query("hot.example.com.", RecordType::A, 1, None);
+    ask(&svc, &q, Protocol::Udp).await;
+    ask(&svc, &q, Protocol::Udp).await; // 1st hit: not popular yet
+    up.set_mode(Mode::Answer { ttl: 3, records: 2 }); // tells the refreshed entry apart
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a = ask(&svc, &q, Protocol::Udp).await; // 2nd hit inside the window: prefetch
+    assert_eq!(a.answers.len(), 1, "answered from the cache at once");
+    let mut refreshed = false;
+    for _ in 0..100 {
+        if ask(&svc, &q, Protocol::Udp).await.answers.len() == 2 {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refreshed, "the prefetched answer replaced the entry");
+    assert_eq!(up.queries(), 2, "no miss: the entry never expired");
+    assert_eq!(metrics.prefetches.get(), 1);
+}
+
+#[tokio::test]
+async fn reload_keeps_the_cache() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let other = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let q = query("keep.example.com.", RecordType::A, 1, None);
+    ask(&svc, &q, Protocol::Udp).await;
+    svc.reload(config(&[&other], &[]));
+    ask(&svc, &q, Protocol::Udp).await;
+    ask(
+        &svc,
+        &query("new.example.com.", RecordType::A, 1, None),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!((up.queries(), other.queries()), (1, 1));
+}
+
+async fn read_tcp_answer(stream: &mut TcpStream) -> Message {
+    let len = stream.read_u16().await.unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+#[tokio::test]
+async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    up.set_slow_delay(Duration::from_millis(1000));
+    let mut cfg = config(&[&up], &[]);
+    cfg.upstream_timeout = Duration::from_secs(5);
+    let (svc, _) = service(cfg);
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (udp_addr, tcp_addr): (SocketAddr, SocketAddr) =
+        (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let udp_server = tokio::spawn(server::serve_udp(udp, svc.clone(), shutdown.clone()));
+    let tcp_server = tokio::spawn(server::serve_tcp(tcp, svc.clone(), shutdown.clone()));
+
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client
+        .send_to(&query("u.example.com.", RecordType::A, 42, None), udp_addr)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let a = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(
+        (a.metadata.id, addresses(&a)),
+        (42, vec!["10.0.0.1".to_string()])
+    );
+
+    // Two queries in one write: the slow one first; the fast one must not wait.
+    let mut stream = TcpStream::connect(tcp_addr).await.unwrap();
+    let mut pipelined = Vec::new();
+    for (name, id) in [("slow.example.com.", 1u16), ("fast.example.com.", 2)] {
+        let q = query(name, RecordType::A, id, None);
+        pipelined.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        pipelined.extend_from_slice(&q);
+    }
+    stream.write_all(&pipelined).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, read_tcp_answer(&mut stream))
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(PATIENCE, read_tcp_answer(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.metadata.id, second.metadata.id),
+        (2, 1),
+        "answered as ready"
+    );
+
+    // A query in flight at shutdown is still answered, then both servers return.
+    let q = query("slow2.example.com.", RecordType::A, 3, None);
+    stream
+        .write_all(&(q.len() as u16).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&q).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    let last = tokio::time::timeout(PATIENCE, read_tcp_answer(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(last.metadata.id, 3);
+    tokio::time::timeout(PATIENCE, udp_server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(PATIENCE, tcp_server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn upstream_check_tracks_reachability() {
+    let up = TestUpstream::start(Mode::ServFail).await;
+    let (svc, _) = service(config(&[], &[&up]));
+    assert!(
+        svc.check_upstreams().await,
+        "an error reply still shows it is alive"
+    );
+    assert_eq!(
+        up.last_query().unwrap().queries[0].name().to_ascii(),
+        "cluster.local."
+    );
+    up.set_mode(Mode::Silent);
+    assert!(!svc.check_upstreams().await);
+    assert!(!svc.upstream_reachable());
+    up.set_mode(Mode::Answer { ttl: 1, records: 1 });
+    assert!(svc.check_upstreams().await);
+}
+
+#[tokio::test]
+async fn upstream_without_edns_is_asked_again_plainly() {
+    let up = TestUpstream::start(Mode::NoEdns { ttl: 60 }).await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let a = ask(
+        &svc,
+        &query("old.example.com.", RecordType::A, 1, Some((1232, false))),
+        Protocol::Udp,
+    )
+    .await;
+    assert_eq!(addresses(&a), vec!["10.0.0.1"]);
+    assert!(a.edns.is_some(), "the client still gets our OPT");
+    assert_eq!(up.queries(), 2);
+}
+
+#[tokio::test]
+async fn waiting_queries_are_bounded_during_an_outage() {
+    let up = TestUpstream::start(Mode::Silent).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_waiting_queries = 3;
+    cfg.upstream_timeout = Duration::from_secs(2);
+    let (svc, metrics) = service(cfg);
+    let q = query("outage.example.com.", RecordType::A, 1, None);
+    // Three waiters park on the one upstream query; the fourth is refused at once.
+    let mut parked = Vec::new();
+    for _ in 0..3 {
+        match svc.handle_now(&q, Protocol::Udp) {
+            super::Handled::Resolve(p) => parked.push(tokio::spawn(p.resolve())),
+            _ => panic!("expected to wait for upstream"),
+        }
+    }
+    let fourth = match svc.handle_now(&q, Protocol::Udp) {
+        super::Handled::Reply(r) => Message::from_vec(&r).unwrap(),
+        _ => panic!("expected an immediate answer"),
+    };
+    assert_eq!(fourth.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(metrics.upstream_overload.get(), 1);
+    for p in parked {
+        let r = Message::from_vec(&p.await.unwrap()).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    }
+    // Slots are released once answered.
+    assert!(matches!(
+        svc.handle_now(
+            &query("after.example.com.", RecordType::A, 1, None),
+            Protocol::Udp
+        ),
+        super::Handled::Resolve(_)
+    ));
+}

@@ -1,0 +1,337 @@
+//! Asking upstream servers: one fresh socket (kernel-randomized source port) and a
+//! random ID per attempt, replies accepted only when source, ID and question all
+//! match, UDP falling back to TCP on truncation, attempts moving across servers
+//! and skipping those that failed recently.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::wire::OUR_EDNS_UDP_SIZE;
+use crate::metrics::{Metrics, UpstreamErrorLabels, UpstreamLabels};
+
+/// The question sent upstream. The name is the lowercased form of the client's.
+#[derive(Debug, Clone)]
+pub struct UpstreamQuery {
+    pub name: Name,
+    pub qtype: RecordType,
+    pub qclass: DNSClass,
+    pub dnssec_ok: bool,
+    pub checking_disabled: bool,
+}
+
+/// Why no usable answer came back.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("no upstream configured for this name")]
+    NoUpstreams,
+    #[error("upstream {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("upstream {0}: {1}")]
+    Io(SocketAddr, #[source] io::Error),
+    #[error("upstream {0} sent a malformed or mismatched reply")]
+    BadReply(SocketAddr),
+    #[error("encoding the upstream query: {0}")]
+    Encode(String),
+}
+
+impl UpstreamError {
+    fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::NoUpstreams => "none",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Io(..) => "io",
+            UpstreamError::BadReply(_) => "bad_reply",
+            UpstreamError::Encode(_) => "encode",
+        }
+    }
+}
+
+/// Per-exchange knobs, taken from the current configuration.
+#[derive(Debug, Clone)]
+pub struct ExchangeOptions {
+    /// Time allowed for one attempt (UDP, or TCP after truncation gets its own).
+    pub timeout: Duration,
+    /// Attempts in total, spread over the servers in health order.
+    pub attempts: usize,
+    /// How long a server that timed out or errored is tried last.
+    pub failure_backoff: Duration,
+    pub force_tcp: bool,
+}
+
+/// Remembers which upstreams failed recently; shared by every route and kept
+/// across reloads (keyed by address).
+#[derive(Default)]
+pub struct UpstreamHealth {
+    failed_until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl UpstreamHealth {
+    fn is_healthy(&self, addr: &SocketAddr, now: Instant) -> bool {
+        let map = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(addr).is_none_or(|&until| now >= until)
+    }
+
+    fn mark_failed(&self, addr: SocketAddr, backoff: Duration) {
+        let mut map = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(addr, Instant::now() + backoff);
+    }
+
+    fn mark_ok(&self, addr: &SocketAddr) {
+        let mut map = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(addr);
+    }
+
+    /// True when at least one of `servers` has not failed recently.
+    pub fn any_healthy(&self, servers: &[SocketAddr]) -> bool {
+        let now = Instant::now();
+        servers.iter().any(|s| self.is_healthy(s, now))
+    }
+
+    /// Drops state for servers no longer configured, so the table stays bounded.
+    pub fn retain(&self, servers: &[SocketAddr]) {
+        let mut map = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|addr, _| servers.contains(addr));
+    }
+}
+
+/// Sends queries upstream and records health and metrics.
+pub struct Exchanger {
+    pub health: UpstreamHealth,
+    metrics: Arc<Metrics>,
+}
+
+impl Exchanger {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Exchanger {
+            health: UpstreamHealth::default(),
+            metrics,
+        }
+    }
+
+    /// Asks `servers` until one gives a usable answer or the attempts run out.
+    /// SERVFAIL and REFUSED are answers, but another server is asked if one is left.
+    pub async fn exchange(
+        &self,
+        servers: &[SocketAddr],
+        query: &UpstreamQuery,
+        opts: &ExchangeOptions,
+    ) -> Result<Message, UpstreamError> {
+        let order = self.order(servers);
+        if order.is_empty() {
+            return Err(UpstreamError::NoUpstreams);
+        }
+        let mut last_error = UpstreamError::NoUpstreams;
+        let mut last_answer = None;
+        for attempt in 0..opts.attempts.max(1) {
+            let server = order[attempt % order.len()];
+            let started = Instant::now();
+            match self.exchange_one(server, query, opts).await {
+                Ok(reply) => {
+                    self.health.mark_ok(&server);
+                    self.metrics
+                        .upstream_latency
+                        .get_or_create(&UpstreamLabels {
+                            upstream: server.to_string(),
+                        })
+                        .observe(started.elapsed().as_secs_f64());
+                    let code = reply.metadata.response_code;
+                    if code != ResponseCode::ServFail && code != ResponseCode::Refused {
+                        return Ok(reply);
+                    }
+                    self.count_error(
+                        server,
+                        if code == ResponseCode::Refused {
+                            "refused"
+                        } else {
+                            "servfail"
+                        },
+                    );
+                    last_answer = Some(reply);
+                    if attempt + 1 >= order.len() {
+                        break; // every server said so already
+                    }
+                }
+                Err(e) => {
+                    log::debug!("{e}");
+                    self.count_error(server, e.kind());
+                    self.health.mark_failed(server, opts.failure_backoff);
+                    last_error = e;
+                }
+            }
+        }
+        last_answer.ok_or(last_error)
+    }
+
+    fn count_error(&self, server: SocketAddr, kind: &'static str) {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                upstream: server.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Servers starting at a random one (spreads load), recently failed ones last.
+    fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+        if servers.is_empty() {
+            return Vec::new();
+        }
+        let mut order = servers.to_vec();
+        order.rotate_left(rand::random_range(0..servers.len()));
+        let now = Instant::now();
+        // Stable: keeps the rotation within each group.
+        order.sort_by_key(|s| !self.health.is_healthy(s, now));
+        order
+    }
+
+    async fn exchange_one(
+        &self,
+        server: SocketAddr,
+        query: &UpstreamQuery,
+        opts: &ExchangeOptions,
+    ) -> Result<Message, UpstreamError> {
+        let reply = exchange_transport(server, query, opts, true).await?;
+        if reply.metadata.response_code == ResponseCode::FormErr && reply.edns.is_none() {
+            // RFC 6891 section 7: a server without EDNS answers FORMERR; ask plainly.
+            log::debug!("{server} does not support EDNS, retrying without");
+            return exchange_transport(server, query, opts, false).await;
+        }
+        Ok(reply)
+    }
+}
+
+/// One exchange with `server`: UDP then TCP on truncation, or TCP only if forced.
+async fn exchange_transport(
+    server: SocketAddr,
+    query: &UpstreamQuery,
+    opts: &ExchangeOptions,
+    edns: bool,
+) -> Result<Message, UpstreamError> {
+    if opts.force_tcp {
+        return exchange_tcp(server, query, opts.timeout, edns).await;
+    }
+    let reply = exchange_udp(server, query, opts.timeout, edns).await?;
+    if reply.metadata.truncation {
+        log::debug!("truncated UDP answer from {server}, retrying over TCP");
+        return exchange_tcp(server, query, opts.timeout, edns).await;
+    }
+    Ok(reply)
+}
+
+fn encode_query(query: &UpstreamQuery, id: u16, with_edns: bool) -> Result<Vec<u8>, UpstreamError> {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    msg.metadata.recursion_desired = true;
+    msg.metadata.checking_disabled = query.checking_disabled;
+    let mut q = Query::query(query.name.clone(), query.qtype);
+    q.set_query_class(query.qclass);
+    msg.add_query(q);
+    if with_edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OUR_EDNS_UDP_SIZE);
+        edns.set_dnssec_ok(query.dnssec_ok);
+        msg.set_edns(edns);
+    }
+    msg.to_vec()
+        .map_err(|e| UpstreamError::Encode(e.to_string()))
+}
+
+/// True when `reply` answers exactly our question with our ID.
+fn reply_matches(reply: &Message, id: u16, query: &UpstreamQuery) -> bool {
+    reply.metadata.id == id
+        && reply.metadata.message_type == MessageType::Response
+        && reply.queries.len() == 1
+        && reply.queries.first().is_some_and(|q| {
+            // hickory's Name equality ignores ASCII case, as DNS does.
+            q.name() == &query.name
+                && q.query_type() == query.qtype
+                && q.query_class() == query.qclass
+        })
+}
+
+async fn exchange_udp(
+    server: SocketAddr,
+    query: &UpstreamQuery,
+    timeout: Duration,
+    edns: bool,
+) -> Result<Message, UpstreamError> {
+    let id: u16 = rand::random();
+    let bytes = encode_query(query, id, edns)?;
+    // A new socket per query: the kernel picks a random ephemeral source port.
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| UpstreamError::Io(server, e))?;
+    socket
+        .send_to(&bytes, server)
+        .await
+        .map_err(|e| UpstreamError::Io(server, e))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 65535];
+    // Bounded by the deadline: anything that does not match is ignored (it may be
+    // a spoofing attempt) and we keep waiting for the real reply.
+    loop {
+        let (len, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+        {
+            Err(_) => return Err(UpstreamError::Timeout(server)),
+            Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
+            Ok(Ok(got)) => got,
+        };
+        if from != server {
+            log::debug!("ignoring reply from {from}, expected {server}");
+            continue;
+        }
+        let Some(packet) = buf.get(..len) else {
+            continue;
+        };
+        match Message::from_vec(packet) {
+            Ok(reply) if reply_matches(&reply, id, query) => return Ok(reply),
+            _ => log::debug!("ignoring mismatched or malformed reply from {server}"),
+        }
+    }
+}
+
+async fn exchange_tcp(
+    server: SocketAddr,
+    query: &UpstreamQuery,
+    timeout: Duration,
+    edns: bool,
+) -> Result<Message, UpstreamError> {
+    let id: u16 = rand::random();
+    let bytes = encode_query(query, id, edns)?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(server).await?;
+        let len = u16::try_from(bytes.len()).map_err(|_| io::Error::other("query too long"))?;
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).await?;
+        let len = stream.read_u16().await?;
+        let mut reply = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, io::Error>(reply)
+    };
+    let reply = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => return Err(UpstreamError::Timeout(server)),
+        Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
+        Ok(Ok(reply)) => reply,
+    };
+    match Message::from_vec(&reply) {
+        Ok(msg) if reply_matches(&msg, id, query) => Ok(msg),
+        _ => Err(UpstreamError::BadReply(server)),
+    }
+}
