@@ -71,6 +71,9 @@ pub fn teardown(id: &str) -> Result<()> {
 /// Tears down every run whose owner process is gone. Runs of live processes (this one's
 /// included, and other engineers' concurrent test runs) are left alone.
 pub fn sweep() -> Vec<String> {
+    // One sweep at a time in this process: parallel tests would otherwise race each other.
+    static SWEEPING: Mutex<()> = Mutex::new(());
+    let _guard = SWEEPING.lock().unwrap_or_else(|e| e.into_inner());
     let mut ids = BTreeSet::new();
     if let Ok(names) = netns::list() {
         ids.extend(

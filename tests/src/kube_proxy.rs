@@ -251,76 +251,119 @@ pub fn nftables_rules(services: &[ServicePort], ipv6: bool) -> String {
         "table {family} kube-proxy {{}}\ndelete table {family} kube-proxy"
     );
     let _ = writeln!(t, "table {family} kube-proxy {{");
+    // The map comes first: the services chain refers to it.
     let _ = writeln!(
         t,
-        "  chain mark-for-masquerade {{ meta mark set meta mark | 0x4000 }}"
+        "  map service-ips {{\n    type {addr_type} . inet_proto . inet_service : verdict\n  }}"
     );
-    let _ = writeln!(
-        t,
-        "  chain masquerading {{ meta mark & 0x4000 == 0 return; meta mark set meta mark ^ 0x4000; masquerade fully-random }}"
+    let mut chain = |name: &str, lines: &[String]| {
+        let _ = writeln!(t, "  chain {name} {{");
+        for line in lines {
+            let _ = writeln!(t, "    {line}");
+        }
+        let _ = writeln!(t, "  }}");
+    };
+    chain(
+        "mark-for-masquerade",
+        &["meta mark set meta mark | 0x4000".into()],
     );
-    let _ = writeln!(t, "  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services }}");
-    let _ = writeln!(
-        t,
-        "  chain nat-output {{ type nat hook output priority -100; policy accept; jump services }}"
+    chain(
+        "masquerading",
+        &[
+            "meta mark & 0x4000 == 0 return".into(),
+            "meta mark set meta mark ^ 0x4000".into(),
+            "masquerade fully-random".into(),
+        ],
     );
-    let _ = writeln!(t, "  chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading }}");
-    let _ = writeln!(
-        t,
-        "  chain filter-forward {{ type filter hook forward priority -110; policy accept; ct state invalid drop }}"
+    chain(
+        "services",
+        &[format!(
+            "{addr} daddr . meta l4proto . th dport vmap @service-ips"
+        )],
+    );
+    chain(
+        "nat-prerouting",
+        &[
+            "type nat hook prerouting priority dstnat; policy accept;".into(),
+            "jump services".into(),
+        ],
+    );
+    chain(
+        "nat-output",
+        &[
+            "type nat hook output priority -100; policy accept;".into(),
+            "jump services".into(),
+        ],
+    );
+    chain(
+        "nat-postrouting",
+        &[
+            "type nat hook postrouting priority srcnat; policy accept;".into(),
+            "jump masquerading".into(),
+        ],
+    );
+    // kube-proxy drops conntrack-INVALID packets in forward, like its iptables mode.
+    chain(
+        "filter-forward",
+        &[
+            "type filter hook forward priority -110; policy accept;".into(),
+            "ct state invalid drop".into(),
+        ],
     );
     let mut map_elements = Vec::new();
     for service in services {
         let hash = chain_hash(&format!("{}{}", service.name, service.protocol));
         let svc_chain = format!(
-            "service-{}-{}/{}",
+            "service-{}-{}",
             &hash[..8],
-            service.name.replace(':', "/"),
-            service.protocol
+            nft_port_name(&service.name, service.protocol)
         );
         let (proto, ip, port) = (service.protocol, service.cluster_ip, service.port);
-        map_elements.push(format!("{ip} . {proto} . {port} : goto \"{svc_chain}\""));
+        map_elements.push(format!("{ip} . {proto} . {port} : goto {svc_chain}"));
         let mut endpoint_chains = Vec::new();
         for endpoint in &service.endpoints {
             let target = endpoint_addr(*endpoint, service.target_port);
+            let ep_hash = chain_hash(&format!("{}{target}", service.name));
+            // Chain names cannot hold ':' (nor quotes in this nft); kube-proxy writes the
+            // endpoint as `<ip>/<port>` with an IPv6 address's ':' spelled '.'.
             let ep_chain = format!(
-                "endpoint-{}-{}/{}__{}",
-                &chain_hash(&format!("{}{target}", service.name))[..8],
-                service.name.replace(':', "/"),
-                proto,
-                target
+                "endpoint-{}-{}__{}/{}",
+                &ep_hash[..8],
+                nft_port_name(&service.name, proto),
+                endpoint.to_string().replace(':', "."),
+                service.target_port
             );
-            let _ = writeln!(
-                t,
-                "  chain \"{ep_chain}\" {{ {addr} saddr {endpoint} jump mark-for-masquerade; meta l4proto {proto} dnat to {target} }}"
+            chain(
+                &ep_chain,
+                &[
+                    format!("{addr} saddr {endpoint} jump mark-for-masquerade"),
+                    format!("meta l4proto {proto} dnat to {target}"),
+                ],
             );
             endpoint_chains.push(ep_chain);
         }
-        let mut body = format!("{addr} daddr {ip} {proto} dport {port} {addr} saddr != {cluster_cidr} jump mark-for-masquerade; ");
+        let mut lines = vec![format!(
+            "{addr} daddr {ip} {proto} dport {port} {addr} saddr != {cluster_cidr} jump mark-for-masquerade"
+        )];
         if endpoint_chains.is_empty() {
-            body.push_str("reject");
+            lines.push("reject".into());
         } else {
             let vmap: Vec<String> = endpoint_chains
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!("{i} : goto \"{c}\""))
+                .map(|(i, c)| format!("{i} : goto {c}"))
                 .collect();
-            let _ = write!(
-                body,
+            lines.push(format!(
                 "numgen random mod {} vmap {{ {} }}",
                 endpoint_chains.len(),
                 vmap.join(", ")
-            );
+            ));
         }
-        let _ = writeln!(t, "  chain \"{svc_chain}\" {{ {body} }}");
+        chain(&svc_chain, &lines);
     }
     let _ = writeln!(
         t,
-        "  map service-ips {{ type {addr_type} . inet_proto . inet_service : verdict; }}"
-    );
-    let _ = writeln!(
-        t,
-        "  chain services {{ {addr} daddr . meta l4proto . th dport vmap @service-ips }}"
+        "  map service-ips {{\n    type {addr_type} . inet_proto . inet_service : verdict\n  }}"
     );
     let _ = writeln!(t, "}}");
     if !map_elements.is_empty() {
@@ -331,6 +374,13 @@ pub fn nftables_rules(services: &[ServicePort], ipv6: bool) -> String {
         );
     }
     t
+}
+
+/// `namespace/name/protocol/port-name`, as kube-proxy's nftables mode spells a service port
+/// in chain names.
+fn nft_port_name(name: &str, protocol: &str) -> String {
+    let (service, port) = name.split_once(':').unwrap_or((name, ""));
+    format!("{service}/{protocol}/{port}")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -204,6 +204,10 @@ pub fn destroy(name: &str) -> Result<()> {
     let _ = cmd::wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
         kill_all().unwrap_or(true)
     });
-    cmd::run("ip", &["netns", "del", name]).with_context(|| format!("deleting netns {name}"))?;
-    Ok(())
+    match cmd::run("ip", &["netns", "del", name]) {
+        Ok(_) => Ok(()),
+        // Someone else (a concurrent sweep) deleted it meanwhile: the goal is reached.
+        Err(_) if !Path::new(NETNS_DIR).join(name).exists() => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("deleting netns {name}")),
+    }
 }
