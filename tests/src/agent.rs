@@ -157,6 +157,19 @@ impl Drop for AgentProcess {
     /// A test that forgets its agent must not leave it running: SIGKILL (which also ends a
     /// stopped process), then reap.
     fn drop(&mut self) {
+        // A failing test shows what the agent said: the work directory goes with the node.
+        if std::thread::panicking() {
+            for (what, text) in [("stdout", self.stdout()), ("stderr", self.stderr())] {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!(
+                    "---- agent {} {what} (last {} lines) ----\n{}",
+                    self.pid(),
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         if self.poll_exit().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -32,8 +32,9 @@ use crate::dig::{self, DigOutput};
 use crate::dns_client::{self, QueryOptions};
 use crate::kube_proxy::{self, KubeProxyMode};
 use crate::netns::Netns;
+use crate::perf::{self, DnsperfOptions, DnsperfReport};
 use crate::run::Run;
-use crate::slow_dns::{Behaviour, SlowProxy};
+use crate::slow_dns::{Behaviour, SeenQuery, SlowProxy};
 use crate::{cgroup, cleanup, zones};
 
 /// The port of the agent's health endpoint in [`SimNode::agent_args`] (the node namespace's
@@ -561,6 +562,82 @@ impl SimNode {
                     .with_context(|| format!("backend {k} has no proxy"))
             })
             .collect()
+    }
+
+    /// Every query the backends' proxies received, in arrival order per backend (needs
+    /// [`BackendMode::KnotBehindProxy`]). This is per-name evidence: knot's own counters
+    /// only count.
+    pub fn backend_queries(&self) -> Result<Vec<SeenQuery>> {
+        let mut all = Vec::new();
+        for (k, backend) in self.backends.iter().enumerate() {
+            let proxy = backend
+                .proxy
+                .as_ref()
+                .with_context(|| format!("backend {k} has no proxy"))?;
+            all.extend(proxy.seen());
+        }
+        all.sort_by_key(|q| q.at);
+        Ok(all)
+    }
+
+    /// How many queries for `name` (absolute or not, any case) and `rtype` (e.g. "A") the
+    /// backends received (needs [`BackendMode::KnotBehindProxy`]).
+    pub fn backend_queries_for(&self, name: &str, rtype: &str) -> Result<usize> {
+        let mut wanted = name.to_ascii_lowercase();
+        if !wanted.ends_with('.') {
+            wanted.push('.');
+        }
+        Ok(self
+            .backend_queries()?
+            .iter()
+            .filter(|q| q.name == wanted && q.rtype.eq_ignore_ascii_case(rtype))
+            .count())
+    }
+
+    /// Runs a bounded dnsperf from pod `index` (see [`crate::perf`]).
+    pub fn dnsperf(&self, index: usize, options: &DnsperfOptions) -> Result<DnsperfReport> {
+        perf::run(self.pod_netns(index)?, self.run.workdir(), options)
+    }
+
+    /// Runs a command in the node namespace inside the run's cgroup (a host-network client
+    /// that the agent's cgroup programs see). Needs [`SimNodeBuilder::with_cgroup`].
+    pub fn exec_in_node_cgroup(
+        &self,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output> {
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .context("build the node with_cgroup() first")?;
+        // The shell moves itself into the cgroup, then becomes the command: the command
+        // starts inside the cgroup and no other process is moved.
+        let procs = cgroup.join("cgroup.procs");
+        let mut full: Vec<String> = vec![
+            "-c".into(),
+            "echo $$ > \"$0\" && exec \"$@\"".into(),
+            procs.display().to_string(),
+            "nsenter".into(),
+        ];
+        full.extend(
+            self.node
+                .nsenter_args(program, args)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        crate::cmd::output_with_timeout("sh", &full, None, timeout)
+    }
+
+    /// dig from the node namespace, inside the run's cgroup.
+    pub fn dig_from_node_cgroup(&self, args: &[&str]) -> Result<DigOutput> {
+        let mut full: Vec<&str> = dig::BOUNDED_DEFAULTS.to_vec();
+        full.extend_from_slice(args);
+        let output = self.exec_in_node_cgroup("dig", &full, Duration::from_secs(60))?;
+        let mut parsed = dig::parse(&String::from_utf8_lossy(&output.stdout));
+        parsed.exit_code = output.status.code().unwrap_or(-1);
+        parsed.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok(parsed)
     }
 
     /// Replaces the cluster.local zone on every backend (e.g. to change an answer and

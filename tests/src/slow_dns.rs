@@ -15,7 +15,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::dns_client::Transport;
 use crate::netns::Netns;
+
+/// A query as the backend saw it: the per-name evidence that a cache did (or did not)
+/// forward a question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenQuery {
+    /// Lowercase, absolute (`web.default.svc.cluster.local.`).
+    pub name: String,
+    /// The query type as text (`A`, `AAAA`, `SRV`...).
+    pub rtype: String,
+    pub transport: Transport,
+    pub at: Instant,
+}
+
+impl SeenQuery {
+    fn parse(query: &[u8], transport: Transport) -> Option<SeenQuery> {
+        let message = hickory_proto::op::Message::from_vec(query).ok()?;
+        let question = message.queries.first()?;
+        let mut name = question.name().to_ascii().to_ascii_lowercase();
+        if !name.ends_with('.') {
+            name.push('.');
+        }
+        Some(SeenQuery {
+            name,
+            rtype: question.query_type().to_string(),
+            transport,
+            at: Instant::now(),
+        })
+    }
+}
 
 /// How the proxy treats each query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +73,7 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     stop: AtomicBool,
     received: AtomicU64,
+    log: Mutex<Vec<SeenQuery>>,
     in_flight: AtomicUsize,
     upstream: SocketAddr,
 }
@@ -62,6 +93,7 @@ impl SlowProxy {
             behaviour: Mutex::new(Behaviour::Normal),
             stop: AtomicBool::new(false),
             received: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             upstream,
         });
@@ -105,6 +137,15 @@ impl SlowProxy {
         self.shared.received.load(Ordering::Relaxed)
     }
 
+    /// Every query received so far, in arrival order.
+    pub fn seen(&self) -> Vec<SeenQuery> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Stops the listeners and waits for them (in-flight forwards end at their deadline).
     pub fn stop(mut self) {
         self.stop_threads();
@@ -125,9 +166,15 @@ impl Drop for SlowProxy {
 }
 
 impl Shared {
-    /// Counts the query and decides: None to drop it, Some(delay) to forward it.
-    fn admit(&self) -> Option<Duration> {
+    /// Counts and logs the query, then decides: None to drop it, Some(delay) to forward it.
+    fn admit(&self, query: &[u8], transport: Transport) -> Option<Duration> {
         self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(seen) = SeenQuery::parse(query, transport) {
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(seen);
+        }
         let delay = match *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) {
             Behaviour::Normal => Duration::ZERO,
             Behaviour::Delay(delay) => delay,
@@ -163,7 +210,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
         let Ok((len, client)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let Some(delay) = shared.admit() else {
+        let Some(delay) = shared.admit(&buf[..len], Transport::Udp) else {
             continue;
         };
         let (Ok(reply_socket), query) = (socket.try_clone(), buf[..len].to_vec()) else {
@@ -248,7 +295,7 @@ fn serve_tcp_client(mut stream: TcpStream, shared: Arc<Shared>) {
                 break;
             }
             let query: Vec<u8> = pending.drain(..2 + len).skip(2).collect();
-            let Some(delay) = shared.admit() else {
+            let Some(delay) = shared.admit(&query, Transport::Tcp) else {
                 continue;
             };
             let reply = if shared.sleep(delay) {

@@ -333,6 +333,19 @@ fn slow_backend_delays_and_drops_on_demand() {
     );
     assert_eq!(node.backend_proxy_counts().unwrap()[0], received + 1);
 
+    // Per-name evidence: the proxy saw each question it was asked.
+    assert_eq!(node.backend_queries_for(names::WEB, "A").unwrap(), 3);
+    assert_eq!(
+        node.backend_queries_for("KUBE-DNS.kube-system.svc.cluster.local", "A")
+            .unwrap(),
+        1
+    );
+    assert_eq!(node.backend_queries_for(names::WEB, "AAAA").unwrap(), 0);
+    let seen = node.backend_queries().unwrap();
+    assert!(seen
+        .iter()
+        .any(|q| q.transport == nldns_tests::Transport::Tcp));
+
     node.set_backend_behaviour(Behaviour::Normal).unwrap();
     let out = node.dig(0, &[KUBE_DNS6, names::BIG, "A", "+tcp"]).unwrap();
     assert_eq!(
@@ -547,4 +560,62 @@ fn sigint_tears_the_run_down() {
     };
     assert_eq!(status.code(), Some(130));
     assert_eq!(leftovers(&id), Vec::<String>::new());
+}
+
+#[test]
+fn bounded_dnsperf_through_kube_proxy() {
+    if !require_root("bounded_dnsperf_through_kube_proxy") {
+        return;
+    }
+    let node = SimNode::new(1, 2).unwrap();
+    let mut options = nldns_tests::DnsperfOptions::new(
+        IpAddr::V4(KUBE_DNS_V4),
+        &[
+            (names::KUBE_DNS, "A"),
+            (names::WEB, "AAAA"),
+            (names::MISSING, "A"),
+        ],
+    );
+    options.duration = Duration::from_secs(2);
+    options.max_qps = 300;
+    let started = Instant::now();
+    let report = node.dnsperf(0, &options).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "dnsperf stops by itself"
+    );
+    assert!(report.completed > 100, "{}", report.raw);
+    assert!(
+        report.sent <= 2 * 300 + 50,
+        "the rate limit holds: {}",
+        report.raw
+    );
+    assert!(report.response_codes.contains("NOERROR"), "{}", report.raw);
+    assert_eq!(node.backend_query_count().unwrap(), report.completed);
+}
+
+#[test]
+fn host_network_clients_run_in_the_run_cgroup() {
+    if !require_root("host_network_clients_run_in_the_run_cgroup") {
+        return;
+    }
+    let node = SimNode::builder()
+        .pods(0)
+        .backends(1)
+        .with_cgroup()
+        .build()
+        .unwrap();
+    let out = node
+        .exec_in_node_cgroup("cat", &["/proc/self/cgroup"], Duration::from_secs(5))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("0::/") && l.ends_with(&format!("nldns-{}", node.id()))),
+        "{text}"
+    );
+    let out = node
+        .dig_from_node_cgroup(&[KUBE_DNS, names::KUBE_DNS, "A"])
+        .unwrap();
+    assert_eq!(out.answer_data("A"), ["10.96.0.10"], "{}", out.raw);
 }
