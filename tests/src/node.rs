@@ -358,6 +358,9 @@ impl SimNode {
             .get_mut(index)
             .and_then(Option::take)
             .with_context(|| format!("no pod {index}"))?;
+        // Deleting the veth first makes its disappearance synchronous (like a CNI DEL);
+        // a deleted namespace frees its interfaces later, from a kernel work queue.
+        self.node.ip(&["link", "del", &pod.veth])?;
         crate::netns::destroy(pod.netns.name())
     }
 
@@ -698,6 +701,45 @@ impl SimNode {
         let path = path.to_string();
         self.node
             .run_inside(move || crate::http::get(addr, &path, Duration::from_secs(2)))?
+    }
+
+    /// Polls `GET path` on the agent's health address until it answers 200, at most
+    /// `timeout`. Returns whether it did.
+    pub fn wait_http_ok(&self, path: &str, timeout: Duration) -> bool {
+        let addr = self.health_addr();
+        crate::cmd::wait_until(timeout, Duration::from_millis(50), || {
+            matches!(self.http_get(addr, path), Ok((200, _)))
+        })
+    }
+
+    /// The node namespace's conntrack table, one entry per line as the kernel prints it
+    /// (`/proc/net/nf_conntrack` of that namespace). Tells whether traffic was NATed by
+    /// kube-proxy or bypassed netfilter.
+    pub fn conntrack_entries(&self) -> Result<Vec<String>> {
+        // /proc/self/net would follow the process's main thread; thread-self follows the
+        // thread that entered the namespace.
+        let text = self
+            .node
+            .run_inside(|| std::fs::read_to_string("/proc/thread-self/net/nf_conntrack"))?
+            .context("reading the node's conntrack table")?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
+
+    /// Conntrack entries of the node namespace that involve `ip` (as source or destination)
+    /// and port 53.
+    pub fn conntrack_dns_entries(&self, ip: IpAddr) -> Result<Vec<String>> {
+        // The kernel prints IPv6 addresses in full; compare parsed addresses, not text.
+        Ok(self
+            .conntrack_entries()?
+            .into_iter()
+            .filter(|line| {
+                line.split_whitespace().any(|field| {
+                    field.split_once('=').is_some_and(|(k, v)| {
+                        (k == "src" || k == "dst") && v.parse::<IpAddr>().ok() == Some(ip)
+                    })
+                }) && (line.contains("dport=53 ") || line.contains("sport=53 "))
+            })
+            .collect())
     }
 
     /// Tears everything down now (drop does the same, ignoring errors).

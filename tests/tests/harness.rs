@@ -147,6 +147,15 @@ fn kube_dns_answers_through_kube_proxy_nat() {
     assert_eq!(out.status.as_deref(), Some("NXDOMAIN"), "{}", out.raw);
     assert_eq!(node.ext_query_count().unwrap(), ext_before + 1);
 
+    // kube-proxy's NAT is visible in the node's conntrack table.
+    let entries = node.conntrack_dns_entries(IpAddr::V4(KUBE_DNS_V4)).unwrap();
+    assert!(
+        entries.iter().any(|e| e.contains("src=10.244.9.1")),
+        "no DNAT entry: {entries:?}"
+    );
+    let entries = node.conntrack_dns_entries(IpAddr::V6(KUBE_DNS_V6)).unwrap();
+    assert!(!entries.is_empty(), "no IPv6 DNAT entry");
+
     // A host-network client (the node itself) reaches the ClusterIP through nat OUTPUT.
     let out = node
         .dig_from_node(&[KUBE_DNS, names::KUBE_DNS, "A"])
