@@ -703,6 +703,72 @@ impl SimNode {
             .run_inside(move || crate::http::get(addr, &path, Duration::from_secs(2)))?
     }
 
+    /// A human-readable map of the node (names, addresses, files), for the demo and for
+    /// failure messages.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "simulated node, run {} (work dir {})",
+            self.id(),
+            self.workdir().display()
+        );
+        let _ = writeln!(
+            text,
+            "  node netns   {}  (kube-proxy: {:?})",
+            self.node.name(),
+            self.kube_proxy
+        );
+        for pod in self.pods.iter().flatten() {
+            let _ = writeln!(
+                text,
+                "  pod {:<3}      {}  {} / {}  via {}",
+                pod.index,
+                pod.netns.name(),
+                pod_v4(pod.index),
+                pod_v6(pod.index),
+                pod.veth
+            );
+        }
+        for (k, backend) in self.backends.iter().enumerate() {
+            let mode = if backend.proxy.is_some() {
+                "knot behind proxy"
+            } else {
+                "knot"
+            };
+            let _ = writeln!(
+                text,
+                "  kube-dns {k}   {}  {} / {}  ({mode})",
+                backend.netns.name(),
+                backend_v4(k),
+                backend_v6(k)
+            );
+        }
+        let _ = writeln!(
+            text,
+            "  outside      {}  {EXT_RESOLVER_V4} / {EXT_RESOLVER_V6}  (example.org)",
+            self.ext_netns().name()
+        );
+        let _ = writeln!(text, "  ClusterIPs   kube-dns {KUBE_DNS_V4} / {KUBE_DNS_V6}, uncached {KUBE_DNS_UNCACHED_V4} / {KUBE_DNS_UNCACHED_V6}");
+        let _ = writeln!(text, "  resolv.conf  {}", self.resolv_conf.display());
+        if let Some(cgroup) = &self.cgroup {
+            let _ = writeln!(text, "  cgroup       {}", cgroup.display());
+        }
+        let _ = writeln!(
+            text,
+            "  try: nsenter --net={} dig @{KUBE_DNS_V4} {}",
+            self.pods
+                .iter()
+                .flatten()
+                .next()
+                .map_or(self.node.path(), |p| p.netns.path())
+                .display(),
+            zones::names::KUBE_DNS
+        );
+        text
+    }
+
     /// Polls `GET path` on the agent's health address until it answers 200, at most
     /// `timeout`. Returns whether it did.
     pub fn wait_http_ok(&self, path: &str, timeout: Duration) -> bool {

@@ -433,6 +433,11 @@ fn agent_runs_inside_the_node_namespace_and_obeys_signals() {
     assert_eq!(args[0], "run");
     assert!(args.iter().any(|a| a == "10.96.0.10"));
     assert!(args.iter().any(|a| a.ends_with("resolv.conf")));
+    let map = node.describe();
+    assert!(
+        map.contains(&format!("nldns-{}-pod0", node.id())) && map.contains("10.244.1.10"),
+        "{map}"
+    );
     let resolv = std::fs::read_to_string(node.resolv_conf()).unwrap();
     assert!(resolv.contains("nameserver 10.244.8.10"));
 }
