@@ -37,20 +37,25 @@ use crate::run::Run;
 use crate::slow_dns::{Behaviour, SeenQuery, SlowProxy};
 use crate::{cgroup, cleanup, zones};
 
-/// The port of the agent's health endpoint in [`SimNode::agent_args`] (the node namespace's
-/// loopback is private to the run, so a fixed port never collides).
-pub const AGENT_HEALTH_PORT: u16 = 9253;
+/// The ports of the agent's health (/health, /ready) and metrics endpoints in
+/// [`SimNode::agent_args`], the agent's defaults (the node namespace's loopback is private
+/// to the run, so fixed ports never collide).
+pub const AGENT_HEALTH_PORT: u16 = 8080;
+pub const AGENT_METRICS_PORT: u16 = 9253;
 /// The port knot listens on behind a [`SlowProxy`] (inside the backend's namespace).
 const KNOT_BEHIND_PROXY_PORT: u16 = 5300;
 
 /// How the kube-dns backends answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendMode {
-    /// knotd listens on the backend address directly.
+    /// knotd listens on the backend address directly. It is authoritative only: names
+    /// outside cluster.local and the reverse zones get REFUSED.
     Knot,
     /// A harness proxy listens on the backend address and forwards to knotd on the backend's
     /// loopback, with a behaviour tests can change at run time (delay, drop): knot has no
-    /// delay option and the kernel has no netem.
+    /// delay option and the kernel has no netem. Like CoreDNS, it forwards names outside
+    /// the cluster zones to the outside resolver (plain knot REFUSES them), and it logs
+    /// every question ([`SimNode::backend_queries`]).
     KnotBehindProxy,
 }
 
@@ -302,9 +307,17 @@ impl SimNode {
         knot.start()?;
         let proxy = match mode {
             BackendMode::Knot => None,
-            BackendMode::KnotBehindProxy => {
-                Some(SlowProxy::start(&netns, &public, knot_listen[0])?)
-            }
+            BackendMode::KnotBehindProxy => Some(SlowProxy::start(
+                &netns,
+                &public,
+                knot_listen[0],
+                &[
+                    "cluster.local.",
+                    zones::REVERSE_V4_ZONE,
+                    zones::REVERSE_V6_ZONE,
+                ],
+                Some(SocketAddr::new(EXT_RESOLVER_V4.into(), 53)),
+            )?),
         };
         self.backends.push(Backend { netns, knot, proxy });
         Ok(())
@@ -671,12 +684,19 @@ impl SimNode {
             self.resolv_conf.display().to_string(),
             "--health-addr".into(),
             self.health_addr().to_string(),
+            "--metrics-addr".into(),
+            self.metrics_addr().to_string(),
         ]
     }
 
     /// The agent's health address in [`SimNode::agent_args`] (inside the node namespace).
     pub fn health_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], AGENT_HEALTH_PORT))
+    }
+
+    /// The agent's metrics address in [`SimNode::agent_args`] (inside the node namespace).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], AGENT_METRICS_PORT))
     }
 
     /// Starts the agent inside the node namespace; its stdout/stderr go to files in the

@@ -76,6 +76,9 @@ struct Shared {
     log: Mutex<Vec<SeenQuery>>,
     in_flight: AtomicUsize,
     upstream: SocketAddr,
+    /// Where names outside `local_zones` go (CoreDNS's `forward . /etc/resolv.conf`).
+    forward: Option<SocketAddr>,
+    local_zones: Vec<String>,
 }
 
 /// A running proxy; [`SlowProxy::stop`] (or drop) ends its threads.
@@ -87,8 +90,16 @@ pub struct SlowProxy {
 
 impl SlowProxy {
     /// Binds UDP and TCP on every `listen` address inside `netns` and forwards to
-    /// `upstream` (knot, inside the same namespace).
-    pub fn start(netns: &Netns, listen: &[SocketAddr], upstream: SocketAddr) -> Result<SlowProxy> {
+    /// `upstream` (knot, inside the same namespace) the names under `local_zones`
+    /// (absolute, e.g. `cluster.local.`); other names go to `forward` when given, like
+    /// CoreDNS forwards non-cluster names to the node's resolvers, else to knot too.
+    pub fn start(
+        netns: &Netns,
+        listen: &[SocketAddr],
+        upstream: SocketAddr,
+        local_zones: &[&str],
+        forward: Option<SocketAddr>,
+    ) -> Result<SlowProxy> {
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
             stop: AtomicBool::new(false),
@@ -96,6 +107,8 @@ impl SlowProxy {
             log: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             upstream,
+            forward,
+            local_zones: local_zones.iter().map(|z| z.to_ascii_lowercase()).collect(),
         });
         let mut proxy = SlowProxy {
             shared: shared.clone(),
@@ -167,9 +180,18 @@ impl Drop for SlowProxy {
 
 impl Shared {
     /// Counts and logs the query, then decides: None to drop it, Some(delay) to forward it.
-    fn admit(&self, query: &[u8], transport: Transport) -> Option<Duration> {
+    /// Returns the delay and where to forward.
+    fn admit(&self, query: &[u8], transport: Transport) -> Option<(Duration, SocketAddr)> {
         self.received.fetch_add(1, Ordering::Relaxed);
+        let mut target = self.upstream;
         if let Some(seen) = SeenQuery::parse(query, transport) {
+            let local = self
+                .local_zones
+                .iter()
+                .any(|zone| seen.name == *zone || seen.name.ends_with(&format!(".{zone}")));
+            if let (false, Some(forward)) = (local, self.forward) {
+                target = forward;
+            }
             self.log
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -184,7 +206,7 @@ impl Shared {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(delay)
+        Some((delay, target))
     }
 
     fn done(&self) {
@@ -210,7 +232,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
         let Ok((len, client)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let Some(delay) = shared.admit(&buf[..len], Transport::Udp) else {
+        let Some((delay, target)) = shared.admit(&buf[..len], Transport::Udp) else {
             continue;
         };
         let (Ok(reply_socket), query) = (socket.try_clone(), buf[..len].to_vec()) else {
@@ -222,7 +244,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
             .name("slow-dns-fwd".into())
             .spawn(move || {
                 if s.sleep(delay) {
-                    if let Ok(reply) = forward_udp(&query, s.upstream) {
+                    if let Ok(reply) = forward_udp(&query, target) {
                         let _ = reply_socket.send_to(&reply, client);
                     }
                 }
@@ -236,9 +258,9 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {
 
 fn forward_udp(query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
     let local: SocketAddr = if upstream.is_ipv4() {
-        "127.0.0.1:0".parse().unwrap()
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::1]:0".parse().unwrap()
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(local)?;
     socket.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
@@ -295,11 +317,11 @@ fn serve_tcp_client(mut stream: TcpStream, shared: Arc<Shared>) {
                 break;
             }
             let query: Vec<u8> = pending.drain(..2 + len).skip(2).collect();
-            let Some(delay) = shared.admit(&query, Transport::Tcp) else {
+            let Some((delay, target)) = shared.admit(&query, Transport::Tcp) else {
                 continue;
             };
             let reply = if shared.sleep(delay) {
-                forward_tcp(&query, shared.upstream).ok()
+                forward_tcp(&query, target).ok()
             } else {
                 None
             };

@@ -137,6 +137,10 @@ fn kube_dns_answers_through_kube_proxy_nat() {
     assert!(out.answers.is_empty());
     assert_eq!(out.authority[0].rtype, "SOA");
 
+    // Plain knot backends are authoritative only: non-cluster names are refused.
+    let out = node.dig(0, &[KUBE_DNS, names::EXT_WWW, "A"]).unwrap();
+    assert_eq!(out.status.as_deref(), Some("REFUSED"), "{}", out.raw);
+
     // The outside resolver answers for example.org, from pods and from the node.
     let out = node.dig(0, &["@10.244.8.10", names::EXT_WWW, "A"]).unwrap();
     assert_eq!(out.answer_data("A"), ["10.244.8.20"], "{}", out.raw);
@@ -356,6 +360,11 @@ fn slow_backend_delays_and_drops_on_demand() {
         .any(|q| q.transport == nldns_tests::Transport::Tcp));
 
     node.set_backend_behaviour(Behaviour::Normal).unwrap();
+    // Like CoreDNS, the backend forwards non-cluster names to the outside resolver.
+    let ext_before = node.ext_query_count().unwrap();
+    let out = node.dig(0, &[KUBE_DNS, names::EXT_WWW, "A"]).unwrap();
+    assert_eq!(out.answer_data("A"), ["10.244.8.20"], "{}", out.raw);
+    assert_eq!(node.ext_query_count().unwrap(), ext_before + 1);
     let out = node.dig(0, &[KUBE_DNS6, names::BIG, "A", "+tcp"]).unwrap();
     assert_eq!(
         out.answer_data("A").len(),
@@ -605,7 +614,13 @@ fn bounded_dnsperf_through_kube_proxy() {
         report.raw
     );
     assert!(report.response_codes.contains("NOERROR"), "{}", report.raw);
-    assert_eq!(node.backend_query_count().unwrap(), report.completed);
+    // Every completed query reached a backend; a lost one may have reached it too.
+    let seen = node.backend_query_count().unwrap();
+    assert!(
+        seen >= report.completed && seen <= report.sent,
+        "{seen} backend queries: {}",
+        report.raw
+    );
 }
 
 #[test]
