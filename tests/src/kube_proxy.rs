@@ -70,6 +70,8 @@ pub fn dns_services(backends: &[IpAddr], ipv6: bool) -> Vec<ServicePort> {
 /// Installs the rules of `mode` for `services` (both families mixed) in the node namespace,
 /// replacing earlier rules of the same mode.
 pub fn install(netns: &Netns, mode: KubeProxyMode, services: &[ServicePort]) -> Result<()> {
+    // Replacing, not appending: the jumps from the built-in chains would be duplicated.
+    remove(netns, mode)?;
     let (v4, v6): (Vec<ServicePort>, Vec<ServicePort>) = services
         .iter()
         .cloned()
@@ -105,6 +107,66 @@ pub fn install(netns: &Netns, mode: KubeProxyMode, services: &[ServicePort]) -> 
             Ok(())
         }
     }
+}
+
+/// Removes the rules of `mode` from the node namespace. In iptables mode this empties the
+/// whole nat table and kube-proxy's chains of the filter table: the node namespace belongs
+/// to the run, and nothing but kube-proxy's stand-in writes NAT rules there.
+pub fn remove(netns: &Netns, mode: KubeProxyMode) -> Result<()> {
+    match mode {
+        KubeProxyMode::None => Ok(()),
+        KubeProxyMode::Iptables => {
+            for tool in ["iptables", "ip6tables"] {
+                netns.exec(tool, &["-w", "5", "-t", "nat", "-F"])?;
+                netns.exec(tool, &["-w", "5", "-t", "nat", "-X"])?;
+                // The filter chain may not exist yet (first install): ignore failures.
+                let _ = netns.exec(
+                    tool,
+                    &[
+                        "-w",
+                        "5",
+                        "-t",
+                        "filter",
+                        "-D",
+                        "FORWARD",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "kubernetes forwarding rules",
+                        "-j",
+                        "KUBE-FORWARD",
+                    ],
+                );
+                let _ = netns.exec(tool, &["-w", "5", "-t", "filter", "-F", "KUBE-FORWARD"]);
+                let _ = netns.exec(tool, &["-w", "5", "-t", "filter", "-X", "KUBE-FORWARD"]);
+            }
+            Ok(())
+        }
+        KubeProxyMode::Nftables => {
+            for family in ["ip", "ip6"] {
+                // `add` then `delete` succeeds whether or not the table existed.
+                let script =
+                    format!("table {family} kube-proxy {{}}\ndelete table {family} kube-proxy\n");
+                netns.exec_with_stdin("nft", &["-f", "-"], script.as_bytes())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The kube-proxy rules currently in the node namespace, as `iptables-save` /
+/// `ip6tables-save` / `nft list ruleset` print them (for failure messages and the demo).
+pub fn dump(netns: &Netns) -> Result<String> {
+    let mut text = String::new();
+    for (tool, args) in [
+        ("iptables-save", &[][..]),
+        ("ip6tables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
+        let _ = writeln!(text, "# {tool} {}", args.join(" "));
+        text.push_str(&netns.exec(tool, args)?);
+    }
+    Ok(text)
 }
 
 /// kube-proxy names chains by a hash of the service port (and endpoint); any stable hash
@@ -245,11 +307,6 @@ pub fn nftables_rules(services: &[ServicePort], ipv6: bool) -> String {
     };
     let addr_type = if ipv6 { "ipv6_addr" } else { "ipv4_addr" };
     let mut t = String::new();
-    // Recreate the table from scratch so installing twice replaces the rules.
-    let _ = writeln!(
-        t,
-        "table {family} kube-proxy {{}}\ndelete table {family} kube-proxy"
-    );
     let _ = writeln!(t, "table {family} kube-proxy {{");
     // The map comes first: the services chain refers to it.
     let _ = writeln!(

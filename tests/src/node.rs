@@ -345,6 +345,19 @@ impl SimNode {
         kube_proxy::install(&self.node, self.kube_proxy, &services)
     }
 
+    /// Switches kube-proxy's mode (iptables <-> nftables <-> none) on the running node, as
+    /// when a cluster migrates: the old rules go, the new ones come with every backend.
+    pub fn set_kube_proxy_mode(&mut self, mode: KubeProxyMode) -> Result<()> {
+        kube_proxy::remove(&self.node, self.kube_proxy)?;
+        self.kube_proxy = mode;
+        self.install_kube_proxy()
+    }
+
+    /// The NAT rules of the node namespace (iptables-save, ip6tables-save, nft list ruleset).
+    pub fn kube_proxy_rules(&self) -> Result<String> {
+        kube_proxy::dump(&self.node)
+    }
+
     /// Adds a pod (possibly while the agent runs) and returns its index.
     pub fn add_pod(&mut self) -> Result<usize> {
         let index = self.pods.len();

@@ -251,10 +251,38 @@ fn nftables_kube_proxy_mode_answers_too() {
         .unwrap();
     assert_eq!(out.answer_data("A"), [WEB_V4.to_string()], "{}", out.raw);
     // No iptables rules in this mode: the NAT is nft's alone.
-    let rules = node
-        .exec_in_node("iptables-save", &["-t", "nat"], Duration::from_secs(10))
+    let rules = node.kube_proxy_rules().unwrap();
+    assert!(!rules.contains("KUBE-SERVICES"), "{rules}");
+    assert!(rules.contains("table ip6 kube-proxy"), "{rules}");
+
+    // Migrating to iptables mode (and back) on the live node keeps answers flowing.
+    let mut node = node;
+    node.set_kube_proxy_mode(KubeProxyMode::Iptables).unwrap();
+    let rules = node.kube_proxy_rules().unwrap();
+    assert!(
+        rules.contains("KUBE-SERVICES") && !rules.contains("kube-proxy"),
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("-A PREROUTING").count(),
+        2,
+        "one jump per family: {rules}"
+    );
+    let out = node
+        .dig(0, &[KUBE_DNS6, names::KUBE_DNS, "AAAA", "+tcp"])
         .unwrap();
-    assert!(!String::from_utf8_lossy(&rules.stdout).contains("KUBE-SERVICES"));
+    assert_eq!(out.answer_data("AAAA"), ["fd00:10:96::a"], "{}", out.raw);
+    node.set_kube_proxy_mode(KubeProxyMode::Iptables).unwrap();
+    assert_eq!(
+        node.kube_proxy_rules()
+            .unwrap()
+            .matches("-A PREROUTING")
+            .count(),
+        2,
+        "reinstalling does not duplicate"
+    );
+    node.set_kube_proxy_mode(KubeProxyMode::None).unwrap();
+    assert!(!node.kube_proxy_rules().unwrap().contains("KUBE-"));
 }
 
 #[test]
