@@ -16,13 +16,30 @@ use crate::{cgroup, netns, run};
 static LIVE_RUNS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 static SIGNALS: Once = Once::new();
 
-/// Records a live run so a signal can tear it down, and installs the signal handler once.
+/// Records a live run so a signal (or the process's exit) can tear it down, and installs
+/// the handlers once.
 pub fn register(id: &str) {
     LIVE_RUNS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id.to_string());
-    SIGNALS.call_once(install_signal_handler);
+    SIGNALS.call_once(|| {
+        install_signal_handler();
+        // A node that is never dropped (kept in a static, leaked) is torn down when the
+        // process exits normally; the test harness exits through exit(3), which runs this.
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(teardown_live_runs_at_exit) };
+    });
+}
+
+extern "C" fn teardown_live_runs_at_exit() {
+    // A panic must not cross the C boundary.
+    let _ = std::panic::catch_unwind(|| {
+        let ids = LIVE_RUNS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for id in ids {
+            let _ = teardown(&id);
+        }
+    });
 }
 
 /// Forgets a run after its teardown.

@@ -544,6 +544,54 @@ fn sweep_removes_leftovers_of_dead_runs_only() {
         .contains(&format!("nldns-{}-node", live.id())));
 }
 
+/// The child half of `a_leaked_node_is_torn_down_at_exit`: builds a node that is never
+/// dropped and returns. Does nothing unless the parent test started it.
+#[test]
+fn leak_child_helper() {
+    if std::env::var_os("NLDNS_LEAK_CHILD").is_none() {
+        return;
+    }
+    let node = SimNode::new(1, 1).unwrap();
+    println!("READY {}", node.id());
+    std::mem::forget(node);
+}
+
+#[test]
+fn a_leaked_node_is_torn_down_at_exit() {
+    if !require_root("a_leaked_node_is_torn_down_at_exit") {
+        return;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "leak_child_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("NLDNS_LEAK_CHILD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child's output is small: it fits the pipe while we poll for the exit.
+    let exited =
+        nldns_tests::cmd::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+    if !exited {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(exited, "the child did not exit by itself");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let id = stdout
+        .split_once("READY ")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("the child never built its node: {stdout}"));
+    assert!(output.status.success());
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+}
+
 /// The child half of `sigint_tears_the_run_down`: builds a node, says so, and waits for the
 /// signal (bounded). Does nothing unless the parent test started it.
 #[test]
