@@ -31,7 +31,10 @@ pub fn require_root(test: &str) -> bool {
             if std::env::var_os("CI").is_some() {
                 panic!("{test} needs a privileged runner in CI: {reason}");
             }
-            eprintln!("SKIP {test}: {reason}");
+            // Straight to the stderr handle: libtest captures eprintln! of passing tests,
+            // and a skip must be visible.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
             false
         }
     }
