@@ -34,11 +34,24 @@ impl AgentProcess {
         log_dir: &Path,
         envs: &[(&str, &str)],
     ) -> Result<AgentProcess> {
+        Self::spawn_labeled("agent", netns, binary, args, log_dir, envs)
+    }
+
+    /// Like [`AgentProcess::spawn`] for any long-running process (a client loop in a pod,
+    /// a second agent...), logging to `<log_dir>/<label>-<n>.{stdout,stderr}`.
+    pub fn spawn_labeled(
+        label: &str,
+        netns: &Netns,
+        binary: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<AgentProcess> {
         let n = (0..)
-            .find(|n| !log_dir.join(format!("agent-{n}.stdout")).exists())
+            .find(|n| !log_dir.join(format!("{label}-{n}.stdout")).exists())
             .unwrap_or(0);
-        let stdout_path = log_dir.join(format!("agent-{n}.stdout"));
-        let stderr_path = log_dir.join(format!("agent-{n}.stderr"));
+        let stdout_path = log_dir.join(format!("{label}-{n}.stdout"));
+        let stderr_path = log_dir.join(format!("{label}-{n}.stderr"));
         let stdout = std::fs::File::create(&stdout_path)
             .with_context(|| format!("creating {}", stdout_path.display()))?;
         let stderr = std::fs::File::create(&stderr_path)

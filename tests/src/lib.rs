@@ -29,7 +29,7 @@
 //! (namespaces, nsenter, setns threads), [`kube_proxy`] (iptables and nftables Service
 //! NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
 //! of knot), [`agent`] (the agent process), [`dig`] and [`dns_client`] (clients), [`perf`]
-//! (bounded dnsperf), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
+//! (bounded dnsperf), [`query_loop`] (timed query streams), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
 //! [`addresses`] (the address plan).
 
 pub mod addresses;
@@ -46,6 +46,7 @@ pub mod netns;
 pub mod node;
 pub mod perf;
 pub mod privilege;
+pub mod query_loop;
 pub mod run;
 pub mod slow_dns;
 pub mod zones;
@@ -57,4 +58,5 @@ pub use kube_proxy::KubeProxyMode;
 pub use node::{BackendMode, SimNode, SimNodeBuilder};
 pub use perf::{DnsperfOptions, DnsperfReport};
 pub use privilege::require_root;
+pub use query_loop::{QueryLoop, QueryLoopOptions, QueryLoopReport};
 pub use slow_dns::{Behaviour, SeenQuery};

@@ -33,6 +33,7 @@ use crate::dns_client::{self, QueryOptions};
 use crate::kube_proxy::{self, KubeProxyMode};
 use crate::netns::Netns;
 use crate::perf::{self, DnsperfOptions, DnsperfReport};
+use crate::query_loop::{QueryLoop, QueryLoopOptions};
 use crate::run::Run;
 use crate::slow_dns::{Behaviour, SeenQuery, SlowProxy};
 use crate::{cgroup, cleanup, zones};
@@ -487,6 +488,30 @@ impl SimNode {
         options: &QueryOptions,
     ) -> Result<Message> {
         query_in(&self.node, server, name, rtype, options)
+    }
+
+    /// Starts a steady query loop from pod `index` (see [`crate::query_loop`]).
+    pub fn query_loop(&self, index: usize, options: QueryLoopOptions) -> Result<QueryLoop> {
+        QueryLoop::start(self.pod_netns(index)?, options)
+    }
+
+    /// Starts a long-running process in pod `index` (a client of the cache, a load
+    /// generator...), logging to `pod<index>-<n>.{stdout,stderr}` in the work directory.
+    /// The handle kills it on drop; the node's teardown would anyway.
+    pub fn spawn_in_pod(
+        &self,
+        index: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<AgentProcess> {
+        AgentProcess::spawn_labeled(
+            &format!("pod{index}"),
+            self.pod_netns(index)?,
+            program,
+            args,
+            self.run.workdir(),
+            &[],
+        )
     }
 
     /// Runs a command in pod `index` (output whatever the exit code).

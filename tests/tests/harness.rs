@@ -291,6 +291,34 @@ fn backends_can_be_stopped_restarted_and_repointed() {
         return;
     }
     let mut node = SimNode::new(1, 2).unwrap();
+    // A query loop sees the outage and its end.
+    let mut options = nldns_tests::QueryLoopOptions::new(
+        std::net::SocketAddr::new(IpAddr::V4(KUBE_DNS_V4), 53),
+        names::KUBE_DNS,
+        RecordType::A,
+    );
+    options.query.timeout = Duration::from_millis(300);
+    let queries = node.query_loop(0, options).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    node.stop_backends().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_backends().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = queries.stop();
+    assert!(
+        report.failures().len() >= 2,
+        "the outage was seen: {report:?}"
+    );
+    assert!(
+        report.attempts.last().unwrap().answered(),
+        "answers came back"
+    );
+    assert!(
+        report.longest_outage() >= Duration::from_millis(400),
+        "{:?}",
+        report.longest_outage()
+    );
+
     node.stop_backends().unwrap();
     let out = node.dig(0, &[KUBE_DNS, names::KUBE_DNS, "A"]).unwrap();
     assert!(
@@ -414,6 +442,23 @@ fn pods_come_and_go() {
     assert!(veth.starts_with("veth") && veth.len() <= 15);
     let out = node.dig(added, &[KUBE_DNS6, names::KUBE_DNS, "A"]).unwrap();
     assert_eq!(out.answer_data("A"), ["10.96.0.10"], "{}", out.raw);
+    // A long-running process in the new pod sees the pod's addresses.
+    let mut client = node
+        .spawn_in_pod(
+            added,
+            std::path::Path::new("/bin/sh"),
+            &["-c", "ip -o addr show dev eth0; exec sleep 20"],
+        )
+        .unwrap();
+    assert!(
+        client.wait_for_output("fd00:10:244:1::11/64", Duration::from_secs(5)),
+        "{}",
+        client.stdout()
+    );
+    assert!(client.stdout().contains("10.244.1.11/24"));
+    assert!(client.stdout_path().starts_with(node.workdir()));
+    client.kill9().unwrap();
+    assert!(client.wait_exit(Duration::from_secs(5)).is_some());
     node.remove_pod(0).unwrap();
     assert_eq!(node.pod_indexes(), [1]);
     assert!(node.dig(0, &[KUBE_DNS, names::KUBE_DNS]).is_err());
