@@ -74,6 +74,7 @@ impl DigOutput {
 
 /// Runs dig inside `netns` with the bounded defaults, then `args`.
 pub fn dig(netns: &Netns, args: &[&str]) -> Result<DigOutput> {
+    require_server(args)?;
     let mut full: Vec<&str> = BOUNDED_DEFAULTS.to_vec();
     full.extend_from_slice(args);
     // Generous: even with caller-chosen timeouts dig ends by itself; this only catches a
@@ -83,6 +84,16 @@ pub fn dig(netns: &Netns, args: &[&str]) -> Result<DigOutput> {
     parsed.exit_code = output.status.code().unwrap_or(-1);
     parsed.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     Ok(parsed)
+}
+
+/// Without `@server`, dig would read the machine's /etc/resolv.conf and aim at the
+/// machine's own resolvers: a target outside the simulated node. Refuse that.
+pub fn require_server(args: &[&str]) -> Result<()> {
+    anyhow::ensure!(
+        args.iter().any(|a| a.starts_with('@')),
+        "dig needs an explicit @server inside the simulated node (got {args:?})"
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -194,6 +205,12 @@ cluster.local.		5	IN	SOA	ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 
         assert_eq!(out.msg_size, Some(83));
         assert_eq!(out.transport().as_deref(), Some("UDP"));
         assert!(out.server.unwrap().starts_with("10.96.0.10#53"));
+    }
+
+    #[test]
+    fn a_server_is_required() {
+        assert!(require_server(&["example.org"]).is_err());
+        assert!(require_server(&["@10.96.0.10", "example.org"]).is_ok());
     }
 
     #[test]

@@ -685,6 +685,7 @@ impl SimNode {
 
     /// dig from the node namespace, inside the run's cgroup.
     pub fn dig_from_node_cgroup(&self, args: &[&str]) -> Result<DigOutput> {
+        dig::require_server(args)?;
         let mut full: Vec<&str> = dig::BOUNDED_DEFAULTS.to_vec();
         full.extend_from_slice(args);
         let output = self.exec_in_node_cgroup("dig", &full, Duration::from_secs(60))?;
