@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Every leaf namespace routes everything via its gateway on the node (`.1`), which the node
-//! holds as a /32 (/128) on each leaf's veth end, with a host route back to the leaf. Pod
-//! veths carry proxy ARP so pods can reach each other over IPv4 through the node. The node's
+//! holds as a /32 (/128) on each leaf's veth end, with a host route back to the leaf; leaf
+//! addresses have no prefix route, so pods reach each other through the node. The node's
 //! only default route leads to the ext namespace, which forwards nothing: no packet can
 //! leave the simulated node.
 
@@ -371,9 +371,6 @@ impl SimNode {
             (pod_v4(index), pod_v6(index)),
             (POD_GATEWAY_V4, POD_GATEWAY_V6),
         )?;
-        // Proxy ARP lets a pod reach its /24 neighbours (other pods) through the node.
-        self.node
-            .sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp"), "1")?;
         self.pods.push(Some(Pod { index, netns, veth }));
         Ok(index)
     }
@@ -900,6 +897,10 @@ impl Drop for SimNode {
 /// Connects a leaf namespace to the node: a veth created directly in both namespaces (never
 /// in the root one), the leaf's address in its /24 (/64) with a default route via the
 /// gateway, the gateway as a /32 (/128) on the node end, and a host route back.
+///
+/// The leaf's addresses carry `noprefixroute`: no connected /24 (/64) route, so traffic to
+/// a neighbour (another pod) goes through the node like everything else, as on a routed
+/// CNI, instead of asking for a neighbour that is not on the link.
 fn link_leaf(
     node: &Netns,
     leaf: &Netns,
@@ -928,7 +929,14 @@ fn link_leaf(
         gw_v4.to_string(),
         gw_v6.to_string(),
     );
-    leaf.ip(&["addr", "add", &format!("{leaf_v4}/24"), "dev", "eth0"])?;
+    leaf.ip(&[
+        "addr",
+        "add",
+        &format!("{leaf_v4}/24"),
+        "dev",
+        "eth0",
+        "noprefixroute",
+    ])?;
     leaf.ip(&[
         "addr",
         "add",
@@ -936,6 +944,7 @@ fn link_leaf(
         "dev",
         "eth0",
         "nodad",
+        "noprefixroute",
     ])?;
     leaf.ip(&["link", "set", "eth0", "up"])?;
     leaf.ip(&[

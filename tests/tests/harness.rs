@@ -442,6 +442,19 @@ fn pods_come_and_go() {
     assert!(veth.starts_with("veth") && veth.len() <= 15);
     let out = node.dig(added, &[KUBE_DNS6, names::KUBE_DNS, "A"]).unwrap();
     assert_eq!(out.answer_data("A"), ["10.96.0.10"], "{}", out.raw);
+    // Pods reach each other through the node, both families: nothing listens on port 53
+    // of a pod, so the answer is a quick "connection refused", not a timeout.
+    for target in ["10.244.1.10", "fd00:10:244:1::10"] {
+        let out = node
+            .dig(added, &[&format!("@{target}"), names::KUBE_DNS])
+            .unwrap();
+        assert!(
+            out.raw.contains("connection refused"),
+            "{target} unreachable from pod 1:\n{}",
+            out.raw
+        );
+    }
+
     // A long-running process in the new pod sees the pod's addresses.
     let mut client = node
         .spawn_in_pod(
