@@ -82,6 +82,14 @@ pub fn teardown(id: &str) -> Result<()> {
             first_error.get_or_insert(error.into());
         }
     }
+    // The owner record goes last: until then a sweep elsewhere sees the run as alive or
+    // finds it by this record.
+    let owner = run::owner_path(id);
+    if owner.exists() {
+        if let Err(error) = std::fs::remove_file(&owner) {
+            first_error.get_or_insert(error.into());
+        }
+    }
     first_error.map_or(Ok(()), Err)
 }
 
@@ -100,13 +108,20 @@ pub fn sweep() -> Vec<String> {
                 .map(str::to_string),
         );
     }
-    for dir in [Some(std::env::temp_dir()), cgroup::cgroup2_mount()]
-        .into_iter()
-        .flatten()
+    let owner_dir = Some(std::path::PathBuf::from(run::OWNER_DIR));
+    for dir in [
+        Some(std::env::temp_dir()),
+        cgroup::cgroup2_mount(),
+        owner_dir,
+    ]
+    .into_iter()
+    .flatten()
     {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
-                if let Some(id) = entry.file_name().to_str().and_then(run::id_of_name) {
+                let name = entry.file_name();
+                let name = name.to_str().map(|n| n.trim_end_matches(".owner"));
+                if let Some(id) = name.and_then(run::id_of_name) {
                     ids.insert(id.to_string());
                 }
             }

@@ -21,7 +21,8 @@
 //!
 //! What exists for run id `<id>` (6 hex digits): namespaces `nldns-<id>-node`, `-pod<i>`,
 //! `-dns<k>`, `-ext`; the work directory `$TMPDIR/nldns-<id>` (configs, zones, logs,
-//! resolv.conf); optionally the cgroup `<cgroup2>/nldns-<id>`. Nothing is ever added to the
+//! resolv.conf); the owner record `/run/nldns-tests/nldns-<id>.owner`; optionally the
+//! cgroup `<cgroup2>/nldns-<id>`. Nothing is ever added to the
 //! root namespace. Teardown happens on drop, on SIGINT/SIGTERM, and by the sweep at the
 //! next build for runs whose process is gone ([`cleanup`]).
 //!

@@ -1,10 +1,12 @@
 //! One run of the harness: its id, its names and its work directory.
 //!
 //! Everything a run creates carries `nldns-<id>-` (namespaces, the work directory, the
-//! cgroup), so that a later run can find leftovers by prefix. The work directory holds an
-//! owner record (pid + process start time) that tells a sweep whether the run is still
-//! alive; the record is written before anything else exists, so a half-built run is never
-//! mistaken for a leftover.
+//! cgroup), so that a later run can find leftovers by prefix. An owner record
+//! (`/run/nldns-tests/nldns-<id>.owner`: pid + process start time) tells a sweep whether the
+//! run is still alive. It lives at a fixed machine-wide path, not under `$TMPDIR`, so that
+//! two engineers' concurrent runs with different temp directories still see each other as
+//! alive; it is written before anything else exists, so a half-built run is never mistaken
+//! for a leftover.
 
 use std::fs;
 use std::io::Write;
@@ -19,7 +21,8 @@ pub const PREFIX: &str = "nldns-";
 /// names (`veth<id>p<i>`), long enough that two live runs do not collide.
 pub const ID_LEN: usize = 6;
 
-const OWNER_FILE: &str = "owner";
+/// Where owner records live (one file per live run).
+pub const OWNER_DIR: &str = "/run/nldns-tests";
 
 /// A live run: its id and work directory, with the owner record already written.
 #[derive(Debug)]
@@ -29,22 +32,25 @@ pub struct Run {
 }
 
 impl Run {
-    /// Picks a fresh id and claims it by creating its work directory exclusively.
+    /// Picks a fresh id and claims it by creating its owner record exclusively, then
+    /// creates the work directory.
     pub fn create() -> Result<Run> {
+        fs::create_dir_all(OWNER_DIR).with_context(|| format!("creating {OWNER_DIR}"))?;
         let mut rng = rand::rng();
         for _ in 0..32 {
             let id = format!("{:06x}", rng.random_range(0..0x100_0000u32));
             let workdir = workdir_of(&id);
-            match fs::create_dir(&workdir) {
-                Ok(()) => {
-                    write_owner(&workdir)?;
-                    return Ok(Run { id, workdir });
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(error) => {
-                    return Err(error).with_context(|| format!("creating {}", workdir.display()))
-                }
+            // An id whose work directory exists (a leftover not swept yet) is not free.
+            if workdir.exists() {
+                continue;
             }
+            match write_owner(&owner_path(&id)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error).context("writing the owner record"),
+            }
+            fs::create_dir(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
+            return Ok(Run { id, workdir });
         }
         anyhow::bail!("no free run id after 32 tries")
     }
@@ -63,7 +69,12 @@ impl Run {
     }
 }
 
-/// Where a run keeps its configs, zones, logs and owner record.
+/// The owner record of run `id`.
+pub fn owner_path(id: &str) -> PathBuf {
+    Path::new(OWNER_DIR).join(format!("{PREFIX}{id}.owner"))
+}
+
+/// Where a run keeps its configs, zones and logs.
 pub fn workdir_of(id: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{PREFIX}{id}"))
 }
@@ -80,20 +91,22 @@ pub fn id_of_name(name: &str) -> Option<&str> {
     well_formed.then_some(id)
 }
 
-fn write_owner(workdir: &Path) -> Result<()> {
+/// Creates the owner record; fails with AlreadyExists if the id is taken.
+fn write_owner(path: &Path) -> std::io::Result<()> {
     let pid = std::process::id();
-    let start = process_start_time(pid).context("reading our own start time")?;
-    let path = workdir.join(OWNER_FILE);
-    let mut file =
-        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    writeln!(file, "{pid} {start}")?;
-    Ok(())
+    let start = process_start_time(pid)
+        .ok_or_else(|| std::io::Error::other("cannot read our own start time"))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    writeln!(file, "{pid} {start}")
 }
 
 /// Whether the process that created run `id` is still alive. A missing or unreadable owner
 /// record counts as dead: the run cannot be finished by anyone.
 pub fn owner_is_alive(id: &str) -> bool {
-    let Ok(text) = fs::read_to_string(workdir_of(id).join(OWNER_FILE)) else {
+    let Ok(text) = fs::read_to_string(owner_path(id)) else {
         return false;
     };
     let mut fields = text.split_whitespace();

@@ -31,6 +31,9 @@ fn leftovers(id: &str) -> Vec<String> {
             .filter(|l| l.contains(id))
             .map(|l| format!("root-ns link: {l}")),
     );
+    if run::owner_path(id).exists() {
+        found.push(format!("owner record {}", run::owner_path(id).display()));
+    }
     if run::workdir_of(id).exists() {
         found.push(format!("workdir {}", run::workdir_of(id).display()));
     }
@@ -581,7 +584,7 @@ fn sweep_removes_leftovers_of_dead_runs_only() {
     let mut gone = Command::new("true").spawn().unwrap();
     let gone_pid = gone.id();
     gone.wait().unwrap();
-    std::fs::write(workdir.join("owner"), format!("{gone_pid} 1\n")).unwrap();
+    std::fs::write(run::owner_path(&dead_id), format!("{gone_pid} 1\n")).unwrap();
     let leftover = netns::Netns::create(&format!("nldns-{dead_id}-node")).unwrap();
     let mut orphan = Command::new("nsenter")
         .args(leftover.nsenter_args("sleep", &["30"]))
