@@ -751,6 +751,9 @@ fn bounded_dnsperf_through_kube_proxy() {
         report.raw
     );
     assert!(report.response_codes.contains("NOERROR"), "{}", report.raw);
+    // kube-proxy's random endpoint choice spreads the load over both backends.
+    let per_backend = node.backend_query_counts().unwrap();
+    assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
     // Every completed query reached a backend; a lost one may have reached it too.
     let seen = node.backend_query_count().unwrap();
     assert!(
