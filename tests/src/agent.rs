@@ -47,6 +47,12 @@ impl AgentProcess {
         log_dir: &Path,
         envs: &[(&str, &str)],
     ) -> Result<AgentProcess> {
+        // nsenter would start and then fail to exec: say what is wrong here instead.
+        anyhow::ensure!(
+            binary.is_file(),
+            "{} does not exist (build it, or set NLDNS_BIN)",
+            binary.display()
+        );
         let n = (0..)
             .find(|n| !log_dir.join(format!("{label}-{n}.stdout")).exists())
             .unwrap_or(0);

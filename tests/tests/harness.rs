@@ -527,6 +527,9 @@ fn agent_runs_inside_the_node_namespace_and_obeys_signals() {
     agent.kill9().unwrap();
     assert!(agent.wait_exit(Duration::from_secs(5)).is_some());
 
+    let missing = node.spawn_agent(std::path::Path::new("/nonexistent/nldns"), &["run"]);
+    assert!(missing.unwrap_err().to_string().contains("NLDNS_BIN"));
+
     let args = node.agent_args();
     assert_eq!(args[0], "run");
     assert!(args.iter().any(|a| a == "10.96.0.10"));
