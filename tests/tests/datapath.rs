@@ -1,0 +1,597 @@
+//! The interception datapath in place: real TC programs attached by the real agent on a
+//! simulated node, against kube-proxy's iptables DNAT for the same ClusterIP and knot as
+//! kube-dns. Each test proves who answered: the cache (the backend saw no query for the
+//! name) or kube-dns through kube-proxy (the backend saw it).
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::rr::{RData, RecordType};
+use nldns_tests::{
+    addresses::{KUBE_DNS_V4, KUBE_DNS_V6, WEB_V4},
+    agent_binary, require_root, AgentProcess, BackendMode, QueryOptions, SimNode,
+};
+use serde_json::Value;
+
+const WEB: &str = "web.default.svc.cluster.local";
+
+fn bin() -> PathBuf {
+    agent_binary().expect("the nldns binary: `cargo build -p nldns-userspace` or set NLDNS_BIN")
+}
+
+/// A node whose backends log every question, so "who answered" is per name.
+fn node(pods: usize) -> SimNode {
+    SimNode::builder()
+        .pods(pods)
+        .backends(1)
+        .backend_mode(BackendMode::KnotBehindProxy)
+        .build()
+        .expect("simulated node")
+}
+
+fn status(node: &SimNode) -> Value {
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["status", "--json"],
+            Duration::from_secs(10),
+        )
+        .expect("nldns status");
+    assert!(
+        out.status.success(),
+        "nldns status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// (interface, direction, mode, program id) of every attachment.
+fn attachments(status: &Value) -> Vec<(String, String, String, u64)> {
+    status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["interface"].as_str().unwrap().to_string(),
+                a["direction"].as_str().unwrap().to_string(),
+                a["mode"].as_str().unwrap().to_string(),
+                a["program_id"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn counter(status: &Value, name: &str) -> u64 {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["counters"][name].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn intercepting(status: &Value) -> bool {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["intercepting"].as_bool() == Some(true))
+}
+
+/// Polls `check` until true or `timeout`; returns how long it took.
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn start_agent(node: &SimNode, extra: &[&str]) -> AgentProcess {
+    let mut args = node.agent_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = node.spawn_agent(&bin(), &args).expect("agent starts");
+    let veths: Vec<String> = node
+        .pod_indexes()
+        .into_iter()
+        .map(|i| node.pod_veth(i).unwrap().to_string())
+        .collect();
+    wait_for(
+        "the agent to attach to every pod interface",
+        Duration::from_secs(20),
+        || {
+            assert!(agent.is_running(), "agent exited:\n{}", agent.stderr());
+            let s = status(node);
+            let attached = attachments(&s);
+            intercepting(&s)
+                && veths.iter().all(|v| {
+                    attached.iter().any(|a| &a.0 == v && a.1 == "ingress")
+                        && attached.iter().any(|a| &a.0 == v && a.1 == "egress")
+                })
+        },
+    );
+    agent
+}
+
+/// One query from pod `pod` to `server`, answered within the client's first try.
+fn ask(
+    node: &SimNode,
+    pod: usize,
+    server: IpAddr,
+    name: &str,
+    rtype: RecordType,
+    tcp: bool,
+) -> Vec<RData> {
+    let options = if tcp {
+        QueryOptions::tcp()
+    } else {
+        QueryOptions::default()
+    };
+    let options = QueryOptions {
+        timeout: Duration::from_secs(1),
+        ..options
+    };
+    let reply = node
+        .query(pod, server, name, rtype, &options)
+        .unwrap_or_else(|e| panic!("{name} {rtype} via {server} (tcp: {tcp}): {e:#}"));
+    reply.answers.iter().map(|r| r.data.clone()).collect()
+}
+
+fn web_a(node: &SimNode, pod: usize) {
+    let answers = ask(node, pod, KUBE_DNS_V4.into(), WEB, RecordType::A, false);
+    assert!(
+        answers
+            .iter()
+            .any(|r| matches!(r, RData::A(a) if a.0 == WEB_V4)),
+        "web A answers: {answers:?}"
+    );
+}
+
+fn backend_saw(node: &SimNode, name: &str, rtype: &str) -> usize {
+    node.backend_queries_for(name, rtype)
+        .expect("backend query log")
+}
+
+#[test]
+fn tcx_attachment_passes_the_verifier_and_sigkill_leaves_nothing() {
+    if !require_root("tcx_attachment_passes_the_verifier_and_sigkill_leaves_nothing") {
+        return;
+    }
+    let node = node(1);
+    let mut agent = start_agent(&node, &[]);
+    let veth = node.pod_veth(0).unwrap().to_string();
+    let attached: Vec<_> = attachments(&status(&node))
+        .into_iter()
+        .filter(|a| a.0 == veth)
+        .collect();
+    assert_eq!(
+        attached.len(),
+        2,
+        "ingress and egress on {veth}: {attached:?}"
+    );
+    assert!(
+        attached.iter().all(|a| a.2 == "tcx"),
+        "TCX on this kernel: {attached:?}"
+    );
+    let program_ids: Vec<u64> = attached.iter().map(|a| a.3).collect();
+
+    agent.kill9().unwrap();
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("killed agent is reaped");
+    wait_for(
+        "the kernel to drop the links and programs",
+        Duration::from_secs(5),
+        || {
+            let s = status(&node);
+            attachments(&s).is_empty()
+                && s["instances"].as_array().unwrap().is_empty()
+                && program_ids.iter().all(|id| {
+                    !std::process::Command::new("bpftool")
+                        .args(["prog", "show", "id", &id.to_string()])
+                        .output()
+                        .map(|o| o.status.success())
+                        .unwrap_or(false)
+                })
+        },
+    );
+}
+
+#[test]
+fn pods_are_answered_by_the_cache_over_udp_and_tcp_on_ipv4_and_ipv6() {
+    if !require_root("pods_are_answered_by_the_cache_over_udp_and_tcp_on_ipv4_and_ipv6") {
+        return;
+    }
+    let node = node(1);
+    // Without nldns, every query goes through kube-proxy to the backend.
+    web_a(&node, 0);
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        2,
+        "kube-proxy path is uncached"
+    );
+
+    let _agent = start_agent(&node, &[]);
+    let before = status(&node);
+    for server in [IpAddr::from(KUBE_DNS_V4), IpAddr::from(KUBE_DNS_V6)] {
+        for tcp in [false, true] {
+            for rtype in [RecordType::A, RecordType::AAAA] {
+                let answers = ask(&node, 0, server, WEB, rtype, tcp);
+                assert_eq!(
+                    answers.len(),
+                    1,
+                    "{rtype} via {server} tcp={tcp}: {answers:?}"
+                );
+            }
+        }
+    }
+    // One miss per record type; the other seven answers came from the cache.
+    assert_eq!(backend_saw(&node, WEB, "A"), 3);
+    assert_eq!(backend_saw(&node, WEB, "AAAA"), 1);
+    let after = status(&node);
+    let redirected = counter(&after, "queries_redirected") - counter(&before, "queries_redirected");
+    let rewritten = counter(&after, "replies_rewritten") - counter(&before, "replies_rewritten");
+    // UDP: one packet each way; TCP: every segment of the connection.
+    assert!(redirected >= 8, "queries redirected: {redirected}");
+    assert!(rewritten >= 8, "replies rewritten: {rewritten}");
+}
+
+#[test]
+fn kill9_in_tcx_mode_falls_back_to_kube_dns_at_once() {
+    if !require_root("kill9_in_tcx_mode_falls_back_to_kube_dns_at_once") {
+        return;
+    }
+    let node = node(1);
+    let mut agent = start_agent(&node, &[]);
+    web_a(&node, 0);
+    web_a(&node, 0);
+    assert_eq!(backend_saw(&node, WEB, "A"), 1);
+
+    agent.kill9().unwrap();
+    agent.wait_exit(Duration::from_secs(5)).unwrap();
+    // The very next query, first try, is answered by kube-dns through the NAT.
+    web_a(&node, 0);
+    assert_eq!(backend_saw(&node, WEB, "A"), 2);
+    assert!(
+        attachments(&status(&node)).is_empty(),
+        "nothing left attached"
+    );
+}
+
+#[test]
+fn kill9_in_netlink_mode_fails_open_within_a_second_and_leftovers_are_removed() {
+    if !require_root("kill9_in_netlink_mode_fails_open_within_a_second_and_leftovers_are_removed") {
+        return;
+    }
+    let node = node(1);
+    let veth = node.pod_veth(0).unwrap().to_string();
+    let mut agent = start_agent(&node, &["--attach-mode", "netlink"]);
+    web_a(&node, 0);
+    agent.kill9().unwrap();
+    agent.wait_exit(Duration::from_secs(5)).unwrap();
+
+    // Netlink filters outlive their process (that is the legacy kernels' problem)...
+    let left = status(&node);
+    assert!(
+        attachments(&left)
+            .iter()
+            .any(|a| a.0 == veth && a.2 == "netlink"),
+        "{left}"
+    );
+    // ...but the heartbeat guard makes them pass-through within its 1 s bound.
+    std::thread::sleep(Duration::from_millis(1000));
+    let seen = backend_saw(&node, WEB, "A");
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        seen + 1,
+        "answered by kube-dns"
+    );
+    let after = status(&node);
+    assert!(!intercepting(&after));
+    assert!(counter(&after, "fail_open_passes") >= 1);
+
+    // A restart removes the dead agent's filters before attaching its own.
+    let mut agent = start_agent(&node, &["--attach-mode", "netlink"]);
+    let on_veth: Vec<_> = attachments(&status(&node))
+        .into_iter()
+        .filter(|a| a.0 == veth)
+        .collect();
+    assert_eq!(
+        on_veth.len(),
+        2,
+        "exactly the new agent's filters: {on_veth:?}"
+    );
+    agent.kill9().unwrap();
+    agent.wait_exit(Duration::from_secs(5)).unwrap();
+
+    // `nldns cleanup` removes what a dead agent left.
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["cleanup"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(out.status.success());
+    assert!(attachments(&status(&node)).is_empty());
+}
+
+#[test]
+fn a_hung_agent_fails_open_within_a_second_and_recovers_on_sigcont() {
+    if !require_root("a_hung_agent_fails_open_within_a_second_and_recovers_on_sigcont") {
+        return;
+    }
+    let node = node(1);
+    let mut agent = start_agent(&node, &[]);
+    web_a(&node, 0);
+    assert_eq!(backend_saw(&node, WEB, "A"), 1);
+
+    agent.sigstop().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        2,
+        "a stopped agent's node falls back to kube-dns"
+    );
+
+    agent.sigcont().unwrap();
+    wait_for("interception to resume", Duration::from_secs(5), || {
+        intercepting(&status(&node))
+    });
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        2,
+        "answered from the cache again"
+    );
+}
+
+#[test]
+fn an_interface_added_while_the_agent_runs_is_covered() {
+    if !require_root("an_interface_added_while_the_agent_runs_is_covered") {
+        return;
+    }
+    let mut node = node(1);
+    let _agent = start_agent(&node, &[]);
+    web_a(&node, 0);
+    let pod = node.add_pod().unwrap();
+    let veth = node.pod_veth(pod).unwrap().to_string();
+    let took = wait_for(
+        "the new pod interface to be attached",
+        Duration::from_secs(5),
+        || {
+            attachments(&status(&node))
+                .iter()
+                .filter(|a| a.0 == veth)
+                .count()
+                == 2
+        },
+    );
+    eprintln!("new interface {veth} covered after {took:?} (including status polling)");
+    web_a(&node, pod);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        1,
+        "the new pod is answered from the cache"
+    );
+}
+
+#[test]
+fn sigterm_detaches_drains_and_exits_zero() {
+    if !require_root("sigterm_detaches_drains_and_exits_zero") {
+        return;
+    }
+    let node = node(1);
+    let mut agent = start_agent(&node, &[]);
+    web_a(&node, 0);
+    agent.sigterm().unwrap();
+    let exit = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("agent exits on SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}\n{}", agent.stderr());
+    assert!(attachments(&status(&node)).is_empty());
+    web_a(&node, 0);
+    assert_eq!(backend_saw(&node, WEB, "A"), 2);
+}
+
+#[test]
+fn malformed_frames_on_a_live_interface_break_nothing() {
+    if !require_root("malformed_frames_on_a_live_interface_break_nothing") {
+        return;
+    }
+    let node = node(1);
+    let mut agent = start_agent(&node, &[]);
+    let before = status(&node);
+    let sent = node
+        .pod_netns(0)
+        .unwrap()
+        .run_inside(raw::send_malformed_frames)
+        .unwrap()
+        .expect("raw frames sent from the pod");
+    assert!(sent >= 6);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(agent.is_running(), "agent died:\n{}", agent.stderr());
+    let after = status(&node);
+    assert!(counter(&after, "parse_errors") > counter(&before, "parse_errors"));
+    assert!(counter(&after, "fragments_passed") > counter(&before, "fragments_passed"));
+    assert_eq!(counter(&after, "rewrite_errors"), 0);
+    web_a(&node, 0);
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        1,
+        "still intercepting and caching"
+    );
+}
+
+#[test]
+fn classic_node_local_dns_on_the_same_ip_is_refused() {
+    if !require_root("classic_node_local_dns_on_the_same_ip_is_refused") {
+        return;
+    }
+    let node = node(1);
+    let run = |args: &[&str]| {
+        node.exec_in_node(args[0], &args[1..], Duration::from_secs(10))
+            .unwrap()
+    };
+    let mut args = node.agent_args();
+    args.insert(0, bin().display().to_string());
+    let agent_args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // NOTRACK rules for the ClusterIP, as the seed and node-local-dns add them.
+    let rule = [
+        "-t",
+        "raw",
+        "-A",
+        "PREROUTING",
+        "-d",
+        "10.96.0.10/32",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "NOTRACK",
+    ];
+    assert!(run(&[&["iptables"][..], &rule].concat()).status.success());
+    let out = run(&agent_args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOTRACK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delete: Vec<&str> = rule
+        .iter()
+        .map(|a| if *a == "-A" { "-D" } else { a })
+        .collect();
+    assert!(run(&[&["iptables"][..], &delete].concat()).status.success());
+
+    // The ClusterIP on a `nodelocaldns` interface (a veth here: this kernel has no dummy).
+    assert!(run(&[
+        "ip",
+        "link",
+        "add",
+        "nodelocaldns",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "nldnsconflict"
+    ])
+    .status
+    .success());
+    assert!(
+        run(&["ip", "addr", "add", "10.96.0.10/32", "dev", "nodelocaldns"])
+            .status
+            .success()
+    );
+    let out = run(&agent_args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node-local-dns"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Crafted frames sent with an AF_PACKET socket from a pod's eth0, so they reach the
+/// node's ingress program exactly as written.
+mod raw {
+    use std::io;
+
+    const ETH_P_ALL: u16 = 0x0003;
+
+    pub fn send_malformed_frames() -> io::Result<usize> {
+        let frames = frames();
+        // SAFETY: plain socket(2)/if_nametoindex(3)/sendto(2)/close(2) calls with valid,
+        // correctly sized arguments; the fd is closed before returning.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_ALL.to_be()),
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            let mut sent = 0;
+            for frame in &frames {
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if n == frame.len() as isize {
+                    sent += 1;
+                }
+            }
+            libc::close(fd);
+            Ok(sent)
+        }
+    }
+
+    /// IPv4/UDP to 10.96.0.10:53 from the pod, then variants of it broken on purpose.
+    fn frames() -> Vec<Vec<u8>> {
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 10, 244, 1, 10, 10, 96, 0, 10,
+        ];
+        let udp_payload =
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01";
+        let udp_len = 8 + udp_payload.len();
+        let total = 20 + udp_len;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        let mut packet = ip.clone();
+        packet.extend_from_slice(&40000u16.to_be_bytes());
+        packet.extend_from_slice(&53u16.to_be_bytes());
+        packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 0]);
+        packet.extend_from_slice(udp_payload);
+        let ether = |payload: &[u8]| {
+            // Broadcast destination: the node end accepts it whatever its MAC is.
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x10]);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut fragment = packet.clone();
+        fragment[6] = 0x20;
+        let mut lying_length = packet.clone();
+        lying_length[2] = 0x05;
+        let mut bad_ihl = packet.clone();
+        bad_ihl[0] = 0x42;
+        let mut lying_udp = packet.clone();
+        lying_udp[24] = 0x40;
+        vec![
+            ether(&packet[..10]),
+            ether(&packet[..24]),
+            ether(&fragment),
+            ether(&lying_length),
+            ether(&bad_ihl),
+            ether(&lying_udp),
+            ether(&[]),
+        ]
+    }
+}
