@@ -29,6 +29,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set the datapath's log level (aya-log) in the running agents, without a restart.
+    DatapathLog {
+        /// off, error, warn, info, debug (one line per rewrite), trace.
+        #[arg(value_parser = parse_level)]
+        level: u8,
+    },
     /// Remove filters left by dead or hung agents (legacy netlink mode).
     Cleanup {
         /// Also remove the filters of a live agent.

@@ -9,8 +9,10 @@ use nldns::{
 };
 
 fn main() -> Result<()> {
+    // nldns_tc is the datapath (aya-log): its level is set in the programs' config map
+    // (`--datapath-log`, `nldns datapath-log`), so let everything it emits through.
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,netlink_proto=error"),
+        env_logger::Env::default().default_filter_or("info,netlink_proto=error,nldns_tc=trace"),
     )
     .init();
     let cli = Cli::parse();
@@ -24,6 +26,7 @@ fn main() -> Result<()> {
             Command::Run(args) => agent::run(*args).await,
             Command::Status { json } => status::print_status(json).await,
             Command::Cleanup { all } => status::cleanup(all).await,
+            Command::DatapathLog { level } => status::set_datapath_log(level),
         }
     })
 }

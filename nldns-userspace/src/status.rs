@@ -72,6 +72,15 @@ pub async fn cleanup(all: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn set_datapath_log(level: u8) -> Result<()> {
+    let changed = inspect::set_log_level(level)?;
+    if changed == 0 {
+        anyhow::bail!("no nldns datapath is loaded on this node");
+    }
+    println!("datapath log level set to {level} in {changed} instance(s)");
+    Ok(())
+}
+
 fn rtnetlink_handle() -> Result<rtnetlink::Handle> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);

@@ -595,3 +595,35 @@ mod raw {
         ]
     }
 }
+
+#[test]
+fn datapath_debug_logging_is_switched_at_run_time() {
+    if !require_root("datapath_debug_logging_is_switched_at_run_time") {
+        return;
+    }
+    let node = node(1);
+    let agent = start_agent(&node, &[]);
+    web_a(&node, 0);
+    assert!(
+        !agent.stderr().contains("redirected query"),
+        "logging is off by default"
+    );
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["datapath-log", "debug"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    web_a(&node, 0);
+    assert!(
+        agent.wait_for_output("redirected query", Duration::from_secs(5)),
+        "debug lines from the datapath after `nldns datapath-log debug`:\n{}",
+        agent.stderr()
+    );
+}

@@ -57,9 +57,7 @@ pub struct Status {
 
 pub async fn status(handle: &Handle) -> Result<Status> {
     let attachments = attachments(handle).await?;
-    let instances = loaded_programs()
-        .filter_map(|p| p.ok())
-        .filter(|p| p.name_as_str() == Some(program_names::INGRESS))
+    let instances = ingress_programs()
         .filter_map(|p| match instance(&p) {
             Ok(instance) => Some(instance),
             Err(err) => {
@@ -164,21 +162,51 @@ fn is_ours(program: &ProgramInfo) -> bool {
         .is_some_and(|n| n.starts_with(program_names::PREFIX))
 }
 
-/// Reads an instance's state through the maps its ingress program uses.
-fn instance(program: &ProgramInfo) -> Result<Instance> {
-    let mut maps: BTreeMap<String, MapData> = BTreeMap::new();
+/// The maps a program uses, by name.
+fn program_maps(program: &ProgramInfo) -> Result<BTreeMap<String, MapData>> {
+    let mut maps = BTreeMap::new();
     for id in program.map_ids()?.unwrap_or_default() {
         let data = MapData::from_id(id)?;
         let name = data.info()?.name_as_str().unwrap_or("").to_string();
         maps.insert(name, data);
     }
-    let mut take = |name: &str| {
-        maps.remove(name)
-            .map(Map::from_map_data)
-            .transpose()
-            .with_context(|| format!("map {name}"))?
-            .with_context(|| format!("program {} has no map {name}", program.id()))
-    };
+    Ok(maps)
+}
+
+fn take_map(maps: &mut BTreeMap<String, MapData>, name: &str, program_id: u32) -> Result<Map> {
+    let data = maps
+        .remove(name)
+        .with_context(|| format!("program {program_id} has no map {name}"))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// The ingress programs of every loaded nldns datapath (one per agent, or leftovers).
+fn ingress_programs() -> impl Iterator<Item = ProgramInfo> {
+    loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| p.name_as_str() == Some(program_names::INGRESS))
+}
+
+/// Sets the datapath's aya-log level in every running instance, without a restart.
+/// Returns how many instances were changed.
+pub fn set_log_level(level: u8) -> Result<usize> {
+    let mut changed = 0;
+    for program in ingress_programs() {
+        let mut maps = program_maps(&program)?;
+        let mut config: Array<_, DatapathConfig> =
+            Array::try_from(take_map(&mut maps, map_names::CONFIG, program.id())?)?;
+        let mut value = config.get(&0, 0)?;
+        value.log_level = level;
+        config.set(0, value, 0)?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Reads an instance's state through the maps its ingress program uses.
+fn instance(program: &ProgramInfo) -> Result<Instance> {
+    let mut maps = program_maps(program)?;
+    let mut take = |name: &str| take_map(&mut maps, name, program.id());
     let config: Array<_, DatapathConfig> = Array::try_from(take(map_names::CONFIG)?)?;
     let config = config.get(&0, 0)?;
     let services: BpfHashMap<_, ServiceAddr, ServiceSlot> =
@@ -208,9 +236,8 @@ fn instance(program: &ProgramInfo) -> Result<Instance> {
 
 /// Heartbeat state of the instance behind program `id`: true when its agent is alive.
 pub fn program_is_live(id: u32) -> bool {
-    loaded_programs()
-        .filter_map(|p| p.ok())
-        .filter(|p| p.name_as_str() == Some(program_names::INGRESS) && p.id() == id)
+    ingress_programs()
+        .filter(|p| p.id() == id)
         .filter_map(|p| instance(&p).ok())
         .any(|i| i.intercepting)
 }
