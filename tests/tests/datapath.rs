@@ -627,3 +627,30 @@ fn datapath_debug_logging_is_switched_at_run_time() {
         agent.stderr()
     );
 }
+
+#[test]
+fn interception_wins_against_kube_proxy_in_nftables_mode_too() {
+    if !require_root("interception_wins_against_kube_proxy_in_nftables_mode_too") {
+        return;
+    }
+    let node = SimNode::builder()
+        .pods(1)
+        .backends(1)
+        .backend_mode(BackendMode::KnotBehindProxy)
+        .kube_proxy(nldns_tests::KubeProxyMode::Nftables)
+        .build()
+        .expect("simulated node with nftables kube-proxy");
+    web_a(&node, 0);
+    assert_eq!(
+        backend_saw(&node, WEB, "A"),
+        1,
+        "nftables NAT reaches the backend"
+    );
+    let _agent = start_agent(&node, &[]);
+    for tcp in [false, true] {
+        for server in [IpAddr::from(KUBE_DNS_V4), IpAddr::from(KUBE_DNS_V6)] {
+            ask(&node, 0, server, WEB, RecordType::A, tcp);
+        }
+    }
+    assert_eq!(backend_saw(&node, WEB, "A"), 2, "one miss, then the cache");
+}
