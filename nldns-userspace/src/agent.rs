@@ -202,6 +202,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     wait_for_stop(&args, &dns).await?;
 
     log::info!("stopping: interception off, draining");
+    // The heartbeat task first, so no late probe can refresh the beat we clear next.
+    background.cancel();
+    watcher_task.abort();
+    let _ = heartbeat_task.await;
     {
         let mut guard = interception
             .lock()
@@ -213,9 +217,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let _ = datapath.stop_beating();
         attachments.detach_direction(datapath, Direction::Ingress);
     }
-    background.cancel();
-    watcher_task.abort();
-    let _ = heartbeat_task.await;
     shutdown.cancel();
     let drained = tokio::time::timeout(Duration::from_millis(args.drain_timeout_ms), async {
         while servers.join_next().await.is_some() {}
