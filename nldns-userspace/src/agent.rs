@@ -48,6 +48,19 @@ pub struct Interception {
     pub attachments: Attachments,
 }
 
+impl Interception {
+    fn detach(&mut self, direction: Direction) {
+        self.attachments
+            .detach_direction(&mut self.datapath, direction);
+    }
+}
+
+fn lock(interception: &Mutex<Interception>) -> Result<std::sync::MutexGuard<'_, Interception>> {
+    interception
+        .lock()
+        .map_err(|_| anyhow::anyhow!("interception lock poisoned"))
+}
+
 /// How many blocks of intercept ports to try when the first is taken (an older agent
 /// still running during an upgrade holds it).
 const PORT_BLOCKS: u16 = 8;
@@ -207,15 +220,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     watcher_task.abort();
     let _ = heartbeat_task.await;
     {
-        let mut guard = interception
-            .lock()
-            .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
-        let Interception {
-            datapath,
-            attachments,
-        } = &mut *guard;
-        let _ = datapath.stop_beating();
-        attachments.detach_direction(datapath, Direction::Ingress);
+        let mut interception = lock(&interception)?;
+        let _ = interception.datapath.stop_beating();
+        interception.detach(Direction::Ingress);
     }
     shutdown.cancel();
     let drained = tokio::time::timeout(Duration::from_millis(args.drain_timeout_ms), async {
@@ -225,14 +232,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if drained.is_err() {
         log::warn!("drain timeout: some queries in flight were dropped");
     }
-    let mut guard = interception
-        .lock()
-        .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
-    let Interception {
-        datapath,
-        attachments,
-    } = &mut *guard;
-    attachments.detach_direction(datapath, Direction::Egress);
+    lock(&interception)?.detach(Direction::Egress);
     log::info!("stopped");
     Ok(())
 }
