@@ -1,8 +1,10 @@
 //! Host-network interception: attaching the cgroup sock_addr hooks, finding what else
 //! rewrites ClusterIPs at the socket layer, and listing or removing our attachments.
 //!
-//! The hooks are attached as bpf links (`CgroupAttachMode::AllowMultiple`, so they
-//! coexist with a CNI's own hooks and with a second agent during an upgrade). A link is
+//! The hooks are attached as bpf links. Cgroup links always run alongside the cgroup's
+//! other programs (the kernel treats them as BPF_F_ALLOW_MULTI, and refuses any flag in
+//! link_create: aya's `CgroupAttachMode::Single` is flags 0), so they coexist with a
+//! CNI's own hooks and with a second agent during an upgrade. A link is
 //! owned by the agent's file descriptor: the kernel removes it when the process dies, so
 //! nothing survives a crash. A hung agent is covered by the heartbeat check in the
 //! programs themselves.
@@ -183,7 +185,9 @@ pub fn attach(datapath: &mut Datapath, cgroup: &Cgroup) -> Result<Vec<CgroupAtta
     for (name, hook, _) in HOOKS {
         let program = datapath.sock_program_mut(name)?;
         program
-            .attach(cgroup.fd(), CgroupAttachMode::AllowMultiple)
+            .attach(cgroup.fd(), CgroupAttachMode::Single)
+            // aya's error display drops the errno; its Debug form keeps it.
+            .map_err(|err| anyhow::anyhow!("{err:?}"))
             .with_context(|| format!("attaching {name} to {}", cgroup.path.display()))?;
         let program_id = program.info().map(|i| i.id()).unwrap_or(0);
         attached.push(CgroupAttachment {
