@@ -405,6 +405,17 @@ fn killed_agent_leaves_host_queries_to_kube_proxy() {
         0,
         "nothing left on the cgroup: {status}"
     );
+    // Links die with their process: cleanup finds nothing of ours on the cgroup.
+    let cgroup = node.cgroup_path().unwrap().display().to_string();
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["cleanup", "--cgroup", &cgroup],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !stdout.contains("hook"), "{stdout}");
 }
 
 #[test]
@@ -413,31 +424,28 @@ fn stopped_agent_fails_open_within_a_second_and_recovers() {
         return;
     }
     let node = node();
-    let mut agent = start_agent(&node, &["--heartbeat-max-age-ms", "500"]);
+    // Default heartbeat max age: 1 s.
+    let mut agent = start_agent(&node, &[]);
     dig_in_cgroup(&node, KUBE_DNS, &[]);
 
     agent.sigstop().unwrap();
-    let stopped = Instant::now();
     let before = backend_queries(&node, names::WEB, "A");
-    // Poll with short queries until one is answered by a backend: that one passed the
-    // socket hooks untouched (a stopped agent answers nothing).
-    let mut answered_at = None;
-    while stopped.elapsed() < Duration::from_secs(5) {
-        let out = node
-            .dig_from_node_cgroup(&[KUBE_DNS, names::WEB, "A", "+time=1"])
-            .unwrap();
-        if !out.timed_out() && backend_queries(&node, names::WEB, "A") > before {
-            answered_at = Some(stopped.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let answered_at = answered_at.expect("no fail-open within 5 s of SIGSTOP");
-    println!("fail-open after SIGSTOP: {answered_at:?}");
-    // max age 0.5 s, plus up to one dig timeout (1 s) for a query sent just before.
-    assert!(
-        answered_at < Duration::from_millis(2500),
-        "fail-open took {answered_at:?}"
+    // The last heartbeat is at most max_age/4 old at SIGSTOP, so by 1 s the hooks pass
+    // everything; 0.3 s of slack for a loaded machine.
+    std::thread::sleep(Duration::from_millis(1300));
+    let asked = Instant::now();
+    let out = node
+        .dig_from_node_cgroup(&[KUBE_DNS, names::WEB, "A", "+time=2"])
+        .unwrap();
+    assert_eq!(out.answer_data("A"), [WEB_V4.to_string()], "{}", out.raw);
+    assert_eq!(
+        backend_queries(&node, names::WEB, "A"),
+        before + 1,
+        "1.3 s after SIGSTOP the query went through kube-proxy to a backend"
+    );
+    println!(
+        "answer through kube-proxy 1.3 s after SIGSTOP, in {:?}",
+        asked.elapsed()
     );
 
     agent.sigcont().unwrap();
