@@ -462,3 +462,171 @@ fn stopped_agent_fails_open_within_a_second_and_recovers() {
     agent.sigterm().unwrap();
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// Minimal raw bpf(2) calls, so the test can stand in for other dataplanes (and for a
+/// leftover of ours) without depending on a BPF library: a sock_addr program that only
+/// returns 1, loaded under a chosen name and attached the legacy way (BPF_PROG_ATTACH,
+/// which unlike a link outlives its process, as older Cilium and Calico releases do).
+mod raw_bpf {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::Path;
+
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+    pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+
+    #[repr(C)]
+    struct ProgAttach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+    }
+
+    /// Loads `r0 = 1; exit` as a connect4 program named `name` (at most 15 bytes).
+    pub fn load_allow_all_connect4(name: &str) -> OwnedFd {
+        // mov64 r0, 1 (opcode 0xb7, imm 1) then exit (0x95).
+        let insns: [u64; 2] = [0xb7 | (1u64 << 32), 0x95];
+        let license = b"GPL\0";
+        let mut prog_name = [0u8; 16];
+        prog_name[..name.len()].copy_from_slice(name.as_bytes());
+        let attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name,
+            expected_attach_type: BPF_CGROUP_INET4_CONNECT,
+            ..Default::default()
+        };
+        // SAFETY: bpf(2) reads `attr` and the buffers it points to, all alive here.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoad,
+                std::mem::size_of::<ProgLoad>(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_PROG_LOAD {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new fd that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    /// Legacy multi attachment of `program` to the connect4 hook of `cgroup`.
+    pub fn attach_connect4(cgroup: &Path, program: &OwnedFd) {
+        let dir = std::fs::File::open(cgroup).unwrap();
+        let attr = ProgAttach {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_bpf_fd: program.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_INET4_CONNECT,
+            attach_flags: BPF_F_ALLOW_MULTI,
+        };
+        // SAFETY: bpf(2) only reads `attr`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_ATTACH,
+                &attr as *const ProgAttach,
+                std::mem::size_of::<ProgAttach>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_ATTACH: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn socket_lb_of_other_dataplanes_is_reported_and_leftovers_are_cleaned() {
+    if !require_root("socket_lb_of_other_dataplanes_is_reported_and_leftovers_are_cleaned") {
+        return;
+    }
+    let node = node();
+    let cgroup = node.cgroup_path().unwrap().to_path_buf();
+    // Cilium's socket LB program as the kernel names it (15 bytes of cil_sock4_connect),
+    // and a leftover of ours attached the legacy way.
+    let cilium = raw_bpf::load_allow_all_connect4("cil_sock4_conne");
+    raw_bpf::attach_connect4(&cgroup, &cilium);
+    let leftover = raw_bpf::load_allow_all_connect4("nldns_connect4");
+    raw_bpf::attach_connect4(&cgroup, &leftover);
+
+    let status = nldns_status(&node);
+    let conflicts = status["socket_lb_conflicts"].as_array().unwrap();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["program_name"] == "cil_sock4_conne"
+                && c["hook"] == "connect4"
+                && c["dataplane"].as_str().unwrap().starts_with("cilium")),
+        "{status}"
+    );
+    assert!(
+        status["cgroup_attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["program_name"] == "nldns_connect4" && a["hook"] == "connect4"),
+        "{status}"
+    );
+
+    let path = cgroup.display().to_string();
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["cleanup", "--cgroup", &path],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("removed connect4 hook nldns_connect4"),
+        "{stdout}"
+    );
+    let status = nldns_status(&node);
+    assert_eq!(
+        status["cgroup_attachments"].as_array().unwrap().len(),
+        0,
+        "{status}"
+    );
+    assert!(
+        !status["socket_lb_conflicts"].as_array().unwrap().is_empty(),
+        "cleanup never touches other dataplanes' programs: {status}"
+    );
+
+    // The agent says so at start-up, and still works for this cgroup: the stand-in only
+    // allows, it does not rewrite.
+    let agent = start_agent(&node, &[]);
+    assert!(
+        agent.wait_for_output("likely cilium", Duration::from_secs(5)),
+        "{}",
+        agent.stderr()
+    );
+    dig_in_cgroup(&node, KUBE_DNS, &[]);
+}
