@@ -49,9 +49,9 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
     }
     for f in &status.socket_lb_conflicts {
         println!(
-            "WARNING: {} program {} (id {}) on {} of {}: likely {}; it rewrites ClusterIPs in \
-             connect() before nldns sees them, host-network DNS may bypass the cache",
-            f.hook, f.program_name, f.program_id, f.hook, f.cgroup, f.dataplane
+            "WARNING: {} program {} (id {}) runs for {}: likely {}; it rewrites ClusterIPs \
+             in connect() before nldns sees them, DNS may bypass the cache",
+            f.hook, f.program_name, f.program_id, f.cgroup, f.dataplane
         );
     }
     if status.instances.is_empty() {
@@ -72,7 +72,7 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
             if i.intercepting { "INTERCEPTING" } else { "fail-open: passing everything" }
         );
         for (name, value) in &i.counters {
-            println!("  {name:<20} {value}");
+            println!("  {name:<22} {value}");
         }
     }
     Ok(())

@@ -629,4 +629,23 @@ fn socket_lb_of_other_dataplanes_is_reported_and_leftovers_are_cleaned() {
         agent.stderr()
     );
     dig_in_cgroup(&node, KUBE_DNS, &[]);
+
+    // The text form an operator reads.
+    let out = node
+        .exec_in_node(
+            bin().to_str().unwrap(),
+            &["status", "--cgroup", &path],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.contains("WARNING: connect4 program cil_sock4_conne")
+            && text.contains("likely cilium")
+            && text
+                .lines()
+                .any(|l| l.contains("getpeername6") && l.contains(&path)),
+        "{text}"
+    );
 }
