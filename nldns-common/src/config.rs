@@ -95,6 +95,11 @@ pub struct DatapathConfig {
     pub intercept_v6: [u8; 16],
     /// Redirect only while the agent's heartbeat is younger than this (ns, monotonic).
     pub heartbeat_max_age_ns: u64,
+    /// Cookie of the agent's network namespace (SO_NETNS_COOKIE). The cgroup socket hooks
+    /// see every process of the cgroup whatever its namespace, but the intercept endpoint
+    /// exists only in the agent's: they rewrite only sockets of this namespace. 0 (unknown,
+    /// kernels before 5.14) turns the socket hooks off.
+    pub netns_cookie: u64,
 }
 
 #[cfg(test)]
@@ -106,7 +111,7 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ServiceAddr>(), 16);
         assert_eq!(size_of::<ServiceSlot>(), 4);
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 2 + 1 + 1 + 16 + 8);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 2 + 1 + 1 + 16 + 8 + 8);
     }
 
     #[test]

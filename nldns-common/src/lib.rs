@@ -21,10 +21,19 @@ pub mod map_names {
     pub const COUNTERS: &str = "NLDNS_COUNTERS";
 }
 
-/// Names of the TC programs, as the kernel and bpftool show them.
+/// Names of the programs, as the kernel and bpftool show them.
 pub mod program_names {
     pub const INGRESS: &str = "nldns_ingress";
     pub const EGRESS: &str = "nldns_egress";
+    /// cgroup sock_addr programs (host-network interception), at most 15 bytes each.
+    pub const CONNECT4: &str = "nldns_connect4";
+    pub const CONNECT6: &str = "nldns_connect6";
+    pub const SENDMSG4: &str = "nldns_sendmsg4";
+    pub const SENDMSG6: &str = "nldns_sendmsg6";
+    pub const RECVMSG4: &str = "nldns_recvmsg4";
+    pub const RECVMSG6: &str = "nldns_recvmsg6";
+    pub const GETPEER4: &str = "nldns_getpeer4";
+    pub const GETPEER6: &str = "nldns_getpeer6";
     /// Every program and filter nldns owns starts with this; cleanup matches on it and
     /// on nothing else, so it never touches anyone else's filters.
     pub const PREFIX: &str = "nldns_";

@@ -1,6 +1,6 @@
 //! Datapath counters: indices into the per-CPU `NLDNS_COUNTERS` array map.
 
-/// One counter per outcome of the TC programs. Per-CPU so that the hot path needs no
+/// One counter per outcome of the TC programs and the cgroup socket hooks. Per-CPU so that the hot path needs no
 /// atomics (the bpf target has no 64-bit fetch_add); the agent sums the CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,10 +20,19 @@ pub enum Counter {
     FailOpenPasses = 5,
     /// Rewrites the kernel refused (helper error); the packet is passed.
     RewriteErrors = 6,
+    /// connect()/sendmsg() of a host-network socket to a Service IP rewritten toward the
+    /// intercept endpoint by the cgroup socket hooks.
+    SockRedirected = 7,
+    /// recvmsg()/getpeername() results rewritten from the intercept endpoint back to the
+    /// Service IP by the cgroup socket hooks.
+    SockRestored = 8,
+    /// connect()/sendmsg() to a Service IP left alone because the agent's heartbeat is
+    /// stale (fail-open, socket hooks).
+    SockFailOpenPasses = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::QueriesRedirected,
@@ -33,6 +42,9 @@ impl Counter {
         Counter::ParseErrors,
         Counter::FailOpenPasses,
         Counter::RewriteErrors,
+        Counter::SockRedirected,
+        Counter::SockRestored,
+        Counter::SockFailOpenPasses,
     ];
 
     /// Stable snake_case name, used by `nldns status` and the Prometheus metrics.
@@ -45,6 +57,9 @@ impl Counter {
             Counter::ParseErrors => "parse_errors",
             Counter::FailOpenPasses => "fail_open_passes",
             Counter::RewriteErrors => "rewrite_errors",
+            Counter::SockRedirected => "sock_redirected",
+            Counter::SockRestored => "sock_restored",
+            Counter::SockFailOpenPasses => "sock_fail_open_passes",
         }
     }
 }

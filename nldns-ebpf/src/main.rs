@@ -9,6 +9,10 @@
 //! intercept endpoint gets its source rewritten back to the Service IP it was meant for, so
 //! the pod sees ClusterIP:53 answering.
 //!
+//! `nldns_connect4/6`, `nldns_sendmsg4/6`, `nldns_recvmsg4/6` and `nldns_getpeer4/6` are
+//! cgroup sock_addr hooks for host-network processes (see sock.rs); they always allow the
+//! call (return 1).
+//!
 //! Every doubt ends with the packet untouched: the programs never drop. They return
 //! `TC_ACT_UNSPEC` (TCX_NEXT), never `TC_ACT_OK`: with TCX, OK would end the chain and
 //! skip the CNI's own programs attached after ours; with netlink filters UNSPEC likewise
@@ -20,8 +24,13 @@ mod guard;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use nldns_common::Counter;
 
 #[classifier]
@@ -36,6 +45,63 @@ pub fn nldns_egress(ctx: TcContext) -> i32 {
     let outcome = nat::restore_reply(&ctx);
     maps::count(outcome);
     TC_ACT_UNSPEC
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn nldns_connect4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect4(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn nldns_connect6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect6(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn nldns_sendmsg4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect4(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn nldns_sendmsg6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect6(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn nldns_recvmsg4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore4(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn nldns_recvmsg6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore6(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn nldns_getpeer4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore4(&ctx));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nldns_getpeer6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore6(&ctx));
+    sock::ALLOW
+}
+
+/// Socket hooks count only what concerns a Service IP or the intercept endpoint: every
+/// other socket call of the node would drown the counters.
+#[inline(always)]
+fn count_some(outcome: Option<Counter>) {
+    if let Some(counter) = outcome {
+        maps::count(counter);
+    }
 }
 
 /// Keeps rustc happy; the verifier guarantees this is never reached.

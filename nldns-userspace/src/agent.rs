@@ -29,6 +29,7 @@ use crate::{
     config,
     datapath::{
         attach::{AttachMode, Attachments, Direction},
+        cgroup::{self, Cgroup, CgroupTarget},
         conflict, endpoint,
         endpoint::InterceptEndpoint,
         inspect,
@@ -83,6 +84,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             );
         }
     }
+
+    let hooks_cgroup = socket_hooks_cgroup(&args, &dns_config)?;
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
@@ -146,6 +149,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         endpoint,
         heartbeat_max_age: max_age,
         log_level: args.datapath_log,
+        netns_cookie: hooks_cgroup.as_ref().map_or(0, |(_, cookie)| *cookie),
     })?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(poll_datapath_log(logger));
@@ -206,6 +210,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             background.clone(),
         ));
     }
+    if let Some((cgroup, _)) = &hooks_cgroup {
+        attach_socket_hooks(&interception, cgroup)?;
+    }
     log::info!(
         "nldns intercepting {:?} in {mode:?} mode; cache upstreams {:?}",
         args.service_ip,
@@ -233,7 +240,83 @@ pub async fn run(args: RunArgs) -> Result<()> {
         log::warn!("drain timeout: some queries in flight were dropped");
     }
     lock(&interception)?.detach(Direction::Egress);
+    // The socket hooks stay until the process exits (their links go with the datapath):
+    // with the heartbeat cleared they already pass every connect()/sendmsg(), and the
+    // recvmsg()/getpeername() restore is still needed by clients that got an answer.
     log::info!("stopped");
+    Ok(())
+}
+
+/// The cgroup for the host-network socket hooks, opened now (before anything could make
+/// its path unreachable), with the netns cookie the hooks check; None when disabled.
+fn socket_hooks_cgroup(
+    args: &RunArgs,
+    dns_config: &crate::dns::config::DnsConfig,
+) -> Result<Option<(Cgroup, u64)>> {
+    let target = CgroupTarget::parse(args.cgroup.as_deref());
+    let path = match target.resolve() {
+        Ok(Some(path)) => path,
+        Ok(None) => return Ok(None),
+        // No cgroup2 at all (a v1-only host): pod interception still works.
+        Err(err) if target == CgroupTarget::Root => {
+            log::warn!("no host-network interception: {err:#}");
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
+    let cgroup = Cgroup::open(&path)?;
+    let Some(cookie) = cgroup::netns_cookie() else {
+        log::warn!(
+            "no host-network interception: the kernel does not give network namespace \
+             cookies (SO_NETNS_COOKIE, Linux 5.14), without which the socket hooks could \
+             not tell the node's sockets from the pods'"
+        );
+        return Ok(None);
+    };
+    // The agent runs inside the hooked cgroup too: its own queries to an intercepted
+    // Service IP would be sent back to itself.
+    let looping: Vec<SocketAddr> = dns_config
+        .cluster_upstreams
+        .iter()
+        .chain(&dns_config.default_upstreams)
+        .filter(|u| u.port() == 53 && args.service_ip.contains(&u.ip()))
+        .copied()
+        .collect();
+    if !looping.is_empty() {
+        log::warn!(
+            "no host-network interception: upstream(s) {looping:?} are intercepted Service \
+             IPs, the cache would ask itself; use the uncached kube-dns Service as upstream"
+        );
+        return Ok(None);
+    }
+    Ok(Some((cgroup, cookie)))
+}
+
+/// Attaches the socket hooks (after the TC programs' watcher has started) and says so, or
+/// warns about a dataplane that rewrites ClusterIPs in connect() before them.
+fn attach_socket_hooks(interception: &Arc<Mutex<Interception>>, cgroup: &Cgroup) -> Result<()> {
+    let attached = {
+        let mut guard = interception
+            .lock()
+            .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
+        cgroup::attach(&mut guard.datapath, cgroup)?
+    };
+    log::info!(
+        "host-network interception: {} socket hooks on {}",
+        attached.len(),
+        cgroup.path.display()
+    );
+    for foreign in cgroup::foreign_socket_programs(cgroup) {
+        log::warn!(
+            "{} program {} (id {}) also runs for {}: likely {}. It rewrites ClusterIPs in \
+             connect() itself; host-network DNS may reach kube-dns pods without nldns",
+            foreign.hook,
+            foreign.program_name,
+            foreign.program_id,
+            foreign.cgroup,
+            foreign.dataplane
+        );
+    }
     Ok(())
 }
 

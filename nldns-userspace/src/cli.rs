@@ -28,6 +28,9 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// A cgroup to inspect for socket hooks besides the cgroup2 root.
+        #[arg(long, env = "NLDNS_CGROUP")]
+        cgroup: Option<String>,
     },
     /// Set the datapath's log level (aya-log) in the running agents, without a restart.
     DatapathLog {
@@ -40,6 +43,9 @@ pub enum Command {
         /// Also remove the filters of a live agent.
         #[arg(long)]
         all: bool,
+        /// A cgroup to clean of legacy socket hooks besides the cgroup2 root.
+        #[arg(long, env = "NLDNS_CGROUP")]
+        cgroup: Option<String>,
     },
 }
 
@@ -112,6 +118,11 @@ pub struct RunArgs {
     /// How long shutdown waits for queries in flight.
     #[arg(long, env = "NLDNS_DRAIN_TIMEOUT_MS", default_value_t = 2000)]
     pub drain_timeout_ms: u64,
+
+    /// cgroup2 directory for the host-network socket hooks (connect/sendmsg/recvmsg/
+    /// getpeername). Default: the cgroup2 root from /proc/self/mounts; `none` disables.
+    #[arg(long, env = "NLDNS_CGROUP")]
+    pub cgroup: Option<String>,
 
     /// Datapath log level through aya-log: off, error, warn, info, debug, trace.
     #[arg(long, env = "NLDNS_DATAPATH_LOG", default_value = "off", value_parser = parse_level)]

@@ -24,8 +24,8 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => agent::run(*args).await,
-            Command::Status { json } => status::print_status(json).await,
-            Command::Cleanup { all } => status::cleanup(all).await,
+            Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
+            Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level),
         }
     })

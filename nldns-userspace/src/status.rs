@@ -5,9 +5,10 @@ use anyhow::{Context, Result};
 
 use crate::datapath::inspect;
 
-pub async fn print_status(json: bool) -> Result<()> {
+pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
     let handle = rtnetlink_handle()?;
-    let status = inspect::status(&handle).await?;
+    let cgroups = inspect::cgroups_to_inspect(cgroup.as_deref());
+    let status = inspect::status(&handle, &cgroups).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -31,6 +32,28 @@ pub async fn print_status(json: bool) -> Result<()> {
             );
         }
     }
+    if status.cgroup_attachments.is_empty() {
+        println!("socket hooks: none (host-network DNS goes through kube-proxy)");
+    } else {
+        println!("socket hooks:");
+        println!(
+            "  {:<14} {:>8}  {:<16} cgroup",
+            "hook", "prog id", "program"
+        );
+        for a in &status.cgroup_attachments {
+            println!(
+                "  {:<14} {:>8}  {:<16} {}",
+                a.hook, a.program_id, a.program_name, a.cgroup
+            );
+        }
+    }
+    for f in &status.socket_lb_conflicts {
+        println!(
+            "WARNING: {} program {} (id {}) runs for {}: likely {}; it rewrites ClusterIPs \
+             in connect() before nldns sees them, DNS may bypass the cache",
+            f.hook, f.program_name, f.program_id, f.cgroup, f.dataplane
+        );
+    }
     if status.instances.is_empty() {
         println!("datapath: not loaded");
     }
@@ -49,17 +72,29 @@ pub async fn print_status(json: bool) -> Result<()> {
             if i.intercepting { "INTERCEPTING" } else { "fail-open: passing everything" }
         );
         for (name, value) in &i.counters {
-            println!("  {name:<20} {value}");
+            println!("  {name:<22} {value}");
         }
     }
     Ok(())
 }
 
-pub async fn cleanup(all: bool) -> Result<()> {
+pub async fn cleanup(all: bool, cgroup: Option<String>) -> Result<()> {
     let handle = rtnetlink_handle()?;
     let removed = inspect::cleanup(&handle, all).await?;
-    if removed.is_empty() {
+    // Links (what the agent creates) die with their process; only legacy attachments can
+    // be left behind on a cgroup.
+    let mut removed_hooks = Vec::new();
+    for cgroup in inspect::cgroups_to_inspect(cgroup.as_deref()) {
+        removed_hooks.extend(crate::datapath::cgroup::cleanup(&cgroup));
+    }
+    if removed.is_empty() && removed_hooks.is_empty() {
         println!("nothing to remove");
+    }
+    for h in removed_hooks {
+        println!(
+            "removed {} hook {} from {}",
+            h.hook, h.program_name, h.cgroup
+        );
     }
     for a in removed {
         println!(

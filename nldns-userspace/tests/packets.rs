@@ -55,6 +55,8 @@ impl Programs {
             endpoint,
             heartbeat_max_age: Duration::from_secs(1),
             log_level: 0,
+            // No socket hooks: only the TC programs are under test here.
+            netns_cookie: 0,
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();

@@ -722,6 +722,12 @@ impl SimNode {
             self.health_addr().to_string(),
             "--metrics-addr".into(),
             self.metrics_addr().to_string(),
+            // The agent's default is the machine's cgroup2 root, which a test must never
+            // touch: the run's own cgroup, or no socket hooks at all.
+            "--cgroup".into(),
+            self.cgroup
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
         ]
     }
 

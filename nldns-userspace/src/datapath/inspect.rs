@@ -3,7 +3,7 @@
 //! removes leftovers. Ownership is recognised by program name (`nldns_*`) only, so
 //! nobody else's filters are ever touched.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::{
     attach::{AttachMode, Direction},
+    cgroup::{self, Cgroup, CgroupAttachment, CgroupTarget, ForeignSocketProgram},
     loader::{from_service_addr, monotonic_ns, read_counters},
     watcher::{link_name, list_links},
 };
@@ -52,11 +53,48 @@ pub struct Instance {
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub attachments: Vec<Attachment>,
+    /// Our socket hooks on the cgroup2 root and on the cgroup asked about.
+    pub cgroup_attachments: Vec<CgroupAttachment>,
+    /// Other programs on connect(): a dataplane that rewrites ClusterIPs in the socket
+    /// layer itself (Cilium kube-proxy replacement, Calico eBPF) sends host processes'
+    /// queries to kube-dns pods before any nldns hook or TC program sees the ClusterIP.
+    pub socket_lb_conflicts: Vec<ForeignSocketProgram>,
     pub instances: Vec<Instance>,
 }
 
-pub async fn status(handle: &Handle) -> Result<Status> {
+/// The cgroups status and cleanup look at: the cgroup2 root and the one given (if any).
+pub fn cgroups_to_inspect(extra: Option<&str>) -> Vec<Cgroup> {
+    let mut paths: Vec<PathBuf> = cgroup::cgroup2_mount().into_iter().collect();
+    if let Ok(Some(path)) = CgroupTarget::parse(extra).resolve() {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
+        .iter()
+        .filter_map(|p| match Cgroup::open(p) {
+            Ok(cgroup) => Some(cgroup),
+            Err(err) => {
+                log::warn!("{err:#}");
+                None
+            }
+        })
+        .collect()
+}
+
+pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
     let attachments = attachments(handle).await?;
+    let cgroup_attachments = cgroups.iter().flat_map(cgroup::our_attachments).collect();
+    let mut socket_lb_conflicts: Vec<ForeignSocketProgram> = Vec::new();
+    for found in cgroups.iter().flat_map(cgroup::foreign_socket_programs) {
+        // A child cgroup's effective list repeats the root's programs.
+        if !socket_lb_conflicts
+            .iter()
+            .any(|f| f.program_id == found.program_id && f.hook == found.hook)
+        {
+            socket_lb_conflicts.push(found);
+        }
+    }
     let instances = ingress_programs()
         .filter_map(|p| match instance(&p) {
             Ok(instance) => Some(instance),
@@ -68,6 +106,8 @@ pub async fn status(handle: &Handle) -> Result<Status> {
         .collect();
     Ok(Status {
         attachments,
+        cgroup_attachments,
+        socket_lb_conflicts,
         instances,
     })
 }

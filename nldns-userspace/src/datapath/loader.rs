@@ -1,11 +1,12 @@
-//! Loading the TC object and writing its configuration maps.
+//! Loading the datapath object (TC programs and cgroup socket hooks) and writing its
+//! configuration maps.
 
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::SchedClassifier,
+    programs::{CgroupSockAddr, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use nldns_common::{
@@ -38,6 +39,9 @@ pub struct DatapathSettings {
     pub heartbeat_max_age: Duration,
     /// 0 = off .. 5 = trace; debug (4) logs every rewrite.
     pub log_level: u8,
+    /// The agent's network namespace cookie; 0 keeps the cgroup socket hooks inert (see
+    /// `DatapathConfig::netns_cookie`).
+    pub netns_cookie: u64,
 }
 
 impl Datapath {
@@ -71,6 +75,17 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
+        if settings.netns_cookie != 0 {
+            for name in super::cgroup::PROGRAMS {
+                let program: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the object"))?
+                    .try_into()?;
+                program
+                    .load()
+                    .with_context(|| format!("the kernel verifier rejected {name}"))?;
+            }
+        }
 
         write_services(&mut ebpf, &settings.service_ips)?;
         let config = DatapathConfig {
@@ -80,6 +95,7 @@ impl Datapath {
             enabled: 1,
             log_level: settings.log_level,
             heartbeat_max_age_ns: settings.heartbeat_max_age.as_nanos() as u64,
+            netns_cookie: settings.netns_cookie,
         };
         let mut config_map: Array<_, DatapathConfig> =
             Array::try_from(map_mut(&mut ebpf, map_names::CONFIG)?)?;
@@ -97,6 +113,15 @@ impl Datapath {
     }
 
     pub fn program_mut(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// A loaded cgroup socket hook (see `cgroup`); only when the settings had a netns cookie.
+    pub fn sock_program_mut(&mut self, name: &str) -> Result<&mut CgroupSockAddr> {
         Ok(self
             .ebpf
             .program_mut(name)

@@ -1,8 +1,9 @@
 //! The kernel side of the agent: load the TC programs, configure their maps, attach them
-//! to pod-facing interfaces, keep the fail-open heartbeat fresh, and inspect or remove
+//! to pod-facing interfaces (and the socket hooks to a cgroup), keep the fail-open heartbeat fresh, and inspect or remove
 //! what nldns left in the kernel.
 
 pub mod attach;
+pub mod cgroup;
 pub mod conflict;
 pub mod endpoint;
 pub mod inspect;
