@@ -48,6 +48,8 @@ pub struct Instance {
     pub heartbeat_max_age_ms: u64,
     pub intercepting: bool,
     pub counters: BTreeMap<&'static str, u64>,
+    /// The agent's network namespace (0 when its socket hooks are off).
+    pub netns_cookie: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -95,6 +97,10 @@ pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
             socket_lb_conflicts.push(found);
         }
     }
+    // BPF programs are global to the machine, not per network namespace: show only the
+    // instances that serve this one (attached here, or hooking sockets of this netns).
+    let attached_here: Vec<u32> = attachments.iter().map(|a| a.program_id).collect();
+    let this_netns = cgroup::netns_cookie().unwrap_or(0);
     let instances = ingress_programs()
         .filter_map(|p| match instance(&p) {
             Ok(instance) => Some(instance),
@@ -102,6 +108,11 @@ pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
                 log::warn!("cannot read maps of program {}: {err:#}", p.id());
                 None
             }
+        })
+        .filter(|i| {
+            i.ingress_program_id
+                .is_some_and(|id| attached_here.contains(&id))
+                || (i.netns_cookie != 0 && i.netns_cookie == this_netns)
         })
         .collect();
     Ok(Status {
@@ -271,6 +282,7 @@ fn instance(program: &ProgramInfo) -> Result<Instance> {
         intercepting: config.enabled == 1
             && age.is_some_and(|a| u128::from(a) <= max_age.as_millis()),
         counters: read_counters(&counters).into_iter().collect(),
+        netns_cookie: config.netns_cookie,
     })
 }
 
