@@ -26,7 +26,7 @@ fn main() -> Result<()> {
             Command::Run(args) => agent::run(*args).await,
             Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
-            Command::DatapathLog { level } => status::set_datapath_log(level),
+            Command::DatapathLog { level } => status::set_datapath_log(level).await,
         }
     })
 }

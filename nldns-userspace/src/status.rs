@@ -107,8 +107,9 @@ pub async fn cleanup(all: bool, cgroup: Option<String>) -> Result<()> {
     Ok(())
 }
 
-pub fn set_datapath_log(level: u8) -> Result<()> {
-    let changed = inspect::set_log_level(level)?;
+pub async fn set_datapath_log(level: u8) -> Result<()> {
+    let handle = rtnetlink_handle()?;
+    let changed = inspect::set_log_level(&handle, level).await?;
     if changed == 0 {
         anyhow::bail!("no nldns datapath is loaded on this node");
     }

@@ -97,22 +97,14 @@ pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
             socket_lb_conflicts.push(found);
         }
     }
-    // BPF programs are global to the machine, not per network namespace: show only the
-    // instances that serve this one (attached here, or hooking sockets of this netns).
-    let attached_here: Vec<u32> = attachments.iter().map(|a| a.program_id).collect();
-    let this_netns = cgroup::netns_cookie().unwrap_or(0);
-    let instances = ingress_programs()
-        .filter_map(|p| match instance(&p) {
+    let instances = local_ingress_programs(&attachments)
+        .iter()
+        .filter_map(|p| match instance(p) {
             Ok(instance) => Some(instance),
             Err(err) => {
                 log::warn!("cannot read maps of program {}: {err:#}", p.id());
                 None
             }
-        })
-        .filter(|i| {
-            i.ingress_program_id
-                .is_some_and(|id| attached_here.contains(&id))
-                || (i.netns_cookie != 0 && i.netns_cookie == this_netns)
         })
         .collect();
     Ok(Status {
@@ -238,15 +230,35 @@ fn ingress_programs() -> impl Iterator<Item = ProgramInfo> {
         .filter(|p| p.name_as_str() == Some(program_names::INGRESS))
 }
 
-/// Sets the datapath's aya-log level in every running instance, without a restart.
-/// Returns how many instances were changed.
-pub fn set_log_level(level: u8) -> Result<usize> {
+/// BPF programs are global to the machine, not per network namespace: the instances
+/// that serve this one are those attached here, or hooking this namespace's sockets.
+/// A datapath of another nldns version (another map layout) is skipped.
+fn local_ingress_programs(attached_here: &[Attachment]) -> Vec<ProgramInfo> {
+    let this_netns = cgroup::netns_cookie().unwrap_or(0);
+    ingress_programs()
+        .filter(|p| {
+            attached_here.iter().any(|a| a.program_id == p.id())
+                || config_of(p)
+                    .is_ok_and(|(_, c)| c.netns_cookie != 0 && c.netns_cookie == this_netns)
+        })
+        .collect()
+}
+
+fn config_of(program: &ProgramInfo) -> Result<(Array<MapData, DatapathConfig>, DatapathConfig)> {
+    let mut maps = program_maps(program)?;
+    let config: Array<_, DatapathConfig> =
+        Array::try_from(take_map(&mut maps, map_names::CONFIG, program.id())?)?;
+    let value = config.get(&0, 0)?;
+    Ok((config, value))
+}
+
+/// Sets the datapath's aya-log level in the instances serving this network namespace,
+/// without a restart. Returns how many instances were changed.
+pub async fn set_log_level(handle: &Handle, level: u8) -> Result<usize> {
+    let attached = attachments(handle).await?;
     let mut changed = 0;
-    for program in ingress_programs() {
-        let mut maps = program_maps(&program)?;
-        let mut config: Array<_, DatapathConfig> =
-            Array::try_from(take_map(&mut maps, map_names::CONFIG, program.id())?)?;
-        let mut value = config.get(&0, 0)?;
+    for program in local_ingress_programs(&attached) {
+        let (mut config, mut value) = config_of(&program)?;
         value.log_level = level;
         config.set(0, value, 0)?;
         changed += 1;
