@@ -864,6 +864,19 @@ impl SimNode {
             .collect())
     }
 
+    /// Leaves the node up after this process exits (the demo's `--keep`): its owner record
+    /// is marked kept so sweeps skip it, and nothing is torn down on drop or exit. Its
+    /// processes (knotd, an agent whose handle was forgotten) keep running. Remove it with
+    /// [`cleanup::teardown`] of [`crate::run::kept_runs`]. Returns the run id.
+    pub fn keep(self) -> Result<String> {
+        let id = self.run.id().to_string();
+        crate::run::mark_kept(&id)?;
+        cleanup::unregister(&id);
+        // Dropping would tear the node down (and kill knotd through its handles).
+        std::mem::forget(self);
+        Ok(id)
+    }
+
     /// Tears everything down now (drop does the same, ignoring errors).
     pub fn teardown(mut self) -> Result<()> {
         self.teardown_inner()
