@@ -169,6 +169,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         watching.clone(),
     ));
 
+    if mode == AttachMode::Netlink {
+        tokio::spawn(sweep_dead_filters(max_age, background.clone()));
+    }
     // /ready must not depend on client traffic having exercised the upstreams.
     tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
     let ready = {
@@ -298,6 +301,37 @@ fn bind_block(
         tcp.push(t.into());
     }
     Ok((udp, tcp))
+}
+
+/// Netlink filters outlive their agent. The start-up cleanup cannot tell an agent killed
+/// a moment ago from a live one (its heartbeat is still fresh), so dead agents' filters
+/// are swept again once such a heartbeat must have gone stale, and then now and then.
+async fn sweep_dead_filters(max_age: Duration, stop: CancellationToken) {
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
+        return;
+    };
+    tokio::spawn(connection);
+    let mut wait = max_age * 2;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match inspect::cleanup(&handle, false).await {
+            Ok(removed) => {
+                for r in removed {
+                    log::info!(
+                        "removed dead agent's filter {} on {} {:?}",
+                        r.program_name,
+                        r.interface,
+                        r.direction
+                    );
+                }
+            }
+            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
+        }
+        wait = Duration::from_secs(30);
+    }
 }
 
 async fn probe_upstreams(dns: Arc<DnsService>, stop: CancellationToken) {
