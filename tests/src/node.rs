@@ -751,6 +751,19 @@ impl SimNode {
         AgentProcess::spawn(&self.node, binary, args, self.run.workdir(), envs)
     }
 
+    /// `<binary> status --json` inside the node namespace, parsed: the attachments and every
+    /// loaded datapath instance (one per agent process) with its counters.
+    pub fn agent_status(&self, binary: &Path) -> Result<serde_json::Value> {
+        let program = binary.to_str().context("non-UTF-8 agent path")?;
+        let out = self.exec_in_node(program, &["status", "--json"], Duration::from_secs(10))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nldns status --json: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("parsing nldns status --json")
+    }
+
     /// A plain HTTP/1.0 GET from inside the node namespace (the agent's health and metrics
     /// endpoints listen on the node's loopback). Returns the status code and body.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
