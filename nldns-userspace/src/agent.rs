@@ -235,6 +235,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         attachments,
     } = &mut *guard;
     attachments.detach_direction(datapath, Direction::Egress);
+    drop(guard);
+    if mode == AttachMode::Netlink {
+        // Filters of an agent killed shortly before this one started looked alive then;
+        // by now their heartbeat is stale. Leave the node with no dead filters.
+        match inspect::cleanup(&handle, false).await {
+            Ok(removed) if !removed.is_empty() => {
+                log::info!("removed {} filters of dead agents", removed.len())
+            }
+            Ok(_) => {}
+            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
+        }
+    }
     log::info!("stopped");
     Ok(())
 }

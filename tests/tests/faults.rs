@@ -101,10 +101,11 @@ fn failures_away_from_kills(
     for q in report.failed() {
         let nearest = kills
             .iter()
-            .map(|&kill| offset_ms(q.sent, kill))
-            .min_by_key(|ms| ms.abs());
+            .enumerate()
+            .map(|(cycle, &kill)| (offset_ms(q.sent, kill), cycle))
+            .min_by_key(|(ms, _)| ms.abs());
         println!(
-            "  failed after retry: pod {}, {:?} / {:?}, {nearest:?} ms from the nearest kill",
+            "  failed after retry: pod {}, {:?} / {:?}, (ms, cycle) from the nearest kill {nearest:?}",
             q.pod, q.first_error, q.retry_error
         );
     }
@@ -137,7 +138,19 @@ fn kill_cycles(node: &SimNode, bin: &Path, mode: &str) -> (ResolverLoadReport, V
             "kill -9 did not kill"
         );
         // Sometimes at once, sometimes after the heartbeat went stale.
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+        let pause = rng.random_range(0..1500);
+        std::thread::sleep(Duration::from_millis(pause));
+        if std::env::var_os("NLDNS_E2E_DEBUG").is_some() {
+            println!("cycle {cycle}: restart {pause} ms after the kill");
+            for line in agent.stderr().lines().filter(|l| {
+                l.contains("remov")
+                    || l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("endpoint")
+            }) {
+                println!("  old agent: {line}");
+            }
+        }
         agent = start_agent(node, bin, &["--attach-mode", mode]);
         restarts.push(wait_intercepting(node, bin, &mut agent));
         if cycle == 0 {
