@@ -227,15 +227,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if drained.is_err() {
         log::warn!("drain timeout: some queries in flight were dropped");
     }
-    let mut guard = interception
-        .lock()
-        .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
-    let Interception {
-        datapath,
-        attachments,
-    } = &mut *guard;
-    attachments.detach_direction(datapath, Direction::Egress);
-    drop(guard);
+    {
+        let mut guard = interception
+            .lock()
+            .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
+        let Interception {
+            datapath,
+            attachments,
+        } = &mut *guard;
+        attachments.detach_direction(datapath, Direction::Egress);
+    }
     if mode == AttachMode::Netlink {
         // Filters of an agent killed shortly before this one started looked alive then;
         // by now their heartbeat is stale. Leave the node with no dead filters.
