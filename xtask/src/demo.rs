@@ -133,11 +133,13 @@ fn demo_steps(node: &SimNode, bin: &Path) -> Result<AgentProcess> {
         agent.wait_exit(Duration::from_secs(5)).is_some(),
         "kill -9 did not end the agent"
     );
+    let sent_after = killed_at.elapsed();
     let after_kill = lookup(node, kube_dns, names::KUBE_DNS)?;
     after_kill.print("after kill -9");
     say(&format!(
-        "answered {} after the kill; the backend saw it ({} -> {}): TCX links died with the process",
-        ms(killed_at.elapsed()),
+        "sent {} after the kill (once the process was gone), answered in {}; the backend saw it ({} -> {}): TCX links died with the process",
+        ms(sent_after),
+        ms(after_kill.latency),
         after_kill.backend_before,
         after_kill.backend_before + after_kill.backend_delta
     ));
