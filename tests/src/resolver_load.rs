@@ -63,6 +63,9 @@ pub struct ResolvedQuery {
     pub retry_error: Option<String>,
     /// From the first send to the usable answer (or to giving up).
     pub latency: Duration,
+    /// How long the first try took: far beyond the timeout means the client itself was
+    /// not scheduled in time (a busy machine), not that the answer was late.
+    pub first_took: Duration,
 }
 
 impl ResolvedQuery {
@@ -241,6 +244,7 @@ fn run(
         i += 1;
         let sent = Instant::now();
         let first_error = try_once(server, name, *rtype, &query).err();
+        let first_took = sent.elapsed();
         // A fast failure (an error reply, a refused port) waits out the rest of the
         // timeout before the retry, as a resolver's retransmission timer would.
         let retry_error = first_error.as_ref().and_then(|_| {
@@ -262,6 +266,7 @@ fn run(
                 first_error,
                 retry_error,
                 latency,
+                first_took,
             });
         next += options.interval;
         let now = Instant::now();
