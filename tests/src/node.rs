@@ -764,6 +764,31 @@ impl SimNode {
         serde_json::from_slice(&out.stdout).context("parsing nldns status --json")
     }
 
+    /// The datapath instances of `<binary> status --json` whose ingress program is attached
+    /// in this node. BPF programs are machine-wide, so `status` also lists the agents of
+    /// other network namespaces (other test runs); attachments are per namespace.
+    pub fn agent_instances(&self, binary: &Path) -> Result<Vec<serde_json::Value>> {
+        let status = self.agent_status(binary)?;
+        let attached: Vec<u64> = status["attachments"]
+            .as_array()
+            .context("attachments")?
+            .iter()
+            .filter(|a| a["direction"] == "ingress")
+            .filter_map(|a| a["program_id"].as_u64())
+            .collect();
+        Ok(status["instances"]
+            .as_array()
+            .context("instances")?
+            .iter()
+            .filter(|i| {
+                i["ingress_program_id"]
+                    .as_u64()
+                    .is_some_and(|id| attached.contains(&id))
+            })
+            .cloned()
+            .collect())
+    }
+
     /// A plain HTTP/1.0 GET from inside the node namespace (the agent's health and metrics
     /// endpoints listen on the node's loopback). Returns the status code and body.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {

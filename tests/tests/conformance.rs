@@ -151,16 +151,8 @@ fn lookups() -> Vec<(String, RecordType)> {
 }
 
 fn redirected(node: &SimNode, bin: &Path) -> Result<u64> {
-    let out = node.exec_in_node(
-        bin.to_str().context("agent path")?,
-        &["status", "--json"],
-        Duration::from_secs(10),
-    )?;
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("status --json: {}", String::from_utf8_lossy(&out.stderr)))?;
-    Ok(status["instances"]
-        .as_array()
-        .context("instances")?
+    Ok(node
+        .agent_instances(bin)?
         .iter()
         .filter_map(|i| i["counters"]["queries_redirected"].as_u64())
         .sum())

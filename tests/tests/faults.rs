@@ -52,11 +52,9 @@ fn wait_intercepting(node: &SimNode, bin: &Path, agent: &mut AgentProcess) -> Du
         nldns_tests::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
             agent.is_running()
                 && node.wait_http_ok("/ready", Duration::ZERO)
-                && node.agent_status(bin).is_ok_and(|s| {
-                    s["instances"]
-                        .as_array()
-                        .is_some_and(|i| i.iter().any(|i| i["intercepting"] == true))
-                })
+                && node
+                    .agent_instances(bin)
+                    .is_ok_and(|i| i.iter().any(|i| i["intercepting"] == true))
         });
     assert!(
         ok,

@@ -27,10 +27,8 @@ struct Instance {
 }
 
 fn instances(node: &SimNode, bin: &Path) -> Vec<Instance> {
-    let status = node.agent_status(bin).expect("nldns status --json");
-    status["instances"]
-        .as_array()
-        .expect("instances")
+    node.agent_instances(bin)
+        .expect("nldns status --json")
         .iter()
         .map(|i| Instance {
             ingress_program_id: i["ingress_program_id"].as_u64().unwrap_or(0),

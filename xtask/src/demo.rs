@@ -221,7 +221,9 @@ fn start_agent(node: &SimNode, bin: &Path) -> Result<AgentProcess> {
         nldns_tests::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
             agent.is_running()
                 && node.wait_http_ok("/ready", Duration::ZERO)
-                && status_text(node, bin).is_ok_and(|s| s.contains("INTERCEPTING"))
+                && node
+                    .agent_instances(bin)
+                    .is_ok_and(|i| i.iter().any(|i| i["intercepting"] == true))
         });
     if !ready {
         bail!("the agent did not become ready:\n{}", agent.stderr());
