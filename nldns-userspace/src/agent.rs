@@ -186,6 +186,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         watching.clone(),
     ));
 
+    if mode == AttachMode::Netlink {
+        tokio::spawn(sweep_dead_filters(max_age, background.clone()));
+    }
     // /ready must not depend on client traffic having exercised the upstreams.
     tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
     let ready = {
@@ -243,6 +246,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The socket hooks stay until the process exits (their links go with the datapath):
     // with the heartbeat cleared they already pass every connect()/sendmsg(), and the
     // recvmsg()/getpeername() restore is still needed by clients that got an answer.
+    if mode == AttachMode::Netlink {
+        // Filters of an agent killed shortly before this one started looked alive then;
+        // by now their heartbeat is stale. Leave the node with no dead filters.
+        match inspect::cleanup(&handle, false).await {
+            Ok(removed) if !removed.is_empty() => {
+                log::info!("removed {} filters of dead agents", removed.len())
+            }
+            Ok(_) => {}
+            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
+        }
+    }
     log::info!("stopped");
     Ok(())
 }
@@ -382,6 +396,37 @@ fn bind_block(
         tcp.push(t.into());
     }
     Ok((udp, tcp))
+}
+
+/// Netlink filters outlive their agent. The start-up cleanup cannot tell an agent killed
+/// a moment ago from a live one (its heartbeat is still fresh), so dead agents' filters
+/// are swept again once such a heartbeat must have gone stale, and then now and then.
+async fn sweep_dead_filters(max_age: Duration, stop: CancellationToken) {
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
+        return;
+    };
+    tokio::spawn(connection);
+    let mut wait = max_age * 2;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match inspect::cleanup(&handle, false).await {
+            Ok(removed) => {
+                for r in removed {
+                    log::info!(
+                        "removed dead agent's filter {} on {} {:?}",
+                        r.program_name,
+                        r.interface,
+                        r.direction
+                    );
+                }
+            }
+            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
+        }
+        wait = Duration::from_secs(30);
+    }
 }
 
 async fn probe_upstreams(dns: Arc<DnsService>, stop: CancellationToken) {

@@ -111,7 +111,10 @@ pub struct RunArgs {
     pub intercept_port: u16,
 
     /// Interception stops this long after the agent last proved it serves (max 1000).
-    #[arg(long, env = "NLDNS_HEARTBEAT_MAX_AGE_MS", default_value_t = 1000,
+    /// The default stays below 1 s with room for the probe period: a resolver with
+    /// `timeout:1` retries 1 s after a query lost with a dead agent, and by then its
+    /// netlink filters must pass traffic to kube-dns.
+    #[arg(long, env = "NLDNS_HEARTBEAT_MAX_AGE_MS", default_value_t = 750,
           value_parser = clap::value_parser!(u64).range(100..=1000))]
     pub heartbeat_max_age_ms: u64,
 

@@ -30,7 +30,8 @@
 //! (namespaces, nsenter, setns threads), [`kube_proxy`] (iptables and nftables Service
 //! NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
 //! of knot), [`agent`] (the agent process), [`dig`] and [`dns_client`] (clients), [`perf`]
-//! (bounded dnsperf), [`query_loop`] (timed query streams), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
+//! (bounded dnsperf), [`query_loop`] (timed query streams), [`resolver_load`] (multi-pod
+//! load with a resolver's one retry), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
 //! [`addresses`] (the address plan).
 
 pub mod addresses;
@@ -48,6 +49,7 @@ pub mod node;
 pub mod perf;
 pub mod privilege;
 pub mod query_loop;
+pub mod resolver_load;
 pub mod run;
 pub mod slow_dns;
 pub mod zones;
@@ -60,4 +62,5 @@ pub use node::{BackendMode, SimNode, SimNodeBuilder};
 pub use perf::{DnsperfOptions, DnsperfReport};
 pub use privilege::require_root;
 pub use query_loop::{QueryLoop, QueryLoopOptions, QueryLoopReport};
+pub use resolver_load::{ResolverLoad, ResolverLoadOptions, ResolverLoadReport};
 pub use slow_dns::{Behaviour, SeenQuery};

@@ -757,6 +757,44 @@ impl SimNode {
         AgentProcess::spawn(&self.node, binary, args, self.run.workdir(), envs)
     }
 
+    /// `<binary> status --json` inside the node namespace, parsed: the attachments and every
+    /// loaded datapath instance (one per agent process) with its counters.
+    pub fn agent_status(&self, binary: &Path) -> Result<serde_json::Value> {
+        let program = binary.to_str().context("non-UTF-8 agent path")?;
+        let out = self.exec_in_node(program, &["status", "--json"], Duration::from_secs(10))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nldns status --json: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("parsing nldns status --json")
+    }
+
+    /// The datapath instances of `<binary> status --json` whose ingress program is attached
+    /// in this node. BPF programs are machine-wide, so `status` also lists the agents of
+    /// other network namespaces (other test runs); attachments are per namespace.
+    pub fn agent_instances(&self, binary: &Path) -> Result<Vec<serde_json::Value>> {
+        let status = self.agent_status(binary)?;
+        let attached: Vec<u64> = status["attachments"]
+            .as_array()
+            .context("attachments")?
+            .iter()
+            .filter(|a| a["direction"] == "ingress")
+            .filter_map(|a| a["program_id"].as_u64())
+            .collect();
+        Ok(status["instances"]
+            .as_array()
+            .context("instances")?
+            .iter()
+            .filter(|i| {
+                i["ingress_program_id"]
+                    .as_u64()
+                    .is_some_and(|id| attached.contains(&id))
+            })
+            .cloned()
+            .collect())
+    }
+
     /// A plain HTTP/1.0 GET from inside the node namespace (the agent's health and metrics
     /// endpoints listen on the node's loopback). Returns the status code and body.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
@@ -868,6 +906,19 @@ impl SimNode {
                 }) && (line.contains("dport=53 ") || line.contains("sport=53 "))
             })
             .collect())
+    }
+
+    /// Leaves the node up after this process exits (the demo's `--keep`): its owner record
+    /// is marked kept so sweeps skip it, and nothing is torn down on drop or exit. Its
+    /// processes (knotd, an agent whose handle was forgotten) keep running. Remove it with
+    /// [`cleanup::teardown`] of [`crate::run::kept_runs`]. Returns the run id.
+    pub fn keep(self) -> Result<String> {
+        let id = self.run.id().to_string();
+        crate::run::mark_kept(&id)?;
+        cleanup::unregister(&id);
+        // Dropping would tear the node down (and kill knotd through its handles).
+        std::mem::forget(self);
+        Ok(id)
     }
 
     /// Tears everything down now (drop does the same, ignoring errors).

@@ -91,6 +91,45 @@ pub fn id_of_name(name: &str) -> Option<&str> {
     well_formed.then_some(id)
 }
 
+/// The third field of the owner record of a run that was kept on purpose.
+pub const KEPT_MARK: &str = "kept";
+
+/// Marks run `id`'s owner record as kept: sweeps leave the run alone after its creator
+/// exits.
+pub fn mark_kept(id: &str) -> Result<()> {
+    let path = owner_path(id);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut fields = text.split_whitespace();
+    let (Some(pid), Some(start)) = (fields.next(), fields.next()) else {
+        anyhow::bail!("malformed owner record {}", path.display());
+    };
+    fs::write(&path, format!("{pid} {start} {KEPT_MARK}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether run `id` was kept on purpose.
+pub fn is_kept(id: &str) -> bool {
+    fs::read_to_string(owner_path(id))
+        .is_ok_and(|text| text.split_whitespace().nth(2) == Some(KEPT_MARK))
+}
+
+/// Ids of the kept runs on this machine.
+pub fn kept_runs() -> Vec<String> {
+    let Ok(entries) = fs::read_dir(OWNER_DIR) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let id = id_of_name(name.strip_suffix(".owner")?)?.to_string();
+            is_kept(&id).then_some(id)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Creates the owner record; fails with AlreadyExists if the id is taken.
 fn write_owner(path: &Path) -> std::io::Result<()> {
     let pid = std::process::id();
@@ -116,6 +155,11 @@ pub fn owner_is_alive(id: &str) -> bool {
     let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
         return false;
     };
+    // A node kept on purpose (`cargo xtask demo --keep`) outlives its creator; only an
+    // explicit teardown (`--down`) removes it.
+    if fields.next() == Some(KEPT_MARK) {
+        return true;
+    }
     // Comparing the start time too keeps a recycled pid from keeping a dead run "alive".
     process_start_time(pid) == Some(start)
 }

@@ -4,6 +4,7 @@
 //! installs that tooling on a fresh machine, and every other task runs `setup` first.
 
 mod cmd;
+mod demo;
 mod deploy_checks;
 mod image;
 mod setup;
@@ -27,6 +28,8 @@ enum Task {
     Setup,
     /// fmt, clippy, unit tests, then the integration tests as root.
     Test(test::TestArgs),
+    /// The agent on a simulated node: cached answers, status, kill -9, restart.
+    Demo(demo::DemoArgs),
     /// Build the OCI image archive (static musl binary, no Docker daemon) and check it runs.
     Image,
     /// Validate deploy/: manifests against the Kubernetes schemas, shellcheck, and the
@@ -42,6 +45,10 @@ fn main() -> Result<()> {
         Task::Test(args) => {
             setup::run()?;
             test::run(&root, &args)
+        }
+        Task::Demo(args) => {
+            setup::run()?;
+            demo::run(&root, &args)
         }
         Task::Image => {
             setup::run()?;

@@ -115,7 +115,11 @@ impl Attachments {
             }
         }
         let mut done = Vec::new();
-        for direction in Direction::BOTH {
+        // Egress first: alone it rewrites nothing (no reply comes from the intercept
+        // endpoint before ingress redirects a query), while ingress alone would redirect
+        // queries whose replies then reach the pod unrewritten and are dropped by its
+        // connected socket: a lost query at every start.
+        for direction in [Direction::Egress, Direction::Ingress] {
             let options = match self.mode {
                 // First in the chain: ahead of a CNI's programs, and ahead of an older
                 // nldns during an upgrade handover, so the newest agent answers.

@@ -306,23 +306,40 @@ pub fn program_is_live(id: u32) -> bool {
         .any(|i| i.intercepting)
 }
 
+/// The id of the config map program `id` uses: it identifies the agent instance the
+/// program belongs to.
+fn config_map_id(id: u32) -> Option<u32> {
+    let program = loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)?;
+    program.map_ids().ok()??.into_iter().find(|&map| {
+        MapData::from_id(map)
+            .ok()
+            .and_then(|data| data.info().ok())
+            .is_some_and(|info| info.name_as_str() == Some(map_names::CONFIG))
+    })
+}
+
 /// Removes nldns's netlink filters: those of dead or hung agents (stale heartbeat), or
 /// all of them with `all`. TCX links need no cleanup: they die with their process.
 /// The clsact qdisc stays: other filters may use it, and it costs nothing.
 pub async fn cleanup(handle: &Handle, all: bool) -> Result<Vec<Attachment>> {
     let found = attachments(handle).await?;
-    // An ingress and an egress filter of one agent have different program ids, so the
-    // liveness of the egress filter is judged by its sibling: egress filters of a live
-    // agent share the interface with its ingress filter.
-    let live_interfaces: Vec<String> = found
+    // An ingress and an egress filter of one agent have different program ids but share
+    // the agent's config map, so a filter is live when its program's config map is that
+    // of a live ingress program. (Judging by interface instead would keep the filters of
+    // an agent killed just before a restart forever: the new agent's live filters sit on
+    // the same interfaces.)
+    let live_instances: Vec<u32> = found
         .iter()
         .filter(|a| a.mode == AttachMode::Netlink && a.direction == Direction::Ingress)
         .filter(|a| program_is_live(a.program_id))
-        .map(|a| a.interface.clone())
+        .filter_map(|a| config_map_id(a.program_id))
         .collect();
     let mut removed = Vec::new();
     for attachment in found.into_iter().filter(|a| a.mode == AttachMode::Netlink) {
-        let live = live_interfaces.contains(&attachment.interface);
+        let live =
+            config_map_id(attachment.program_id).is_some_and(|id| live_instances.contains(&id));
         if live && !all {
             continue;
         }

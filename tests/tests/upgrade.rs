@@ -1,0 +1,186 @@
+//! Zero-downtime upgrade: a second agent starts while the first runs, takes the next block
+//! of intercept ports and attaches its programs ahead of the first one's, so it answers;
+//! then the first gets SIGTERM (heartbeat cleared, ingress detached, queries in flight
+//! drained, egress detached, exit 0). Under a steady load from several pods no query may
+//! fail (one resolver retry allowed), in TCX mode and in netlink mode. See docs/upgrade.md.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use nldns_tests::addresses::*;
+use nldns_tests::zones::names;
+use nldns_tests::{
+    agent_binary, require_root, AgentProcess, ResolverLoad, ResolverLoadOptions, SimNode,
+};
+
+const SERVICE_IPS: [IpAddr; 2] = [IpAddr::V4(KUBE_DNS_V4), IpAddr::V6(KUBE_DNS_V6)];
+
+/// One datapath instance as `nldns status --json` shows it.
+#[derive(Debug, Clone)]
+struct Instance {
+    ingress_program_id: u64,
+    base_port: u64,
+    intercepting: bool,
+    redirected: u64,
+}
+
+fn instances(node: &SimNode, bin: &Path) -> Vec<Instance> {
+    node.agent_instances(bin)
+        .expect("nldns status --json")
+        .iter()
+        .map(|i| Instance {
+            ingress_program_id: i["ingress_program_id"].as_u64().unwrap_or(0),
+            base_port: i["intercept_base_port"].as_u64().unwrap_or(0),
+            intercepting: i["intercepting"] == true,
+            redirected: i["counters"]["queries_redirected"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+fn instance(node: &SimNode, bin: &Path, program: u64) -> Instance {
+    instances(node, bin)
+        .into_iter()
+        .find(|i| i.ingress_program_id == program)
+        .unwrap_or_else(|| panic!("no instance with ingress program {program}"))
+}
+
+fn start_agent(node: &SimNode, bin: &Path, mode: &str) -> AgentProcess {
+    let mut args = node.agent_args();
+    args.extend(["--attach-mode".to_string(), mode.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    node.spawn_agent(bin, &args).expect("starting an agent")
+}
+
+/// Waits until `n` instances intercept; returns them.
+fn wait_instances(node: &SimNode, bin: &Path, n: usize, agent: &AgentProcess) -> Vec<Instance> {
+    let mut last = Vec::new();
+    let ok =
+        nldns_tests::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            last = instances(node, bin);
+            last.iter().filter(|i| i.intercepting).count() == n
+        });
+    assert!(
+        ok,
+        "expected {n} intercepting instances, saw {last:?}\n{}",
+        agent.stderr()
+    );
+    last
+}
+
+fn handover(mode: &str) {
+    let bin = agent_binary().expect("build the agent first");
+    let node = SimNode::new(3, 2).expect("node");
+    let mut old = start_agent(&node, &bin, mode);
+    let first = wait_instances(&node, &bin, 1, &old).remove(0);
+    assert!(node.wait_http_ok("/ready", Duration::from_secs(20)));
+
+    let mut options = ResolverLoadOptions::new(
+        SERVICE_IPS.to_vec(),
+        vec![
+            (names::WEB.into(), RecordType::A),
+            (names::KUBE_DNS.into(), RecordType::AAAA),
+            (names::DB_HEADLESS.into(), RecordType::A),
+            (names::SRV_DNS_UDP.into(), RecordType::SRV),
+        ],
+    );
+    options.max_duration = Duration::from_secs(60);
+    let load = ResolverLoad::start(&node, &node.pod_indexes(), options).expect("load");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The new agent: next port block, programs attached ahead of the old ones.
+    let mut new = start_agent(&node, &bin, mode);
+    let both = wait_instances(&node, &bin, 2, &new);
+    let second = both
+        .iter()
+        .find(|i| i.ingress_program_id != first.ingress_program_id)
+        .expect("the new instance")
+        .clone();
+    println!(
+        "{mode}: old instance prog {} ports {}+, new instance prog {} ports {}+",
+        first.ingress_program_id, first.base_port, second.ingress_program_id, second.base_port
+    );
+    assert_eq!(
+        second.base_port,
+        first.base_port + 16,
+        "the new agent must take the next block"
+    );
+
+    // Who answers: over 1.5 s of load, the old instance redirects nothing, the new one all.
+    std::thread::sleep(Duration::from_millis(500));
+    let (old_a, new_a) = (
+        instance(&node, &bin, first.ingress_program_id).redirected,
+        instance(&node, &bin, second.ingress_program_id).redirected,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (old_b, new_b) = (
+        instance(&node, &bin, first.ingress_program_id).redirected,
+        instance(&node, &bin, second.ingress_program_id).redirected,
+    );
+    println!(
+        "{mode}: with both running, over 1.5 s the old instance redirected {}, the new one {}",
+        old_b - old_a,
+        new_b - new_a
+    );
+    assert_eq!(old_b, old_a, "the old agent still takes queries");
+    assert!(new_b > new_a + 50, "the new agent takes no queries");
+
+    // The old agent leaves: SIGTERM, clean exit.
+    let stopping = Instant::now();
+    old.sigterm().expect("SIGTERM");
+    let exit = old.wait_exit(Duration::from_secs(10));
+    println!(
+        "{mode}: old agent exited {exit:?} after {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "old agent: {exit:?}\n{}",
+        old.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(new.is_running(), "{}", new.stderr());
+    let left = instances(&node, &bin);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].ingress_program_id, second.ingress_program_id);
+
+    let report = load.stop();
+    println!("{mode} upgrade handover: {}", report.summary());
+    for (error, n) in report.error_kinds() {
+        println!("  {n:>5} x {error}");
+    }
+    assert!(
+        report.sent() > 500,
+        "the load did not run: {}",
+        report.summary()
+    );
+    assert!(report.failed().is_empty(), "{}", report.summary());
+
+    new.sigterm().expect("SIGTERM");
+    assert!(new
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    let status = node.agent_status(&bin).unwrap();
+    assert_eq!(
+        status["attachments"].as_array().map(Vec::len),
+        Some(0),
+        "{status:#}"
+    );
+}
+
+#[test]
+fn upgrade_handover_tcx_loses_no_query() {
+    if !require_root("upgrade_handover_tcx_loses_no_query") {
+        return;
+    }
+    handover("tcx");
+}
+
+#[test]
+fn upgrade_handover_netlink_loses_no_query() {
+    if !require_root("upgrade_handover_netlink_loses_no_query") {
+        return;
+    }
+    handover("netlink");
+}
