@@ -246,6 +246,14 @@ fn encode_query(query: &UpstreamQuery, id: u16, with_edns: bool) -> Result<Vec<u
         .map_err(|e| UpstreamError::Encode(e.to_string()))
 }
 
+/// Decodes an upstream's reply; None unless it answers exactly our question with our
+/// ID (anything else is ignored: it may be a spoofing attempt or a late reply).
+pub(crate) fn decode_reply(packet: &[u8], id: u16, query: &UpstreamQuery) -> Option<Message> {
+    Message::from_vec(packet)
+        .ok()
+        .filter(|reply| reply_matches(reply, id, query))
+}
+
 /// True when `reply` answers exactly our question with our ID.
 fn reply_matches(reply: &Message, id: u16, query: &UpstreamQuery) -> bool {
     reply.metadata.id == id
@@ -298,9 +306,9 @@ async fn exchange_udp(
         let Some(packet) = buf.get(..len) else {
             continue;
         };
-        match Message::from_vec(packet) {
-            Ok(reply) if reply_matches(&reply, id, query) => return Ok(reply),
-            _ => log::debug!("ignoring mismatched or malformed reply from {server}"),
+        match decode_reply(packet, id, query) {
+            Some(reply) => return Ok(reply),
+            None => log::debug!("ignoring mismatched or malformed reply from {server}"),
         }
     }
 }
@@ -330,8 +338,5 @@ async fn exchange_tcp(
         Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
         Ok(Ok(reply)) => reply,
     };
-    match Message::from_vec(&reply) {
-        Ok(msg) if reply_matches(&msg, id, query) => Ok(msg),
-        _ => Err(UpstreamError::BadReply(server)),
-    }
+    decode_reply(&reply, id, query).ok_or(UpstreamError::BadReply(server))
 }
