@@ -1,7 +1,9 @@
 //! Asking upstream servers: one fresh socket (kernel-randomized source port) and a
 //! random ID per attempt, replies accepted only when source, ID and question all
 //! match, UDP falling back to TCP on truncation, attempts moving across servers
-//! and skipping those that failed recently.
+//! and skipping those that failed recently. UDP sockets are connected, so the kernel
+//! checks the source and reports a closed upstream port (ICMP port unreachable) at
+//! once instead of letting the attempt run into its timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -284,8 +286,15 @@ async fn exchange_udp(
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| UpstreamError::Io(server, e))?;
+    // Connected: the kernel drops datagrams from any other source, and reports the
+    // ICMP port unreachable of a dead upstream (a stopped kube-dns pod) as
+    // ECONNREFUSED at once, where an unconnected socket would wait for the timeout.
     socket
-        .send_to(&bytes, server)
+        .connect(server)
+        .await
+        .map_err(|e| UpstreamError::Io(server, e))?;
+    socket
+        .send(&bytes)
         .await
         .map_err(|e| UpstreamError::Io(server, e))?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -293,16 +302,11 @@ async fn exchange_udp(
     // Bounded by the deadline: anything that does not match is ignored (it may be
     // a spoofing attempt) and we keep waiting for the real reply.
     loop {
-        let (len, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
-        {
+        let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             Err(_) => return Err(UpstreamError::Timeout(server)),
             Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
-            Ok(Ok(got)) => got,
+            Ok(Ok(len)) => len,
         };
-        if from != server {
-            log::debug!("ignoring reply from {from}, expected {server}");
-            continue;
-        }
         let Some(packet) = buf.get(..len) else {
             continue;
         };
