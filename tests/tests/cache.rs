@@ -61,12 +61,26 @@ fn status(node: &SimNode) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A datapath counter of the (single) loaded instance, from `nldns status --json`.
+/// A datapath counter of this node's agent, from `nldns status --json`. BPF programs are
+/// not per network namespace: `instances` lists every nldns datapath on the machine
+/// (other test runs' too), so the one meant is the one attached in this node.
 fn datapath_counter(node: &SimNode, name: &str) -> u64 {
     let status = status(node);
-    status["instances"][0]["counters"][name]
+    let attached: Vec<&serde_json::Value> = status["attachments"]
+        .as_array()
+        .map(|a| a.iter().map(|a| &a["program_id"]).collect())
+        .unwrap_or_default();
+    let ours = status["instances"]
+        .as_array()
+        .and_then(|instances| {
+            instances
+                .iter()
+                .find(|i| attached.contains(&&i["ingress_program_id"]))
+        })
+        .unwrap_or_else(|| panic!("no instance attached in this node: {status:#}"));
+    ours["counters"][name]
         .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {status:#}"))
+        .unwrap_or_else(|| panic!("no counter {name} in {ours:#}"))
 }
 
 /// Starts the agent with the harness's flags plus `extra`, and returns once it is ready
