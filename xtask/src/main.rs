@@ -6,6 +6,7 @@
 mod cmd;
 mod demo;
 mod deploy_checks;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -32,6 +33,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Build the OCI image archive (static musl binary, no Docker daemon) and check it runs.
     Image,
+    /// Run each cargo-fuzz target of fuzz/ for a bounded time; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Validate deploy/: manifests against the Kubernetes schemas, shellcheck, and the
     /// install/uninstall scripts against a recording kubectl.
     DeployChecks,
@@ -55,6 +58,10 @@ fn main() -> Result<()> {
             let archive = image::build(&root)?;
             eprintln!("xtask: image archive {}", archive.display());
             Ok(())
+        }
+        Task::Fuzz(args) => {
+            setup::run()?;
+            fuzz::run(&root, &args)
         }
         Task::DeployChecks => deploy_checks::run(&root),
     }

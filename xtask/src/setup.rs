@@ -17,6 +17,8 @@ use crate::cmd;
 pub const NIGHTLY: &str = "nightly-2026-05-20";
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Runs the fuzz targets of fuzz/ (`cargo xtask fuzz`), under the pinned nightly.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages: build deps of bpf-linker, then the tools the tests, the demo and the
 /// benchmarks drive (network namespaces, kube-proxy stand-in, real DNS servers, load).
@@ -42,6 +44,7 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     check_llvm_majors()
 }
 
@@ -131,6 +134,20 @@ fn bpf_linker() -> Result<()> {
                 &format!("llvm-{LLVM_MAJOR}"),
             ]),
     )
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let installed = cmd::output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 /// bpf-linker links LLVM dynamically; its libLLVM soname carries the major.

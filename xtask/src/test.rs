@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{cmd, deploy_checks, image, setup::NIGHTLY};
+use crate::{cmd, deploy_checks, fuzz, image, setup::NIGHTLY};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -16,6 +16,9 @@ pub struct TestArgs {
     /// Only run integration tests whose name contains this filter.
     #[arg(long)]
     filter: Option<String>,
+    /// Seconds each fuzz target runs after the unit tests (0: skip fuzzing).
+    #[arg(long, default_value_t = 30)]
+    fuzz_seconds: u64,
 }
 
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
@@ -36,6 +39,15 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
         "-p",
         "xtask",
     ]))?;
+    if args.fuzz_seconds > 0 {
+        fuzz::run(
+            root,
+            &fuzz::FuzzArgs {
+                seconds: args.fuzz_seconds,
+                targets: Vec::new(),
+            },
+        )?;
+    }
     // The integration tests drive the real binary; build it first and tell them where.
     cmd::run(cargo().args(["build", "-p", "nldns-userspace", "--bin", "nldns"]))?;
     let bin = root.join("target/debug/nldns");

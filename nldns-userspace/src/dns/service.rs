@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Query;
+use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::watch;
@@ -16,7 +16,7 @@ use super::answer::{self, TtlPolicy};
 use super::cache::{AnswerKind, Cache, CacheKey, CachedAnswer, Lookup, KEY_CD, KEY_DO};
 use super::config::DnsConfig;
 use super::router::Router;
-use super::upstream::{ExchangeOptions, Exchanger, UpstreamQuery};
+use super::upstream::{self, ExchangeOptions, Exchanger, UpstreamError, UpstreamQuery};
 use super::wire::{self, QueryError, QueryInfo, TtlPatch};
 use crate::metrics::Metrics;
 
@@ -250,13 +250,7 @@ impl DnsService {
                 .count_request(info.qtype, wire::RCODE_NOTIMP, protocol.label());
             return Handled::Reply(reply);
         }
-        let key = CacheKey {
-            name: name.into_boxed_slice(),
-            qtype: info.qtype,
-            qclass: info.qclass,
-            flags: if info.dnssec_ok() { KEY_DO } else { 0 }
-                | if info.checking_disabled() { KEY_CD } else { 0 },
-        };
+        let key = cache_key(name, &info);
         let lookup = self.lock_cache().lookup(&key, Instant::now());
         let stale = match lookup {
             Lookup::Fresh { answer, prefetch } => {
@@ -431,9 +425,21 @@ impl DnsService {
             .exchanger
             .exchange(&route.upstreams, &question, &opts)
             .await;
+        self.store_outcome(key, &question, result, &policy)
+    }
+
+    /// What the miss path does with an upstream's reply (or failure): classify it,
+    /// store it, note failures for serve-stale, and say what waiters get.
+    fn store_outcome(
+        &self,
+        key: &CacheKey,
+        question: &UpstreamQuery,
+        result: Result<Message, UpstreamError>,
+        policy: &TtlPolicy,
+    ) -> Outcome {
         let now = Instant::now();
         let prepared = match result {
-            Ok(reply) => answer::prepare(reply, &policy, now)
+            Ok(reply) => answer::prepare(reply, policy, now)
                 .map_err(|e| log::warn!("upstream answer for {}: {e}", question.name)),
             Err(e) => {
                 log::debug!("resolving {} {}: {e}", question.name, question.qtype);
@@ -477,6 +483,55 @@ impl DnsService {
         outcome
     }
 
+    /// Fuzzing hook, not an API: the miss path's handling of an upstream reply, with no
+    /// network. `query` is a client's query and `reply` what an upstream sent back for
+    /// it (its own ID is taken as ours). Decodes and matches the reply as the exchange
+    /// does, stores it as `resolve_upstream` does, renders the client's answer as a
+    /// waiter would, then answers the same query again through [`Self::handle_now`] (a
+    /// cache hit when the reply was cached). Returns those answers; empty when the query
+    /// is unreadable or the reply would have been ignored.
+    #[doc(hidden)]
+    pub fn fuzz_upstream_reply(self: &Arc<Self>, query: &[u8], reply: &[u8]) -> Vec<Vec<u8>> {
+        let mut name = Vec::with_capacity(64);
+        let Ok(info) = wire::parse_query(query, &mut name) else {
+            return Vec::new();
+        };
+        let key = cache_key(name, &info);
+        let Some(question) = upstream_question(&key) else {
+            return Vec::new();
+        };
+        let id = reply
+            .first_chunk::<2>()
+            .map_or(0, |id| u16::from_be_bytes(*id));
+        let Some(decoded) = upstream::decode_reply(reply, id, &question) else {
+            return Vec::new();
+        };
+        let settings = self.settings();
+        let config = &settings.config;
+        let route = settings.router.route(&key.name);
+        let policy = TtlPolicy::new(
+            config.min_ttl,
+            route.max_ttl,
+            config.negative_max_ttl,
+            config.servfail_ttl,
+        );
+        let waiter = match self.store_outcome(&key, &question, Ok(decoded), &policy) {
+            Outcome::Answer(answer) => {
+                let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
+                self.render(query, &info, &answer, ttls, Protocol::Udp)
+            }
+            Outcome::Failed => {
+                let stale = self.lock_cache().peek_servable(&key, Instant::now());
+                self.fail(query, &info, stale.as_deref(), Protocol::Udp)
+            }
+        };
+        let mut answers = vec![waiter];
+        if let Handled::Reply(hit) = self.handle_now(query, Protocol::Udp) {
+            answers.push(hit);
+        }
+        answers
+    }
+
     /// How long a waiter may wait for an upstream outcome at most: the exchange is
     /// bounded by its own timeouts; this is only a safety net.
     fn wait_bound(config: &DnsConfig) -> Duration {
@@ -502,6 +557,17 @@ impl Drop for InflightEntry<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(self.key);
+    }
+}
+
+/// What identifies the answer to a parsed query (`name`: its lowercased wire name).
+fn cache_key(name: Vec<u8>, info: &QueryInfo) -> CacheKey {
+    CacheKey {
+        name: name.into_boxed_slice(),
+        qtype: info.qtype,
+        qclass: info.qclass,
+        flags: if info.dnssec_ok() { KEY_DO } else { 0 }
+            | if info.checking_disabled() { KEY_CD } else { 0 },
     }
 }
 

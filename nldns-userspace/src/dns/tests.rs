@@ -229,6 +229,31 @@ async fn total_upstream_failure_is_servfail_and_cached() {
 }
 
 #[tokio::test]
+async fn closed_upstream_port_fails_fast() {
+    // A port nobody listens on: the kernel answers with ICMP port unreachable, as for
+    // a stopped kube-dns pod. That is a failure now, not after the upstream timeout.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (svc, metrics) = service(DnsConfig {
+        default_upstreams: vec![addr],
+        upstream_timeout: Duration::from_secs(5),
+        upstream_attempts: 2,
+        ..DnsConfig::default()
+    });
+    let q = query("closed.example.com.", RecordType::A, 1, None);
+    let started = std::time::Instant::now();
+    let a = ask(&svc, &q, Protocol::Udp).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "SERVFAIL took {:?}: the refused port was not noticed",
+        started.elapsed()
+    );
+    assert!(metrics.encode().contains("kind=\"io\""));
+}
+
+#[tokio::test]
 async fn concurrent_identical_misses_coalesce() {
     let up = TestUpstream::start(Mode::Answer {
         ttl: 60,

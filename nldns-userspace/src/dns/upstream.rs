@@ -1,7 +1,9 @@
 //! Asking upstream servers: one fresh socket (kernel-randomized source port) and a
 //! random ID per attempt, replies accepted only when source, ID and question all
 //! match, UDP falling back to TCP on truncation, attempts moving across servers
-//! and skipping those that failed recently.
+//! and skipping those that failed recently. UDP sockets are connected, so the kernel
+//! checks the source and reports a closed upstream port (ICMP port unreachable) at
+//! once instead of letting the attempt run into its timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -246,6 +248,14 @@ fn encode_query(query: &UpstreamQuery, id: u16, with_edns: bool) -> Result<Vec<u
         .map_err(|e| UpstreamError::Encode(e.to_string()))
 }
 
+/// Decodes an upstream's reply; None unless it answers exactly our question with our
+/// ID (anything else is ignored: it may be a spoofing attempt or a late reply).
+pub(crate) fn decode_reply(packet: &[u8], id: u16, query: &UpstreamQuery) -> Option<Message> {
+    Message::from_vec(packet)
+        .ok()
+        .filter(|reply| reply_matches(reply, id, query))
+}
+
 /// True when `reply` answers exactly our question with our ID.
 fn reply_matches(reply: &Message, id: u16, query: &UpstreamQuery) -> bool {
     reply.metadata.id == id
@@ -276,8 +286,15 @@ async fn exchange_udp(
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|e| UpstreamError::Io(server, e))?;
+    // Connected: the kernel drops datagrams from any other source, and reports the
+    // ICMP port unreachable of a dead upstream (a stopped kube-dns pod) as
+    // ECONNREFUSED at once, where an unconnected socket would wait for the timeout.
     socket
-        .send_to(&bytes, server)
+        .connect(server)
+        .await
+        .map_err(|e| UpstreamError::Io(server, e))?;
+    socket
+        .send(&bytes)
         .await
         .map_err(|e| UpstreamError::Io(server, e))?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -285,22 +302,17 @@ async fn exchange_udp(
     // Bounded by the deadline: anything that does not match is ignored (it may be
     // a spoofing attempt) and we keep waiting for the real reply.
     loop {
-        let (len, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
-        {
+        let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             Err(_) => return Err(UpstreamError::Timeout(server)),
             Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
-            Ok(Ok(got)) => got,
+            Ok(Ok(len)) => len,
         };
-        if from != server {
-            log::debug!("ignoring reply from {from}, expected {server}");
-            continue;
-        }
         let Some(packet) = buf.get(..len) else {
             continue;
         };
-        match Message::from_vec(packet) {
-            Ok(reply) if reply_matches(&reply, id, query) => return Ok(reply),
-            _ => log::debug!("ignoring mismatched or malformed reply from {server}"),
+        match decode_reply(packet, id, query) {
+            Some(reply) => return Ok(reply),
+            None => log::debug!("ignoring mismatched or malformed reply from {server}"),
         }
     }
 }
@@ -330,8 +342,5 @@ async fn exchange_tcp(
         Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
         Ok(Ok(reply)) => reply,
     };
-    match Message::from_vec(&reply) {
-        Ok(msg) if reply_matches(&msg, id, query) => Ok(msg),
-        _ => Err(UpstreamError::BadReply(server)),
-    }
+    decode_reply(&reply, id, query).ok_or(UpstreamError::BadReply(server))
 }
