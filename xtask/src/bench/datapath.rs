@@ -1,0 +1,366 @@
+//! What the TC programs cost traffic that is not DNS: iperf3 between two pods through the
+//! node with and without nldns attached, the kernel's own per-program run time
+//! (`kernel.bpf_stats_enabled`), and BPF_PROG_TEST_RUN of the loaded programs on crafted
+//! frames.
+//!
+//! The programs are found by id among the kernel's loaded programs (bpftool) and opened
+//! with BPF_PROG_GET_FD_BY_ID, so xtask needs no aya: it stays buildable before setup.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nldns_tests::addresses::{pod_v4, KUBE_DNS_V4};
+use nldns_tests::SimNode;
+
+pub const INGRESS: &str = "nldns_ingress";
+pub const EGRESS: &str = "nldns_egress";
+
+/// iperf3 TCP from pod 0 to pod 1 for `secs`; returns Gbit/s received.
+pub fn iperf(node: &SimNode, secs: u64) -> Result<f64> {
+    let server_ip = pod_v4(1).to_string();
+    let mut server = node.spawn_in_pod(
+        1,
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-1", "-B", &server_ip],
+    )?;
+    // Until the server listens, the client gets "connection refused": retry briefly.
+    let mut last = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(150));
+        let out = node.exec_in_pod(
+            0,
+            "iperf3",
+            &["-c", &server_ip, "-t", &secs.to_string(), "-J"],
+            Duration::from_secs(secs + 20),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            let json: serde_json::Value =
+                serde_json::from_str(&text).context("parsing iperf3 -J")?;
+            let bps = json["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3 -J without end.sum_received")?;
+            let _ = server.wait_exit(Duration::from_secs(2));
+            return Ok(bps / 1e9);
+        }
+        last = text;
+        if !last.contains("refused") {
+            break;
+        }
+    }
+    bail!("iperf3 failed: {last}")
+}
+
+/// The ids of loaded programs called `name`.
+pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
+    let text = nldns_tests::cmd::run("bpftool", &["prog", "show", "-j"])?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("bpftool prog show -j")?;
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .filter_map(|p| p["id"].as_u64().map(|id| id as u32))
+        .collect())
+}
+
+/// The one program called `name` that is in `after` but not in `before` (loaded by the
+/// agent this run started; other agents on the machine keep their own ids).
+pub fn new_program(name: &str, before: &BTreeSet<u32>) -> Result<u32> {
+    let fresh: Vec<u32> = program_ids(name)?.difference(before).copied().collect();
+    match fresh.as_slice() {
+        [id] => Ok(*id),
+        _ => bail!("expected one new {name} program, found {fresh:?}"),
+    }
+}
+
+/// run_time_ns and run_cnt of program `id` (kept only while bpf_stats is on).
+pub fn run_stats(id: u32) -> Result<(u64, u64)> {
+    let text = nldns_tests::cmd::run("bpftool", &["prog", "show", "id", &id.to_string(), "-j"])?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("bpftool prog show")?;
+    Ok((
+        json["run_time_ns"].as_u64().unwrap_or(0),
+        json["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Where the value before our change is kept while bpf_stats is on, so that a bench killed
+/// in that window is undone by the next one ([`restore_stale_bpf_stats`]).
+const BPF_STATS_SAVED: &str = "/run/nldns-tests/bench-bpf-stats.prev";
+
+/// Turns kernel.bpf_stats_enabled on (a machine-wide sysctl) and restores the previous
+/// value on drop, whatever happens in between.
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        restore_stale_bpf_stats();
+        let previous = std::fs::read_to_string(BPF_STATS)
+            .context("reading kernel.bpf_stats_enabled")?
+            .trim()
+            .to_string();
+        std::fs::create_dir_all("/run/nldns-tests")?;
+        std::fs::write(BPF_STATS_SAVED, &previous).context("saving bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        match std::fs::write(BPF_STATS, &self.previous) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(BPF_STATS_SAVED);
+            }
+            Err(error) => eprintln!(
+                "bench: could not restore kernel.bpf_stats_enabled={}: {error}",
+                self.previous
+            ),
+        }
+    }
+}
+
+/// Restores bpf_stats_enabled from a value saved by a bench that did not get to restore it.
+pub fn restore_stale_bpf_stats() {
+    if let Ok(previous) = std::fs::read_to_string(BPF_STATS_SAVED) {
+        if std::fs::write(BPF_STATS, previous.trim()).is_ok() {
+            let _ = std::fs::remove_file(BPF_STATS_SAVED);
+            eprintln!(
+                "bench: restored kernel.bpf_stats_enabled={}",
+                previous.trim()
+            );
+        }
+    }
+}
+
+// bpf(2) commands and the parts of `union bpf_attr` they read (include/uapi/linux/bpf.h).
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// An fd of a loaded program, closed on drop.
+pub struct ProgFd(i32);
+
+impl ProgFd {
+    pub fn open(id: u32) -> Result<ProgFd> {
+        let attr = GetFdAttr {
+            prog_id: id,
+            ..Default::default()
+        };
+        // SAFETY: bpf(2) reads `size_of::<GetFdAttr>()` bytes of a live struct.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_FD_BY_ID,
+                &attr as *const GetFdAttr,
+                std::mem::size_of::<GetFdAttr>(),
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "BPF_PROG_GET_FD_BY_ID {id}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(ProgFd(fd as i32))
+    }
+
+    /// Runs the program `repeat` times on `frame`; returns (verdict, mean ns per run as
+    /// the kernel timed it).
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        let mut out = vec![0u8; frame.len() + 512];
+        let mut attr = TestRunAttr {
+            prog_fd: self.0 as u32,
+            data_size_in: frame.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat,
+            ..Default::default()
+        };
+        // SAFETY: the attr points at live buffers of the sizes it states.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        if rc < 0 {
+            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+        }
+        Ok((attr.retval, attr.duration))
+    }
+}
+
+impl Drop for ProgFd {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd this struct owns.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// BPF_PROG_TEST_RUN results, ns per run.
+#[derive(Debug, Clone, Default)]
+pub struct TestRuns {
+    /// A TCP segment between two pods, repeat = 1e6 in one call.
+    pub ingress_tcp: u32,
+    pub egress_tcp: u32,
+    /// A DNS query to the ClusterIP (ingress) and the cache's reply from the intercept
+    /// endpoint (egress). The kernel repeats a run on the same buffer, so after the first
+    /// run the frame is already rewritten: these are timed one run per call (the kernel's
+    /// timer overhead is included; `*_tcp_single` is the same for the TCP frame).
+    pub ingress_dns_single: f64,
+    pub egress_dns_single: f64,
+    pub ingress_tcp_single: f64,
+    pub egress_tcp_single: f64,
+    pub verdicts: String,
+}
+
+/// Runs the agent's programs `ingress` and `egress` (ids) on crafted frames, from a thread
+/// inside the node namespace.
+pub fn test_runs(node: &SimNode, ingress: u32, egress: u32, repeat: u32) -> Result<TestRuns> {
+    node.node_netns().run_inside(move || -> Result<TestRuns> {
+        let ingress = ProgFd::open(ingress)?;
+        let egress = ProgFd::open(egress)?;
+        let tcp = tcp_frame();
+        let query = udp_frame([10, 244, 1, 10], KUBE_DNS_V4.octets(), 40000, 53);
+        let reply = udp_frame([169, 254, 53, 53], [10, 244, 1, 10], 10053, 40000);
+        let (vi, ingress_tcp) = ingress.test_run(&tcp, repeat)?;
+        let (ve, egress_tcp) = egress.test_run(&tcp, repeat)?;
+        let singles = 20_000;
+        let mean_single = |prog: &ProgFd, frame: &[u8]| -> Result<(u32, f64)> {
+            let mut total = 0u64;
+            let mut verdict = 0;
+            for _ in 0..singles {
+                let (v, ns) = prog.test_run(frame, 1)?;
+                verdict = v;
+                total += u64::from(ns);
+            }
+            Ok((verdict, total as f64 / f64::from(singles)))
+        };
+        let (vq, ingress_dns_single) = mean_single(&ingress, &query)?;
+        let (vr, egress_dns_single) = mean_single(&egress, &reply)?;
+        let (_, ingress_tcp_single) = mean_single(&ingress, &tcp)?;
+        let (_, egress_tcp_single) = mean_single(&egress, &tcp)?;
+        Ok(TestRuns {
+            ingress_tcp,
+            egress_tcp,
+            ingress_dns_single,
+            egress_dns_single,
+            ingress_tcp_single,
+            egress_tcp_single,
+            // TC verdicts are ints; the programs return TC_ACT_UNSPEC (-1).
+            verdicts: format!(
+                "ingress tcp {}, egress tcp {}, ingress query {}, egress reply {}",
+                vi as i32, ve as i32, vq as i32, vr as i32
+            ),
+        })
+    })?
+}
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn ipv4(protocol: u8, src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
+    let total = (20 + payload_len) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let sum = checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ACK with 64 bytes of data from pod 0 to pod 1's iperf3 port.
+fn tcp_frame() -> Vec<u8> {
+    let payload = [0x5au8; 64];
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&40000u16.to_be_bytes());
+    tcp.extend_from_slice(&5201u16.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp.extend_from_slice(&payload);
+    let mut f = ethernet(0x0800);
+    f.extend(ipv4(6, [10, 244, 1, 10], [10, 244, 1, 11], tcp.len()));
+    f.extend(tcp);
+    f
+}
+
+/// A UDP frame carrying a DNS query for web.default.svc.cluster.local A.
+fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut dns = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["web", "default", "svc", "cluster", "local"] {
+        dns.push(label.len() as u8);
+        dns.extend_from_slice(label.as_bytes());
+    }
+    dns.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
+    udp.extend(dns);
+    let mut f = ethernet(0x0800);
+    f.extend(ipv4(17, src, dst, udp.len()));
+    f.extend(udp);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let h = super::ipv4(17, [10, 0, 0, 1], [10, 0, 0, 2], 8);
+        assert_eq!(super::checksum(&h), 0);
+    }
+}
