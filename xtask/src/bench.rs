@@ -15,6 +15,7 @@
 mod configs;
 mod datapath;
 mod load;
+mod perf;
 mod procstat;
 mod report;
 mod workload;
@@ -57,10 +58,16 @@ pub struct BenchArgs {
     pub rss_names: usize,
     #[arg(long, default_value_t = 10_000)]
     pub rss_qps: u32,
+    /// Rounds over all configurations (a, b, c, d, a, b, ...): on a shared machine the
+    /// load drifts, so each figure is the median (QPS, RSS) or the pooled samples
+    /// (latency, CPU) of the rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     #[arg(long, default_value_t = 5)]
     pub iperf_secs: u64,
-    #[arg(long, default_value_t = 3)]
-    pub iperf_runs: usize,
+    /// iperf3 pairs (without nldns, then with) per round, in the same node.
+    #[arg(long, default_value_t = 2)]
+    pub iperf_pairs: usize,
     /// BPF_PROG_TEST_RUN repeat count for the non-DNS frame.
     #[arg(long, default_value_t = 1_000_000)]
     pub test_run_repeat: u32,
@@ -82,7 +89,9 @@ pub struct BenchArgs {
 #[derive(Debug, Clone)]
 pub struct WorkloadResult {
     pub workload: Workload,
+    /// Steps of every round; max_qps is the median of the rounds' (in `max_qps_rounds`).
     pub search: Search,
+    pub max_qps_rounds: Vec<f64>,
     /// The fixed-load run, latencies recorded.
     pub latency: LoadResult,
     pub latency_rate: u32,
@@ -95,19 +104,27 @@ pub struct WorkloadResult {
 #[derive(Debug, Clone, Default)]
 pub struct RssResult {
     pub idle_kib: u64,
+    /// Median over the rounds (each round's value in `rounds_after_kib`).
     pub after_kib: u64,
+    pub rounds_after_kib: Vec<u64>,
     pub names_sent: u64,
     pub names_answered: u64,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct DatapathResult {
-    pub iperf_gbps: Vec<f64>,
+    /// (without nldns, with nldns) Gbit/s, alternating in the same node.
+    pub iperf_pairs: Vec<(f64, f64)>,
     /// ns per run from bpf_stats during one iperf3 run: (ingress, egress, ingress runs,
     /// egress runs).
     pub bpf_stats: Option<(f64, f64, u64, u64)>,
+    /// ns per run of a program that only returns TC_ACT_UNSPEC, attached to the same
+    /// hooks during the same run: what bpf_stats and the TC hook cost by themselves.
+    pub bpf_stats_empty: Option<f64>,
     pub bpf_stats_gbps: Option<f64>,
     pub test_runs: Option<datapath::TestRuns>,
+    /// System-wide perf report during an iperf3 run with nldns attached.
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,31 +149,41 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         Some(bin) => bin.clone(),
         None => build_release(root)?,
     };
-    let machine = report::Machine::probe();
+    let mut machine = report::Machine::probe();
     eprintln!("bench: {}", machine.summary());
-    let mut results = Vec::new();
-    for &config in &args.configs {
-        eprintln!(
-            "bench: ({}) {config} [{:.0?} so far]",
-            config.letter(),
-            started.elapsed()
-        );
-        let result = match bench_config(config, &bin, args) {
-            Ok(result) => result,
-            Err(error) => {
-                eprintln!("bench: {config} failed: {error:#}");
-                ConfigResult {
-                    config,
-                    workloads: Vec::new(),
-                    rss: None,
-                    datapath: DatapathResult::default(),
-                    profile: None,
-                    error: Some(format!("{error:#}")),
+    let mut rounds: Vec<Vec<ConfigResult>> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut results = Vec::new();
+        for &config in &args.configs {
+            eprintln!(
+                "bench: round {} ({}) {config} [{:.0?} so far]",
+                round + 1,
+                config.letter(),
+                started.elapsed()
+            );
+            let result = match bench_config(config, &bin, args, round == 0) {
+                Ok(result) => result,
+                Err(error) => {
+                    eprintln!("bench: {config} failed: {error:#}");
+                    ConfigResult {
+                        config,
+                        workloads: Vec::new(),
+                        rss: None,
+                        datapath: DatapathResult::default(),
+                        profile: None,
+                        error: Some(format!("{error:#}")),
+                    }
                 }
-            }
-        };
-        results.push(result);
+            };
+            results.push(result);
+        }
+        rounds.push(results);
     }
+    let results = merge_rounds(rounds);
+    machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let out = root.join(&args.out);
     let md = report::write(&out, &machine, args, &results, started.elapsed())?;
     if !args.no_plots {
@@ -188,9 +215,21 @@ fn build_release(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn bench_config(config: Config, bin: &Path, args: &BenchArgs) -> Result<ConfigResult> {
+/// One configuration in a fresh node. `extras`: also the one-off measurements (test runs,
+/// bpf_stats, profiles), done in the first round only.
+fn bench_config(
+    config: Config,
+    bin: &Path,
+    args: &BenchArgs,
+    extras: bool,
+) -> Result<ConfigResult> {
     let node = SimNode::builder().pods(2).backends(2).build()?;
     node.replace_cluster_zone(&workload::bench_zone())?;
+    let iperf_pairs = if config == Config::Nldns {
+        iperf_pairs(&node, bin, args)?
+    } else {
+        Vec::new()
+    };
     let before = (
         datapath::program_ids(datapath::INGRESS)?,
         datapath::program_ids(datapath::EGRESS)?,
@@ -201,7 +240,10 @@ fn bench_config(config: Config, bin: &Path, args: &BenchArgs) -> Result<ConfigRe
         config,
         workloads: Vec::new(),
         rss: None,
-        datapath: DatapathResult::default(),
+        datapath: DatapathResult {
+            iperf_pairs,
+            ..Default::default()
+        },
         profile: None,
         error: None,
     };
@@ -217,23 +259,27 @@ fn bench_config(config: Config, bin: &Path, args: &BenchArgs) -> Result<ConfigRe
         )?);
     }
     match config {
-        Config::Nldns => {
-            let ingress = datapath::new_program(datapath::INGRESS, &before.0)?;
-            let egress = datapath::new_program(datapath::EGRESS, &before.1)?;
+        Config::Nldns if extras => {
+            let pid = running.cache_pid().context("nldns has a pid")?;
+            let ingress = datapath::new_program(datapath::INGRESS, &before.0, pid)?;
+            let egress = datapath::new_program(datapath::EGRESS, &before.1, pid)?;
             result.datapath.test_runs = Some(datapath::test_runs(
                 &node,
                 ingress,
                 egress,
                 args.test_run_repeat,
             )?);
-            result.datapath.iperf_gbps = iperf_runs(&node, args)?;
             {
+                let empty =
+                    datapath::EmptyProgram::attach(&node, &[node.pod_veth(0)?, node.pod_veth(1)?])?;
                 let _stats = datapath::BpfStats::enable()?;
                 let (ti0, ci0) = datapath::run_stats(ingress)?;
                 let (te0, ce0) = datapath::run_stats(egress)?;
+                let (tx0, cx0) = empty.run_stats()?;
                 result.datapath.bpf_stats_gbps = Some(datapath::iperf(&node, args.iperf_secs)?);
                 let (ti1, ci1) = datapath::run_stats(ingress)?;
                 let (te1, ce1) = datapath::run_stats(egress)?;
+                let (tx1, cx1) = empty.run_stats()?;
                 let per = |t: u64, c: u64| if c == 0 { 0.0 } else { t as f64 / c as f64 };
                 result.datapath.bpf_stats = Some((
                     per(ti1 - ti0, ci1 - ci0),
@@ -241,8 +287,13 @@ fn bench_config(config: Config, bin: &Path, args: &BenchArgs) -> Result<ConfigRe
                     ci1 - ci0,
                     ce1 - ce0,
                 ));
+                result.datapath.bpf_stats_empty = Some(per(tx1 - tx0, cx1 - cx0));
             }
             if !args.no_profile {
+                match datapath_profile(&node, args) {
+                    Ok(text) => result.datapath.profile = Some(text),
+                    Err(error) => eprintln!("bench: datapath profile failed: {error:#}"),
+                }
                 let pid = running.cache_pid().context("nldns has a pid")?;
                 match profile(&node, pid, &result, args) {
                     Ok(text) => result.profile = Some(text),
@@ -250,7 +301,6 @@ fn bench_config(config: Config, bin: &Path, args: &BenchArgs) -> Result<ConfigRe
                 }
             }
         }
-        Config::None => result.datapath.iperf_gbps = iperf_runs(&node, args)?,
         _ => {}
     }
     drop(running);
@@ -285,9 +335,11 @@ fn rss_run(node: &SimNode, pid: u32, args: &BenchArgs) -> Result<RssResult> {
             once: true,
         },
     )?;
+    let after_kib = procstat::rss_kib(pid)?;
     Ok(RssResult {
         idle_kib,
-        after_kib: procstat::rss_kib(pid)?,
+        after_kib,
+        rounds_after_kib: vec![after_kib],
         names_sent: r.sent,
         names_answered: r.completed,
     })
@@ -360,6 +412,7 @@ fn bench_workload(
     );
     Ok(WorkloadResult {
         workload: w,
+        max_qps_rounds: vec![search.max_qps],
         search,
         latency_rate: args.latency_qps,
         cache_cpu_ms_per_1k: cache0.zip(cache1).map(|(a, b)| per_1k(b - a)),
@@ -368,13 +421,94 @@ fn bench_workload(
     })
 }
 
-fn iperf_runs(node: &SimNode, args: &BenchArgs) -> Result<Vec<f64>> {
-    (0..args.iperf_runs)
-        .map(|_| datapath::iperf(node, args.iperf_secs))
-        .collect()
+/// iperf3 without nldns, then with it (an agent started for the run and stopped after),
+/// `iperf_pairs` times in this node: alternating in one node keeps the machine's drifting
+/// load and the topology out of the comparison.
+fn iperf_pairs(node: &SimNode, bin: &Path, args: &BenchArgs) -> Result<Vec<(f64, f64)>> {
+    let mut pairs = Vec::new();
+    for _ in 0..args.iperf_pairs {
+        let without = datapath::iperf(node, args.iperf_secs)?;
+        let agent_args = node.agent_args();
+        let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+        let mut agent = node.spawn_agent(bin, &agent_args)?;
+        if !node.wait_http_ok("/ready", Duration::from_secs(30)) {
+            bail!("nldns not ready within 30 s; log:\n{}", agent.stderr());
+        }
+        let with = datapath::iperf(node, args.iperf_secs)?;
+        agent.sigterm()?;
+        if agent.wait_exit(Duration::from_secs(10)).is_none() {
+            bail!("nldns did not exit within 10 s of SIGTERM");
+        }
+        eprintln!("bench:   iperf3 without {without:.2}, with {with:.2} Gbit/s");
+        pairs.push((without, with));
+    }
+    Ok(pairs)
 }
 
-/// perf record of the agent while pod 0 sends cache hits as fast as it can.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One result per configuration from all rounds: median QPS and RSS, pooled latency
+/// samples, mean CPU per 1000 queries, every iperf3 pair, the first round's extras.
+fn merge_rounds(rounds: Vec<Vec<ConfigResult>>) -> Vec<ConfigResult> {
+    let mut merged: Vec<ConfigResult> = Vec::new();
+    for result in rounds.into_iter().flatten() {
+        let Some(into) = merged.iter_mut().find(|m| m.config == result.config) else {
+            merged.push(result);
+            continue;
+        };
+        if into.error.is_none() {
+            into.error = result.error;
+        }
+        for w in result.workloads {
+            match into.workloads.iter_mut().find(|x| x.workload == w.workload) {
+                None => into.workloads.push(w),
+                Some(x) => {
+                    x.max_qps_rounds.extend(w.max_qps_rounds);
+                    x.search.steps.extend(w.search.steps);
+                    x.latency.sent += w.latency.sent;
+                    x.latency.completed += w.latency.completed;
+                    x.latency.lost += w.latency.lost;
+                    x.latency.latencies.extend(w.latency.latencies);
+                    x.latency.latencies.sort_by(f64::total_cmp);
+                    x.latency.rcodes = format!("{} / {}", x.latency.rcodes, w.latency.rcodes);
+                    let n = x.max_qps_rounds.len() as f64;
+                    let avg = |a: f64, b: f64| a + (b - a) / n;
+                    x.cache_cpu_ms_per_1k = x
+                        .cache_cpu_ms_per_1k
+                        .zip(w.cache_cpu_ms_per_1k)
+                        .map(|(a, b)| avg(a, b));
+                    x.knot_cpu_ms_per_1k = avg(x.knot_cpu_ms_per_1k, w.knot_cpu_ms_per_1k);
+                }
+            }
+        }
+        into.datapath
+            .iperf_pairs
+            .extend(result.datapath.iperf_pairs);
+        if let (Some(a), Some(b)) = (&mut into.rss, result.rss) {
+            a.rounds_after_kib.push(b.after_kib);
+        }
+    }
+    for m in &mut merged {
+        for w in &mut m.workloads {
+            w.search.max_qps = median(&w.max_qps_rounds);
+        }
+        if let Some(rss) = &mut m.rss {
+            let kib: Vec<f64> = rss.rounds_after_kib.iter().map(|&k| k as f64).collect();
+            rss.after_kib = median(&kib) as u64;
+        }
+    }
+    merged
+}
+
+/// perf record of the agent while pod 0 sends cache hits at (a)'s highest sustained rate.
 fn profile(node: &SimNode, pid: u32, result: &ConfigResult, args: &BenchArgs) -> Result<String> {
     let rate = result
         .workloads
@@ -383,25 +517,9 @@ fn profile(node: &SimNode, pid: u32, result: &ConfigResult, args: &BenchArgs) ->
         .map(|w| w.search.max_qps as u32)
         .unwrap_or(args.rate_cap)
         .max(1000);
-    let data = node.workdir().join("perf.data");
+    let data = node.workdir().join("perf-agent.data");
     let secs = args.step_secs.max(2);
-    let mut perf = Command::new("perf")
-        .args([
-            "record",
-            "-q",
-            "-F",
-            "999",
-            "-g",
-            "-p",
-            &pid.to_string(),
-            "-o",
-        ])
-        .arg(&data)
-        .args(["--", "sleep", &secs.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting perf record")?;
+    let perf = perf::Recording::start(&data, Some(pid), secs)?;
     let lines = Workload::Hits.lines(0, 0);
     let run = load::dnsperf(
         node,
@@ -414,30 +532,24 @@ fn profile(node: &SimNode, pid: u32, result: &ConfigResult, args: &BenchArgs) ->
             once: false,
         },
     );
-    let status = perf.wait().context("waiting for perf record")?;
+    perf.finish()?;
     run?;
-    anyhow::ensure!(status.success(), "perf record failed ({status})");
-    let out = Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "-g",
-            "none",
-            "--sort",
-            "dso,symbol",
-        ])
-        .args(["--percent-limit", "1", "-i"])
-        .arg(&data)
-        .output()
-        .context("perf report")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        // perf pads unused sort columns with "-"; drop the padding.
-        .map(|l| l.trim_end_matches([' ', '-']))
-        .take(40)
-        .collect::<Vec<_>>()
-        .join("\n"))
+    perf::report(&data, &[], 1.0, 40, |_| true)
+}
+
+/// System-wide perf record during one iperf3 run with nldns attached: the share of the
+/// nldns programs (JITed, in kallsyms as bpf_prog_<tag>_nldns_*) in the iperf3 processes'
+/// samples, where their softirq work is charged.
+fn datapath_profile(node: &SimNode, args: &BenchArgs) -> Result<String> {
+    let data = node.workdir().join("perf-datapath.data");
+    let perf = perf::Recording::start(&data, None, args.iperf_secs)?;
+    let run = datapath::iperf(node, args.iperf_secs);
+    perf.finish()?;
+    run?;
+    // The programs run in the softirq of the iperf3 processes' packets: only their samples
+    // count (other jobs share the machine), as a share of those samples.
+    let comms = ["--comms", "iperf3"];
+    let top = perf::report(&data, &comms, 1.0, 20, |_| true)?;
+    let ours = perf::report(&data, &comms, 0.0, 10, |l| l.contains("nldns"))?;
+    Ok(format!("{top}\n...\n{ours}"))
 }

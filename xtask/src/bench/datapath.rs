@@ -53,8 +53,8 @@ pub fn iperf(node: &SimNode, secs: u64) -> Result<f64> {
     bail!("iperf3 failed: {last}")
 }
 
-/// The ids of loaded programs called `name`.
-pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
+/// Loaded programs called `name`: (id, pids holding them, as bpftool reports them).
+fn programs(name: &str) -> Result<Vec<(u32, Vec<u32>)>> {
     let text = nldns_tests::cmd::run("bpftool", &["prog", "show", "-j"])?;
     let json: serde_json::Value = serde_json::from_str(&text).context("bpftool prog show -j")?;
     Ok(json
@@ -62,17 +62,39 @@ pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
         .into_iter()
         .flatten()
         .filter(|p| p["name"] == name)
-        .filter_map(|p| p["id"].as_u64().map(|id| id as u32))
+        .filter_map(|p| {
+            let pids = p["pids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["pid"].as_u64().map(|v| v as u32))
+                .collect();
+            Some((p["id"].as_u64()? as u32, pids))
+        })
         .collect())
 }
 
-/// The one program called `name` that is in `after` but not in `before` (loaded by the
-/// agent this run started; other agents on the machine keep their own ids).
-pub fn new_program(name: &str, before: &BTreeSet<u32>) -> Result<u32> {
-    let fresh: Vec<u32> = program_ids(name)?.difference(before).copied().collect();
-    match fresh.as_slice() {
-        [id] => Ok(*id),
-        _ => bail!("expected one new {name} program, found {fresh:?}"),
+/// The ids of loaded programs called `name`.
+pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
+    Ok(programs(name)?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// The program called `name` that the agent `pid` loaded: not in `before`, and held by
+/// `pid` where bpftool can tell (other agents may run on the machine at the same time).
+pub fn new_program(name: &str, before: &BTreeSet<u32>, pid: u32) -> Result<u32> {
+    let fresh: Vec<(u32, Vec<u32>)> = programs(name)?
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .collect();
+    let held: Vec<u32> = fresh
+        .iter()
+        .filter(|(_, pids)| pids.contains(&pid))
+        .map(|(id, _)| *id)
+        .collect();
+    match (held.as_slice(), fresh.as_slice()) {
+        ([id], _) => Ok(*id),
+        (_, [(id, _)]) => Ok(*id),
+        _ => bail!("cannot tell which new {name} program is agent {pid}'s: {fresh:?}"),
     }
 }
 
@@ -139,8 +161,136 @@ pub fn restore_stale_bpf_stats() {
 }
 
 // bpf(2) commands and the parts of `union bpf_attr` they read (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// bpf(2) with a `#[repr(C)]` attr; returns the fd (or value) or the OS error.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<i32> {
+    // SAFETY: `attr` is a live repr(C) struct matching the command's part of bpf_attr, and
+    // the pointers inside it (if any) point at live buffers of the sizes they state.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        bail!("{what}: {}", std::io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+/// A TC program that only returns TC_ACT_UNSPEC, attached (TCX, appended) to ingress and
+/// egress of some node interfaces: its bpf_stats run time is what the hook and the
+/// stats' own clock reads cost, to subtract from nldns's. Detached on drop (closing the
+/// link fds is what detaches a TCX link).
+pub struct EmptyProgram {
+    prog: ProgFd,
+    links: Vec<ProgFd>,
+}
+
+impl EmptyProgram {
+    pub fn attach(node: &SimNode, interfaces: &[&str]) -> Result<EmptyProgram> {
+        // r0 = -1 (TC_ACT_UNSPEC); exit
+        let insns: [u8; 16] = [
+            0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let license = b"GPL\0";
+        let mut name = [0u8; 16];
+        name[..15].copy_from_slice(b"nldns_bench_nop");
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_SCHED_CLS,
+            insn_cnt: 2,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name: name,
+            ..Default::default()
+        };
+        let prog = ProgFd(bpf(
+            BPF_PROG_LOAD,
+            &mut attr,
+            "loading the empty TC program",
+        )?);
+        let interfaces: Vec<String> = interfaces.iter().map(|s| s.to_string()).collect();
+        let prog_fd = prog.0 as u32;
+        // Interface indexes and TCX links belong to the namespace of the calling thread.
+        let links = node
+            .node_netns()
+            .run_inside(move || -> Result<Vec<ProgFd>> {
+                let mut links = Vec::new();
+                for ifname in &interfaces {
+                    let c = std::ffi::CString::new(ifname.as_str())?;
+                    // SAFETY: a valid NUL-terminated name.
+                    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                    anyhow::ensure!(ifindex != 0, "no interface {ifname} in the node");
+                    for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+                        let mut attr = LinkCreateAttr {
+                            prog_fd,
+                            target_ifindex: ifindex,
+                            attach_type,
+                            ..Default::default()
+                        };
+                        links.push(ProgFd(bpf(
+                            BPF_LINK_CREATE,
+                            &mut attr,
+                            "attaching the empty TC program",
+                        )?));
+                    }
+                }
+                Ok(links)
+            })??;
+        Ok(EmptyProgram { prog, links })
+    }
+
+    /// run_time_ns and run_cnt, from the program fd's fdinfo.
+    pub fn run_stats(&self) -> Result<(u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.prog.0))
+            .context("reading the empty program's fdinfo")?;
+        let field = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("run_time_ns:"), field("run_cnt:")))
+    }
+}
+
+impl Drop for EmptyProgram {
+    fn drop(&mut self) {
+        // Links first (detach), then the program.
+        self.links.clear();
+    }
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -176,26 +326,15 @@ pub struct ProgFd(i32);
 
 impl ProgFd {
     pub fn open(id: u32) -> Result<ProgFd> {
-        let attr = GetFdAttr {
+        let mut attr = GetFdAttr {
             prog_id: id,
             ..Default::default()
         };
-        // SAFETY: bpf(2) reads `size_of::<GetFdAttr>()` bytes of a live struct.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_FD_BY_ID,
-                &attr as *const GetFdAttr,
-                std::mem::size_of::<GetFdAttr>(),
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "BPF_PROG_GET_FD_BY_ID {id}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(ProgFd(fd as i32))
+        Ok(ProgFd(bpf(
+            BPF_PROG_GET_FD_BY_ID,
+            &mut attr,
+            &format!("BPF_PROG_GET_FD_BY_ID {id}"),
+        )?))
     }
 
     /// Runs the program `repeat` times on `frame`; returns (verdict, mean ns per run as
@@ -211,18 +350,7 @@ impl ProgFd {
             repeat,
             ..Default::default()
         };
-        // SAFETY: the attr points at live buffers of the sizes it states.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-        }
+        bpf(BPF_PROG_TEST_RUN, &mut attr, "BPF_PROG_TEST_RUN")?;
         Ok((attr.retval, attr.duration))
     }
 }
