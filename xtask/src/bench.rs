@@ -123,8 +123,10 @@ pub struct DatapathResult {
     pub bpf_stats_empty: Option<f64>,
     pub bpf_stats_gbps: Option<f64>,
     pub test_runs: Option<datapath::TestRuns>,
-    /// System-wide perf report during an iperf3 run with nldns attached.
+    /// System-wide perf report during an iperf3 run with nldns attached ...
     pub profile: Option<String>,
+    /// ... and the nldns programs' share (%) of the iperf3 processes' samples in it.
+    pub programs_share: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,7 +293,10 @@ fn bench_config(
             }
             if !args.no_profile {
                 match datapath_profile(&node, args) {
-                    Ok(text) => result.datapath.profile = Some(text),
+                    Ok((text, share)) => {
+                        result.datapath.profile = Some(text);
+                        result.datapath.programs_share = Some(share);
+                    }
                     Err(error) => eprintln!("bench: datapath profile failed: {error:#}"),
                 }
                 let pid = running.cache_pid().context("nldns has a pid")?;
@@ -478,7 +483,6 @@ fn merge_rounds(rounds: Vec<Vec<ConfigResult>>) -> Vec<ConfigResult> {
                     x.latency.lost += w.latency.lost;
                     x.latency.latencies.extend(w.latency.latencies);
                     x.latency.latencies.sort_by(f64::total_cmp);
-                    x.latency.rcodes = format!("{} / {}", x.latency.rcodes, w.latency.rcodes);
                     let n = x.max_qps_rounds.len() as f64;
                     let avg = |a: f64, b: f64| a + (b - a) / n;
                     x.cache_cpu_ms_per_1k = x
@@ -540,7 +544,7 @@ fn profile(node: &SimNode, pid: u32, result: &ConfigResult, args: &BenchArgs) ->
 /// System-wide perf record during one iperf3 run with nldns attached: the share of the
 /// nldns programs (JITed, in kallsyms as bpf_prog_<tag>_nldns_*) in the iperf3 processes'
 /// samples, where their softirq work is charged.
-fn datapath_profile(node: &SimNode, args: &BenchArgs) -> Result<String> {
+fn datapath_profile(node: &SimNode, args: &BenchArgs) -> Result<(String, f64)> {
     let data = node.workdir().join("perf-datapath.data");
     let perf = perf::Recording::start(&data, None, args.iperf_secs)?;
     let run = datapath::iperf(node, args.iperf_secs);
@@ -551,5 +555,15 @@ fn datapath_profile(node: &SimNode, args: &BenchArgs) -> Result<String> {
     let comms = ["--comms", "iperf3"];
     let top = perf::report(&data, &comms, 1.0, 20, |_| true)?;
     let ours = perf::report(&data, &comms, 0.0, 10, |l| l.contains("nldns"))?;
-    Ok(format!("{top}\n...\n{ours}"))
+    let share = ours
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_suffix('%')?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    Ok((format!("{top}\n...\n{ours}"), share))
 }
