@@ -232,10 +232,6 @@ fn bench_config(
     } else {
         Vec::new()
     };
-    let before = (
-        datapath::program_ids(datapath::INGRESS)?,
-        datapath::program_ids(datapath::EGRESS)?,
-    );
     let running = configs::start(config, &node, bin)?;
     let knot_pids = knot_pids(&node)?;
     let mut result = ConfigResult {
@@ -262,34 +258,10 @@ fn bench_config(
     }
     match config {
         Config::Nldns if extras => {
-            let pid = running.cache_pid().context("nldns has a pid")?;
-            let ingress = datapath::new_program(datapath::INGRESS, &before.0, pid)?;
-            let egress = datapath::new_program(datapath::EGRESS, &before.1, pid)?;
-            result.datapath.test_runs = Some(datapath::test_runs(
-                &node,
-                ingress,
-                egress,
-                args.test_run_repeat,
-            )?);
-            {
-                let empty =
-                    datapath::EmptyProgram::attach(&node, &[node.pod_veth(0)?, node.pod_veth(1)?])?;
-                let _stats = datapath::BpfStats::enable()?;
-                let (ti0, ci0) = datapath::run_stats(ingress)?;
-                let (te0, ce0) = datapath::run_stats(egress)?;
-                let (tx0, cx0) = empty.run_stats()?;
-                result.datapath.bpf_stats_gbps = Some(datapath::iperf(&node, args.iperf_secs)?);
-                let (ti1, ci1) = datapath::run_stats(ingress)?;
-                let (te1, ce1) = datapath::run_stats(egress)?;
-                let (tx1, cx1) = empty.run_stats()?;
-                let per = |t: u64, c: u64| if c == 0 { 0.0 } else { t as f64 / c as f64 };
-                result.datapath.bpf_stats = Some((
-                    per(ti1 - ti0, ci1 - ci0),
-                    per(te1 - te0, ce1 - ce0),
-                    ci1 - ci0,
-                    ce1 - ce0,
-                ));
-                result.datapath.bpf_stats_empty = Some(per(tx1 - tx0, cx1 - cx0));
+            // A failure here must not throw away the DNS figures measured above.
+            if let Err(error) = datapath_extras(&node, args, &mut result.datapath) {
+                eprintln!("bench: datapath measurements failed: {error:#}");
+                result.error = Some(format!("datapath measurements failed: {error:#}"));
             }
             if !args.no_profile {
                 match datapath_profile(&node, args) {
@@ -311,6 +283,38 @@ fn bench_config(
     drop(running);
     node.teardown()?;
     Ok(result)
+}
+
+/// BPF_PROG_TEST_RUN timings and bpf_stats (with the empty-program baseline) of the
+/// agent's programs.
+fn datapath_extras(node: &SimNode, args: &BenchArgs, dp: &mut DatapathResult) -> Result<()> {
+    let (ingress, egress) = datapath::agent_programs(node)?;
+    dp.test_runs = Some(datapath::test_runs(
+        node,
+        ingress,
+        egress,
+        args.test_run_repeat,
+    )?);
+    {
+        let empty = datapath::EmptyProgram::attach(node, &[node.pod_veth(0)?, node.pod_veth(1)?])?;
+        let _stats = datapath::BpfStats::enable()?;
+        let (ti0, ci0) = datapath::run_stats(ingress)?;
+        let (te0, ce0) = datapath::run_stats(egress)?;
+        let (tx0, cx0) = empty.run_stats()?;
+        dp.bpf_stats_gbps = Some(datapath::iperf(node, args.iperf_secs)?);
+        let (ti1, ci1) = datapath::run_stats(ingress)?;
+        let (te1, ce1) = datapath::run_stats(egress)?;
+        let (tx1, cx1) = empty.run_stats()?;
+        let per = |t: u64, c: u64| if c == 0 { 0.0 } else { t as f64 / c as f64 };
+        dp.bpf_stats = Some((
+            per(ti1 - ti0, ci1 - ci0),
+            per(te1 - te0, ce1 - ce0),
+            ci1 - ci0,
+            ce1 - ce0,
+        ));
+        dp.bpf_stats_empty = Some(per(tx1 - tx0, cx1 - cx0));
+    }
+    Ok(())
 }
 
 /// Pids of the knot servers: both kube-dns backends and the outside resolver.
@@ -496,8 +500,10 @@ fn merge_rounds(rounds: Vec<Vec<ConfigResult>>) -> Vec<ConfigResult> {
         into.datapath
             .iperf_pairs
             .extend(result.datapath.iperf_pairs);
-        if let (Some(a), Some(b)) = (&mut into.rss, result.rss) {
-            a.rounds_after_kib.push(b.after_kib);
+        match (&mut into.rss, result.rss) {
+            (Some(a), Some(b)) => a.rounds_after_kib.push(b.after_kib),
+            (into_rss @ None, Some(b)) => *into_rss = Some(b),
+            _ => {}
         }
     }
     for m in &mut merged {

@@ -3,8 +3,9 @@
 //! (`kernel.bpf_stats_enabled`), and BPF_PROG_TEST_RUN of the loaded programs on crafted
 //! frames.
 //!
-//! The programs are found by id among the kernel's loaded programs (bpftool) and opened
-//! with BPF_PROG_GET_FD_BY_ID, so xtask needs no aya: it stays buildable before setup.
+//! The agent's programs are found by asking the kernel what is attached to the node's
+//! pod veth (BPF_PROG_QUERY) and opened with BPF_PROG_GET_FD_BY_ID: raw bpf(2), so xtask
+//! needs no aya and stays buildable before setup.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -53,8 +54,8 @@ pub fn iperf(node: &SimNode, secs: u64) -> Result<f64> {
     bail!("iperf3 failed: {last}")
 }
 
-/// Loaded programs called `name`: (id, pids holding them, as bpftool reports them).
-fn programs(name: &str) -> Result<Vec<(u32, Vec<u32>)>> {
+/// The ids of loaded programs called `name`.
+pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
     let text = nldns_tests::cmd::run("bpftool", &["prog", "show", "-j"])?;
     let json: serde_json::Value = serde_json::from_str(&text).context("bpftool prog show -j")?;
     Ok(json
@@ -62,40 +63,68 @@ fn programs(name: &str) -> Result<Vec<(u32, Vec<u32>)>> {
         .into_iter()
         .flatten()
         .filter(|p| p["name"] == name)
-        .filter_map(|p| {
-            let pids = p["pids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x["pid"].as_u64().map(|v| v as u32))
-                .collect();
-            Some((p["id"].as_u64()? as u32, pids))
-        })
+        .filter_map(|p| p["id"].as_u64().map(|id| id as u32))
         .collect())
 }
 
-/// The ids of loaded programs called `name`.
-pub fn program_ids(name: &str) -> Result<BTreeSet<u32>> {
-    Ok(programs(name)?.into_iter().map(|(id, _)| id).collect())
+/// The program called `name` attached (TCX) to `ifname` of the node at `attach_type`:
+/// asked of the kernel for this node's interface, since other agents (other runs on the
+/// machine) load programs of the same name at the same time.
+fn attached_program(node: &SimNode, ifname: &str, attach_type: u32, name: &str) -> Result<u32> {
+    let ifname = ifname.to_string();
+    let ids = node
+        .node_netns()
+        .run_inside(move || query_tcx(&ifname, attach_type))??;
+    let named = program_ids(name)?;
+    let ours: Vec<u32> = ids.into_iter().filter(|id| named.contains(id)).collect();
+    match ours.as_slice() {
+        [id] => Ok(*id),
+        _ => bail!("expected one {name} attached, found {ours:?}"),
+    }
 }
 
-/// The program called `name` that the agent `pid` loaded: not in `before`, and held by
-/// `pid` where bpftool can tell (other agents may run on the machine at the same time).
-pub fn new_program(name: &str, before: &BTreeSet<u32>, pid: u32) -> Result<u32> {
-    let fresh: Vec<(u32, Vec<u32>)> = programs(name)?
-        .into_iter()
-        .filter(|(id, _)| !before.contains(id))
-        .collect();
-    let held: Vec<u32> = fresh
-        .iter()
-        .filter(|(_, pids)| pids.contains(&pid))
-        .map(|(id, _)| *id)
-        .collect();
-    match (held.as_slice(), fresh.as_slice()) {
-        ([id], _) => Ok(*id),
-        (_, [(id, _)]) => Ok(*id),
-        _ => bail!("cannot tell which new {name} program is agent {pid}'s: {fresh:?}"),
-    }
+/// The agent's ingress and egress programs, as attached to pod 0's veth.
+pub fn agent_programs(node: &SimNode) -> Result<(u32, u32)> {
+    let veth = node.pod_veth(0)?;
+    Ok((
+        attached_program(node, veth, BPF_TCX_INGRESS, INGRESS)?,
+        attached_program(node, veth, BPF_TCX_EGRESS, EGRESS)?,
+    ))
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// BPF_PROG_QUERY of an interface's TCX hook, from the calling thread's namespace.
+fn query_tcx(ifname: &str, attach_type: u32) -> Result<Vec<u32>> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+    let mut ids = vec![0u32; 64];
+    let mut attr = QueryAttr {
+        target_ifindex: ifindex,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr, "BPF_PROG_QUERY")?;
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
 }
 
 /// run_time_ns and run_cnt of program `id` (kept only while bpf_stats is on).
@@ -164,6 +193,7 @@ pub fn restore_stale_bpf_stats() {
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
