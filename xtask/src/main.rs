@@ -3,6 +3,7 @@
 //! This crate builds with plain stable cargo and none of the eBPF tooling: `setup` is what
 //! installs that tooling on a fresh machine, and every other task runs `setup` first.
 
+mod bench;
 mod cmd;
 mod demo;
 mod deploy_checks;
@@ -38,6 +39,9 @@ enum Task {
     /// Validate deploy/: manifests against the Kubernetes schemas, shellcheck, and the
     /// install/uninstall scripts against a recording kubectl.
     DeployChecks,
+    /// Benchmarks on the simulated node: nldns vs the iptables-NOTRACK design (unbound,
+    /// dnsmasq) vs no cache; writes bench/results/<date>.md and plots.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,6 +68,10 @@ fn main() -> Result<()> {
             fuzz::run(&root, &args)
         }
         Task::DeployChecks => deploy_checks::run(&root),
+        Task::Bench(args) => {
+            setup::run()?;
+            bench::run(&root, &args)
+        }
     }
 }
 

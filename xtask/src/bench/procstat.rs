@@ -1,0 +1,43 @@
+//! CPU time and resident memory of processes, from /proc.
+
+use anyhow::{Context, Result};
+
+/// utime + stime of `pid` (all its threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = text.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((utime + stime) as f64 / ticks)
+}
+
+/// The summed CPU seconds of `pids` (processes that vanished count as 0).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&p| cpu_seconds(p).ok()).sum()
+}
+
+/// VmRSS of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_process() {
+        let pid = std::process::id();
+        assert!(super::cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(super::rss_kib(pid).unwrap() > 0);
+    }
+}
