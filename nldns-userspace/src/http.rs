@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
@@ -44,55 +42,40 @@ pub async fn serve(
     state: Arc<HttpState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let tasks = TaskTracker::new();
-    let connections = Arc::new(AtomicUsize::new(0));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                log::warn!("http accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            connections.fetch_sub(1, Ordering::AcqRel);
-            continue;
-        }
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        let connections = connections.clone();
-        tasks.spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        log::debug!("http connection: {e}");
+    crate::tcp_accept::serve_connections(
+        listener,
+        &shutdown.clone(),
+        "http",
+        || MAX_CONNECTIONS,
+        SHUTDOWN_GRACE,
+        |stream, _peer| {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            log::debug!("http connection: {e}");
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
                     }
                 }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-                }
             }
-            connections.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-    tasks.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -135,7 +118,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 

@@ -16,3 +16,4 @@ pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod status;
+pub mod tcp_accept;

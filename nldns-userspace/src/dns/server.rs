@@ -2,7 +2,6 @@
 //! queries that need upstream run in tracked tasks so shutdown can let them finish.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,44 +81,19 @@ pub async fn serve_tcp(
     svc: Arc<DnsService>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let tasks = TaskTracker::new();
-    let connections = Arc::new(AtomicUsize::new(0));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(got) => got,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                log::warn!("tcp accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (max_connections, pipeline, idle) = svc.tcp_limits();
-        if connections.fetch_add(1, Ordering::AcqRel) >= max_connections {
-            connections.fetch_sub(1, Ordering::AcqRel);
-            log::debug!("tcp: connection limit reached, closing {peer}");
-            continue;
-        }
-        let svc = svc.clone();
-        let shutdown = shutdown.clone();
-        let connections = connections.clone();
-        tasks.spawn(async move {
-            serve_connection(stream, svc, shutdown, pipeline, idle).await;
-            connections.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        log::warn!("tcp: {} connections still busy at shutdown", tasks.len());
-    }
+    let limits = svc.clone();
+    crate::tcp_accept::serve_connections(
+        listener,
+        &shutdown.clone(),
+        "tcp",
+        move || limits.tcp_limits().0,
+        SHUTDOWN_GRACE,
+        |stream, _peer| {
+            let (_, pipeline, idle) = svc.tcp_limits();
+            serve_connection(stream, svc.clone(), shutdown.clone(), pipeline, idle)
+        },
+    )
+    .await;
     Ok(())
 }
 
