@@ -191,14 +191,19 @@ fn run(options: QueryLoopOptions, stop: &AtomicBool, report: &Mutex<QueryLoopRep
                 outcome,
                 answers,
             });
-        next += options.interval;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            // A slow query: do not try to catch up with a burst.
-            next = now;
-        }
+        pace(&mut next, options.interval);
+    }
+}
+
+/// Sleeps until `next + interval` and advances `next`. After a slow query the schedule
+/// restarts from now: a load generator must not catch up with a burst.
+pub(crate) fn pace(next: &mut Instant, interval: Duration) {
+    *next += interval;
+    let now = Instant::now();
+    if *next > now {
+        std::thread::sleep(*next - now);
+    } else {
+        *next = now;
     }
 }
 

@@ -268,12 +268,6 @@ fn run(
                 latency,
                 first_took,
             });
-        next += options.interval;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
+        crate::query_loop::pace(&mut next, options.interval);
     }
 }
