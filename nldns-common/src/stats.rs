@@ -29,10 +29,16 @@ pub enum Counter {
     /// connect()/sendmsg() to a Service IP left alone because the agent's heartbeat is
     /// stale (fail-open, socket hooks).
     SockFailOpenPasses = 9,
+    /// Queries (and TCP connection openings) that would have been redirected, passed
+    /// because no agent socket listens at the intercept endpoint: the agent exited or was
+    /// killed, and its heartbeat had not gone stale yet (fail-open, TC).
+    AgentGonePasses = 10,
+    /// The same for connect()/sendmsg() in the socket hooks.
+    SockAgentGonePasses = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::QueriesRedirected,
@@ -45,6 +51,8 @@ impl Counter {
         Counter::SockRedirected,
         Counter::SockRestored,
         Counter::SockFailOpenPasses,
+        Counter::AgentGonePasses,
+        Counter::SockAgentGonePasses,
     ];
 
     /// Stable snake_case name, used by `nldns status` and the Prometheus metrics.
@@ -60,6 +68,8 @@ impl Counter {
             Counter::SockRedirected => "sock_redirected",
             Counter::SockRestored => "sock_restored",
             Counter::SockFailOpenPasses => "sock_fail_open_passes",
+            Counter::AgentGonePasses => "agent_gone_passes",
+            Counter::SockAgentGonePasses => "sock_agent_gone_passes",
         }
     }
 }

@@ -10,17 +10,21 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
     programs::TcContext,
+    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use nldns_common::{Counter, DatapathConfig, ServiceAddr, MAX_SERVICES};
 
 use crate::{
-    guard,
+    guard::{self, Destination, SocketKind},
     maps::{self, NLDNS_REVERSE, NLDNS_SERVICES},
     parse::{self, Family, Transport, IPPROTO_UDP},
 };
 
 const DNS_PORT: u16 = 53;
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const LOG_LEVEL_DEBUG: u8 = 4;
 
 /// Ingress, from a pod: `ServiceIP:53` -> intercept endpoint.
@@ -50,6 +54,9 @@ pub fn redirect_query(ctx: &TcContext) -> Counter {
     }
     let endpoint = intercept_addr(config, pkt.family);
     let port = config.intercept_base_port.wrapping_add(slot as u16);
+    if !agent_socket_takes(ctx, &pkt, &endpoint, port) {
+        return Counter::AgentGonePasses;
+    }
     if rewrite(
         ctx,
         pkt,
@@ -118,6 +125,31 @@ pub fn restore_reply(ctx: &TcContext) -> Counter {
         debug!(ctx, "restored reply from slot {}", slot);
     }
     Counter::RepliesRewritten
+}
+
+/// Whether the agent's socket for this slot is there to take the packet (see guard.rs).
+/// For TCP only a connection's opening SYN is checked: later segments belong to a
+/// connection that exists (or gets reset) either way, and need no lookup.
+#[inline(always)]
+fn agent_socket_takes(ctx: &TcContext, pkt: &Transport, endpoint: &ServiceAddr, port: u16) -> bool {
+    let kind = if pkt.proto == IPPROTO_UDP {
+        SocketKind::Udp
+    } else {
+        // Flags out of the linear data: look up anyway, the safe side.
+        if let Some([flags]) = parse::read_bytes::<1>(ctx, pkt.l4 + TCP_FLAGS_OFFSET) {
+            if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return true;
+            }
+        }
+        SocketKind::Tcp
+    };
+    let destination = Destination {
+        client: &pkt.src,
+        client_port: pkt.src_port,
+        endpoint,
+        port,
+    };
+    guard::agent_socket_exists(ctx.as_ptr(), kind, &destination)
 }
 
 #[inline(always)]

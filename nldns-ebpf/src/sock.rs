@@ -5,8 +5,9 @@
 //! run inside the socket calls instead:
 //! - connect() and sendmsg() to `ServiceIP:53` get the intercept endpoint
 //!   (`intercept_v4/v6 : base_port + slot`) as destination, for UDP (connected or not) and
-//!   TCP. Only while the agent's heartbeat is fresh: a hung or dead agent means the call
-//!   goes to the ClusterIP untouched, to kube-dns through kube-proxy.
+//!   TCP. Only while the agent's heartbeat is fresh and its socket for the slot exists
+//!   (guard.rs): a hung or dead agent means the call goes to the ClusterIP untouched, to
+//!   kube-dns through kube-proxy.
 //! - recvmsg() (UDP source address) and getpeername() (connected sockets) get the intercept
 //!   endpoint turned back into `ServiceIP:53`, so applications only ever see the ClusterIP.
 //!   No heartbeat check there: the address is the intercept endpoint with a port of this
@@ -30,7 +31,7 @@ use aya_ebpf::{
 use nldns_common::{Counter, DatapathConfig, ServiceAddr, MAX_SERVICES};
 
 use crate::{
-    guard,
+    guard::{self, Destination, SocketKind},
     maps::{self, NLDNS_REVERSE, NLDNS_SERVICES},
 };
 
@@ -51,7 +52,7 @@ fn port_field(port: u16) -> u32 {
 #[inline(always)]
 pub fn redirect4(ctx: &SockAddrContext) -> Option<Counter> {
     let sa = ctx.sock_addr;
-    let config = applicable(ctx)?;
+    let (config, kind) = applicable(ctx)?;
     // SAFETY: `sa` is the kernel's context pointer; every field is read with its own
     // 4-byte load, the access the verifier allows for these hooks.
     let (ip, port) = unsafe { (read(&(*sa).user_ip4), read(&(*sa).user_port)) };
@@ -64,6 +65,10 @@ pub fn redirect4(ctx: &SockAddrContext) -> Option<Counter> {
         return Some(Counter::SockFailOpenPasses);
     }
     let new_port = config.intercept_base_port.wrapping_add(slot as u16);
+    let endpoint = ServiceAddr::from_v4(config.intercept_v4);
+    if !agent_socket_takes(ctx, kind, &endpoint, new_port) {
+        return Some(Counter::SockAgentGonePasses);
+    }
     // SAFETY: as above, 4-byte stores into writable fields of connect4/sendmsg4.
     unsafe {
         write(&mut (*sa).user_ip4, u32::from_ne_bytes(config.intercept_v4));
@@ -78,7 +83,7 @@ pub fn redirect4(ctx: &SockAddrContext) -> Option<Counter> {
 #[inline(always)]
 pub fn redirect6(ctx: &SockAddrContext) -> Option<Counter> {
     let sa = ctx.sock_addr;
-    let config = applicable(ctx)?;
+    let (config, kind) = applicable(ctx)?;
     // SAFETY: see redirect4.
     let port = unsafe { read(&(*sa).user_port) };
     if port != port_field(DNS_PORT) {
@@ -95,6 +100,11 @@ pub fn redirect6(ctx: &SockAddrContext) -> Option<Counter> {
         ServiceAddr::from_v6(config.intercept_v6)
     };
     let new_port = config.intercept_base_port.wrapping_add(slot as u16);
+    // A v4-mapped destination is served by the agent's IPv4 socket: the lookup follows
+    // the endpoint's family.
+    if !agent_socket_takes(ctx, kind, &endpoint, new_port) {
+        return Some(Counter::SockAgentGonePasses);
+    }
     write_ip6(sa, &endpoint);
     // SAFETY: 4-byte store into a writable field of connect6/sendmsg6.
     unsafe { write(&mut (*sa).user_port, port_field(new_port)) };
@@ -105,7 +115,7 @@ pub fn redirect6(ctx: &SockAddrContext) -> Option<Counter> {
 #[inline(always)]
 pub fn restore4(ctx: &SockAddrContext) -> Option<Counter> {
     let sa = ctx.sock_addr;
-    let config = applicable(ctx)?;
+    let (config, _) = applicable(ctx)?;
     // SAFETY: see redirect4.
     let (ip, port) = unsafe { (read(&(*sa).user_ip4), read(&(*sa).user_port)) };
     if ip.to_ne_bytes() != config.intercept_v4 {
@@ -125,7 +135,7 @@ pub fn restore4(ctx: &SockAddrContext) -> Option<Counter> {
 #[inline(always)]
 pub fn restore6(ctx: &SockAddrContext) -> Option<Counter> {
     let sa = ctx.sock_addr;
-    let config = applicable(ctx)?;
+    let (config, _) = applicable(ctx)?;
     // SAFETY: see redirect4.
     let port = unsafe { read(&(*sa).user_port) };
     let source = read_ip6(sa);
@@ -144,10 +154,10 @@ pub fn restore6(ctx: &SockAddrContext) -> Option<Counter> {
     Some(Counter::SockRestored)
 }
 
-/// The configuration, if this socket is one the hooks may touch at all: configured
-/// datapath, a UDP or TCP socket, in the agent's own network namespace.
+/// The configuration and the socket's kind, if this socket is one the hooks may touch at
+/// all: configured datapath, a UDP or TCP socket, in the agent's own network namespace.
 #[inline(always)]
-fn applicable(ctx: &SockAddrContext) -> Option<&'static DatapathConfig> {
+fn applicable(ctx: &SockAddrContext) -> Option<(&'static DatapathConfig, SocketKind)> {
     let config = maps::config()?;
     if config.enabled == 0 || config.netns_cookie == 0 {
         return None;
@@ -155,12 +165,34 @@ fn applicable(ctx: &SockAddrContext) -> Option<&'static DatapathConfig> {
     let sa = ctx.sock_addr;
     // SAFETY: see redirect4.
     let protocol = unsafe { read(&(*sa).protocol) };
-    if protocol != IPPROTO_UDP && protocol != IPPROTO_TCP {
-        return None;
-    }
+    let kind = match protocol {
+        IPPROTO_UDP => SocketKind::Udp,
+        IPPROTO_TCP => SocketKind::Tcp,
+        _ => return None,
+    };
     // SAFETY: the helper takes the context pointer the kernel gave us.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    (cookie == config.netns_cookie).then_some(config)
+    (cookie == config.netns_cookie).then_some((config, kind))
+}
+
+/// Whether the agent's socket at `endpoint:port` exists to take this call (see guard.rs).
+/// The caller's own address is not known yet in connect()/sendmsg(): a listener or an
+/// unconnected UDP socket matches any source.
+#[inline(always)]
+fn agent_socket_takes(
+    ctx: &SockAddrContext,
+    kind: SocketKind,
+    endpoint: &ServiceAddr,
+    port: u16,
+) -> bool {
+    let unknown_client = ServiceAddr::default();
+    let destination = Destination {
+        client: &unknown_client,
+        client_port: 0,
+        endpoint,
+        port,
+    };
+    guard::agent_socket_exists(ctx.as_ptr(), kind, &destination)
 }
 
 #[inline(always)]

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use nldns_common::MAX_SERVICES;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -38,7 +37,7 @@ use crate::{
         watcher::{self, LinkEvent},
     },
     dns::{server, DnsService},
-    heartbeat, http,
+    heartbeat, http, intercept,
     metrics::Metrics,
 };
 
@@ -61,10 +60,6 @@ fn lock(interception: &Mutex<Interception>) -> Result<std::sync::MutexGuard<'_, 
         .lock()
         .map_err(|_| anyhow::anyhow!("interception lock poisoned"))
 }
-
-/// How many blocks of intercept ports to try when the first is taken (an older agent
-/// still running during an upgrade holds it).
-const PORT_BLOCKS: u16 = 8;
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let mode = args.attach_mode.resolve()?;
@@ -102,7 +97,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let endpoint_device = endpoint::install(&handle, &requested_endpoint).await?;
 
-    let (endpoint, udp, tcp) = bind_intercept(&requested_endpoint, &args.service_ip)?;
+    let intercept::InterceptSockets { endpoint, udp, tcp } =
+        intercept::bind(&requested_endpoint, &args.service_ip)?;
     log::info!(
         "intercept endpoint {} / {} ports {}..{} on {endpoint_device}",
         endpoint.v4,
@@ -332,70 +328,6 @@ fn attach_socket_hooks(interception: &Arc<Mutex<Interception>>, cgroup: &Cgroup)
         );
     }
     Ok(())
-}
-
-/// Binds UDP and TCP for each Service IP's slot, on the first free block of ports.
-fn bind_intercept(
-    requested: &InterceptEndpoint,
-    service_ips: &[IpAddr],
-) -> Result<(
-    InterceptEndpoint,
-    Vec<std::net::UdpSocket>,
-    Vec<std::net::TcpListener>,
-)> {
-    let mut last_err = None;
-    for block in 0..PORT_BLOCKS {
-        let Some(base) = requested.base_port.checked_add(block * MAX_SERVICES as u16) else {
-            break;
-        };
-        let endpoint = InterceptEndpoint {
-            base_port: base,
-            ..*requested
-        };
-        match bind_block(&endpoint, service_ips) {
-            Ok((udp, tcp)) => return Ok((endpoint, udp, tcp)),
-            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(err),
-            Err(err) => {
-                return Err(err).with_context(|| format!("binding intercept port block {base}"))
-            }
-        }
-    }
-    Err(last_err
-        .map(anyhow::Error::from)
-        .unwrap_or_else(|| anyhow::anyhow!("no port")))
-    .context("every intercept port block is taken")
-}
-
-fn bind_block(
-    endpoint: &InterceptEndpoint,
-    service_ips: &[IpAddr],
-) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> {
-    let mut udp = Vec::new();
-    let mut tcp = Vec::new();
-    for (slot, service) in service_ips.iter().enumerate() {
-        let ip: IpAddr = match service {
-            IpAddr::V4(_) => endpoint.v4.into(),
-            IpAddr::V6(_) => endpoint.v6.into(),
-        };
-        let addr = SocketAddr::new(ip, endpoint.base_port + slot as u16);
-        let domain = Domain::for_address(addr);
-        let u = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            u.set_only_v6(true)?;
-        }
-        u.bind(&addr.into())?;
-        udp.push(u.into());
-        let t = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        if addr.is_ipv6() {
-            t.set_only_v6(true)?;
-        }
-        // TIME_WAIT from a previous run must not block a restart.
-        t.set_reuse_address(true)?;
-        t.bind(&addr.into())?;
-        t.listen(1024)?;
-        tcp.push(t.into());
-    }
-    Ok((udp, tcp))
 }
 
 /// Netlink filters outlive their agent. The start-up cleanup cannot tell an agent killed

@@ -3,6 +3,7 @@
 //! - `datapath`: load, configure, attach and inspect the TC programs (kernel side).
 //! - `dns`: the cache, upstream forwarding and the UDP/TCP servers.
 //! - `heartbeat`: proves the serving path works, which keeps interception on.
+//! - `intercept`: the sockets redirected queries land on.
 //! - `agent`: `nldns run`, the start-up and shutdown order.
 //! - `http`, `metrics`: /health, /ready, /metrics.
 //! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
@@ -14,6 +15,7 @@ pub mod datapath;
 pub mod dns;
 pub mod heartbeat;
 pub mod http;
+pub mod intercept;
 pub mod metrics;
 pub mod status;
 pub mod tcp_accept;

@@ -6,7 +6,7 @@
 //! Needs root (CAP_BPF): in CI a missing privilege fails the test; elsewhere it skips.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use nldns::datapath::{
     endpoint::InterceptEndpoint,
     loader::{Datapath, DatapathSettings},
 };
+use socket2::{Domain, Socket, Type};
 
 const KUBE_DNS_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const KUBE_DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
@@ -45,10 +46,17 @@ fn have_privileges(test: &str) -> bool {
 struct Programs {
     datapath: Datapath,
     endpoint: InterceptEndpoint,
+    /// The agent's intercept sockets as the ingress program's socket lookup must find
+    /// them (UDP and TCP for slot 0 over IPv4 and slot 1 over IPv6).
+    agent_sockets: Vec<Socket>,
 }
 
 impl Programs {
+    /// Loads the programs, moves this test's thread into a network namespace of its own
+    /// (BPF_PROG_TEST_RUN looks sockets up in the caller's namespace; the root namespace
+    /// is never touched) and binds the agent's intercept sockets there.
     fn load() -> Programs {
+        enter_private_netns();
         let endpoint = InterceptEndpoint::default();
         let mut datapath = Datapath::load(&DatapathSettings {
             service_ips: vec![IpAddr::V4(KUBE_DNS_V4), IpAddr::V6(KUBE_DNS_V6)],
@@ -60,7 +68,17 @@ impl Programs {
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();
-        Programs { datapath, endpoint }
+        let agent_sockets = bind_agent_sockets(&endpoint);
+        Programs {
+            datapath,
+            endpoint,
+            agent_sockets,
+        }
+    }
+
+    /// What a killed agent leaves: its sockets are gone, its heartbeat is still fresh.
+    fn close_agent_sockets(&mut self) {
+        self.agent_sockets.clear();
     }
 
     /// Runs `program` on `frame`; returns the frame as the program left it.
@@ -99,6 +117,45 @@ impl Programs {
             .map(|(_, v)| v)
             .unwrap()
     }
+}
+
+/// Unshares the network namespace of the calling thread only: each test runs on its own
+/// thread, and the namespace goes away with the thread and its sockets.
+fn enter_private_netns() {
+    // SAFETY: unshare has no memory-safety preconditions; CLONE_NEWNET affects the calling
+    // thread alone.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The intercept sockets, bound with IP_FREEBIND: the fresh namespace's `lo` is down and
+/// holds no intercept address, and the lookup does not need one.
+fn bind_agent_sockets(endpoint: &InterceptEndpoint) -> Vec<Socket> {
+    let v4 = SocketAddr::new(endpoint.v4.into(), endpoint.base_port);
+    let v6 = SocketAddr::new(endpoint.v6.into(), endpoint.base_port + 1);
+    let mut sockets = Vec::new();
+    for addr in [v4, v6] {
+        for kind in [Type::DGRAM, Type::STREAM] {
+            let socket = Socket::new(Domain::for_address(addr), kind, None).unwrap();
+            if addr.is_ipv4() {
+                socket.set_freebind_v4(true).unwrap();
+            } else {
+                socket.set_only_v6(true).unwrap();
+                socket.set_freebind_v6(true).unwrap();
+            }
+            socket.bind(&addr.into()).unwrap();
+            if kind == Type::STREAM {
+                socket.listen(16).unwrap();
+            }
+            sockets.push(socket);
+        }
+    }
+    sockets
 }
 
 fn build(builder: PacketBuilderStep, payload: &[u8]) -> Vec<u8> {
@@ -486,6 +543,52 @@ fn stale_heartbeat_passes_queries_untouched() {
     // Older than the 1 s bound: the agent is presumed dead or hung.
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(p.ingress(&query), query);
+}
+
+#[test]
+fn queries_pass_untouched_once_the_agent_sockets_are_gone() {
+    if !have_privileges("queries_pass_untouched_once_the_agent_sockets_are_gone") {
+        return;
+    }
+    let mut p = Programs::load();
+    let ep = p.endpoint;
+    let queries = [
+        udp4(POD_V4, CLIENT_PORT, KUBE_DNS_V4, 53),
+        tcp4(POD_V4, CLIENT_PORT, KUBE_DNS_V4, 53),
+        udp6(POD_V6, CLIENT_PORT, KUBE_DNS_V6, 53),
+    ];
+    for query in &queries {
+        assert_ne!(
+            &p.ingress(query),
+            query,
+            "redirected while the agent listens"
+        );
+    }
+
+    // A killed agent: sockets closed at once, heartbeat still fresh.
+    p.close_agent_sockets();
+    let before = p.counter("agent_gone_passes");
+    for query in &queries {
+        assert_eq!(&p.ingress(query), query, "passed once the agent is gone");
+    }
+    assert_eq!(
+        p.counter("agent_gone_passes"),
+        before + queries.len() as u64
+    );
+    // A segment of an established connection (no SYN) is not looked up: it belongs to
+    // that connection whatever happens.
+    let established = tcp6(POD_V6, CLIENT_PORT, KUBE_DNS_V6, 53);
+    assert_eq!(
+        inspect(&p.ingress(&established)),
+        seen(POD_V6, CLIENT_PORT, ep.v6, ep.base_port + 1)
+    );
+
+    // A restarted agent binding the same ports takes queries again.
+    p.agent_sockets = bind_agent_sockets(&ep);
+    assert_eq!(
+        inspect(&p.ingress(&queries[0])),
+        seen(POD_V4, CLIENT_PORT, ep.v4, ep.base_port)
+    );
 }
 
 /// Inserts 4 bytes of NOP options into an Ethernet/IPv4 frame and fixes lengths and the
