@@ -243,8 +243,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // with the heartbeat cleared they already pass every connect()/sendmsg(), and the
     // recvmsg()/getpeername() restore is still needed by clients that got an answer.
     if mode == AttachMode::Netlink {
-        // Filters of an agent killed shortly before this one started looked alive then;
-        // by now their heartbeat is stale. Leave the node with no dead filters.
+        // Filters of an agent that hung shortly before this one started looked alive
+        // then; by now their heartbeat is stale. Leave the node with no dead filters.
         match inspect::cleanup(&handle, false).await {
             Ok(removed) if !removed.is_empty() => {
                 log::info!("removed {} filters of dead agents", removed.len())
@@ -330,9 +330,10 @@ fn attach_socket_hooks(interception: &Arc<Mutex<Interception>>, cgroup: &Cgroup)
     Ok(())
 }
 
-/// Netlink filters outlive their agent. The start-up cleanup cannot tell an agent killed
-/// a moment ago from a live one (its heartbeat is still fresh), so dead agents' filters
-/// are swept again once such a heartbeat must have gone stale, and then now and then.
+/// Netlink filters outlive their agent. The start-up cleanup removes those of agents
+/// whose intercept socket is gone; a hung agent (socket still there) is judged by its
+/// heartbeat, so dead agents' filters are swept again once such a heartbeat must have
+/// gone stale, and then now and then.
 async fn sweep_dead_filters(max_age: Duration, stop: CancellationToken) {
     let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
         return;

@@ -69,7 +69,13 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
             ips.join(", "),
             i.intercept_base_port,
             i.heartbeat_max_age_ms,
-            if i.intercepting { "INTERCEPTING" } else { "fail-open: passing everything" }
+            if i.intercepting {
+                "INTERCEPTING"
+            } else if !i.agent_socket_open {
+                "fail-open, no agent socket: passing everything"
+            } else {
+                "fail-open: passing everything"
+            }
         );
         for (name, value) in &i.counters {
             println!("  {name:<22} {value}");

@@ -61,6 +61,8 @@ pub struct ResolvedQuery {
     pub first_error: Option<String>,
     /// Only when the first try failed: None if the retry got a usable answer.
     pub retry_error: Option<String>,
+    /// When the retry was sent, if there was one.
+    pub retry_sent: Option<Instant>,
     /// From the first send to the usable answer (or to giving up).
     pub latency: Duration,
     /// How long the first try took: far beyond the timeout means the client itself was
@@ -247,12 +249,14 @@ fn run(
         let first_took = sent.elapsed();
         // A fast failure (an error reply, a refused port) waits out the rest of the
         // timeout before the retry, as a resolver's retransmission timer would.
+        let mut retry_sent = None;
         let retry_error = first_error.as_ref().and_then(|_| {
             let retry_at = sent + options.timeout;
             let now = Instant::now();
             if retry_at > now {
                 std::thread::sleep(retry_at - now);
             }
+            retry_sent = Some(Instant::now());
             try_once(server, name, *rtype, &query).err()
         });
         let latency = sent.elapsed();
@@ -265,6 +269,7 @@ fn run(
                 sent,
                 first_error,
                 retry_error,
+                retry_sent,
                 latency,
                 first_took,
             });

@@ -46,6 +46,10 @@ pub struct Instance {
     /// None when the agent never beat (or stopped beating on shutdown).
     pub heartbeat_age_ms: Option<u64>,
     pub heartbeat_max_age_ms: u64,
+    /// Whether the agent's intercept socket exists in this network namespace; the
+    /// datapath passes everything without it (the agent exited or was killed).
+    pub agent_socket_open: bool,
+    /// Redirecting now: configured, fresh heartbeat and the agent's socket there.
     pub intercepting: bool,
     pub counters: BTreeMap<&'static str, u64>,
     /// The agent's network namespace (0 when its socket hooks are off).
@@ -285,20 +289,61 @@ fn instance(program: &ProgramInfo) -> Result<Instance> {
     let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(take(map_names::COUNTERS)?)?;
     let age = (beat != 0).then(|| monotonic_ns().saturating_sub(beat) / 1_000_000);
     let max_age = Duration::from_nanos(config.heartbeat_max_age_ns);
+    let agent_socket_open = intercept_socket_bound(&config, service_slots.len());
     Ok(Instance {
         ingress_program_id: Some(program.id()),
         service_ips: service_slots.into_iter().map(|(_, ip)| ip).collect(),
         intercept_base_port: config.intercept_base_port,
         heartbeat_age_ms: age,
         heartbeat_max_age_ms: max_age.as_millis() as u64,
+        agent_socket_open,
         intercepting: config.enabled == 1
+            && agent_socket_open
             && age.is_some_and(|a| u128::from(a) <= max_age.as_millis()),
         counters: read_counters(&counters).into_iter().collect(),
         netns_cookie: config.netns_cookie,
     })
 }
 
-/// Heartbeat state of the instance behind program `id`: true when its agent is alive.
+/// Whether a UDP socket of this network namespace is bound to the instance's intercept
+/// endpoint, on a port of its block: what the datapath's own socket lookup finds. Read
+/// from /proc/net/udp{,6}, which list the sockets of the reader's namespace.
+fn intercept_socket_bound(config: &DatapathConfig, slots: usize) -> bool {
+    let ports = config.intercept_base_port..config.intercept_base_port.saturating_add(slots as u16);
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            bound_udp_sockets(&text).any(|(addr, port)| {
+                ports.contains(&port)
+                    && (addr == IpAddr::from(config.intercept_v4)
+                        || addr == IpAddr::from(config.intercept_v6))
+            })
+        })
+    })
+}
+
+/// The local addresses of a /proc/net/udp or udp6 table. Addresses are printed as 32-bit
+/// words in the kernel's native byte order, ports as big-endian hex.
+fn bound_udp_sockets(table: &str) -> impl Iterator<Item = (IpAddr, u16)> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let local = line.split_whitespace().nth(1)?;
+        let (addr, port) = local.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let mut octets = Vec::with_capacity(16);
+        for word in addr.as_bytes().chunks(8) {
+            let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+            octets.extend_from_slice(&word.to_ne_bytes());
+        }
+        let addr = match octets.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(octets).ok()?),
+            _ => return None,
+        };
+        Some((addr, port))
+    })
+}
+
+/// Whether the agent behind program `id` is alive and serving: its heartbeat is fresh
+/// and its intercept socket exists (see [`Instance::intercepting`]).
 pub fn program_is_live(id: u32) -> bool {
     ingress_programs()
         .filter(|p| p.id() == id)
@@ -320,8 +365,8 @@ fn config_map_id(id: u32) -> Option<u32> {
     })
 }
 
-/// Removes nldns's netlink filters: those of dead or hung agents (stale heartbeat), or
-/// all of them with `all`. TCX links need no cleanup: they die with their process.
+/// Removes nldns's netlink filters: those of dead agents (intercept socket gone) or hung
+/// ones (stale heartbeat), or all of them with `all`. TCX links need no cleanup: they die with their process.
 /// The clsact qdisc stays: other filters may use it, and it costs nothing.
 pub async fn cleanup(handle: &Handle, all: bool) -> Result<Vec<Attachment>> {
     let found = attachments(handle).await?;
@@ -366,4 +411,41 @@ pub async fn cleanup(handle: &Handle, all: bool) -> Result<Vec<Attachment>> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_udp_tables_parse_to_local_addresses() {
+        // As printed on a little-endian machine: 169.254.53.53:10053 and
+        // [fd6e:6c64:6e73::53]:10054.
+        let v4_word = u32::from_ne_bytes([169, 254, 53, 53]);
+        let v4 = format!(
+            "   sl  local_address rem_address   st\n  \
+             12: {v4_word:08X}:2745 00000000:0000 07 00000000:00000000\n"
+        );
+        let v6_octets = "fd6e:6c64:6e73::53"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let v6_words: String = v6_octets
+            .chunks(4)
+            .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        let v6 = format!(
+            "  sl  local_address                         remote_address\n  \
+             3: {v6_words}:2746 00000000000000000000000000000000:0000 07\n"
+        );
+        assert_eq!(
+            bound_udp_sockets(&v4).collect::<Vec<_>>(),
+            vec![("169.254.53.53".parse().unwrap(), 10053)]
+        );
+        assert_eq!(
+            bound_udp_sockets(&v6).collect::<Vec<_>>(),
+            vec![("fd6e:6c64:6e73::53".parse().unwrap(), 10054)]
+        );
+        assert_eq!(bound_udp_sockets("header\n  garbage line\n").count(), 0);
+    }
 }
