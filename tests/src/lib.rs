@@ -31,7 +31,7 @@
 //! NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
 //! of knot), [`agent`] (the agent process), [`dig`] and [`dns_client`] (clients), [`perf`]
 //! (bounded dnsperf), [`query_loop`] (timed query streams), [`resolver_load`] (multi-pod
-//! load with a resolver's one retry), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
+//! load with a resolver's one retry), [`raw_bpf`] (bpf(2) without a BPF library), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
 //! [`addresses`] (the address plan).
 
 pub mod addresses;
@@ -49,6 +49,7 @@ pub mod node;
 pub mod perf;
 pub mod privilege;
 pub mod query_loop;
+pub mod raw_bpf;
 pub mod resolver_load;
 pub mod run;
 pub mod slow_dns;

@@ -463,103 +463,35 @@ fn stopped_agent_fails_open_within_a_second_and_recovers() {
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
 }
 
-/// Minimal raw bpf(2) calls, so the test can stand in for other dataplanes (and for a
-/// leftover of ours) without depending on a BPF library: a sock_addr program that only
-/// returns 1, loaded under a chosen name and attached the legacy way (BPF_PROG_ATTACH,
-/// which unlike a link outlives its process, as older Cilium and Calico releases do).
-mod raw_bpf {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+/// Stand-ins for other dataplanes (and for a leftover of ours): a sock_addr program that
+/// only returns 1, loaded under a chosen name and attached the legacy way
+/// (BPF_PROG_ATTACH, which unlike a link outlives its process, as older Cilium and Calico
+/// releases do).
+mod foreign_hook {
     use std::path::Path;
 
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_ATTACH: libc::c_long = 8;
-    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
-    pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-    const BPF_F_ALLOW_MULTI: u32 = 2;
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-
-    #[repr(C)]
-    struct ProgAttach {
-        target_fd: u32,
-        attach_bpf_fd: u32,
-        attach_type: u32,
-        attach_flags: u32,
-    }
+    use nldns_tests::raw_bpf::{
+        Program, BPF_CGROUP_INET4_CONNECT, BPF_F_ALLOW_MULTI, BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        RETURN_1,
+    };
 
     /// Loads `r0 = 1; exit` as a connect4 program named `name` (at most 15 bytes).
-    pub fn load_allow_all_connect4(name: &str) -> OwnedFd {
-        // mov64 r0, 1 (opcode 0xb7, imm 1) then exit (0x95).
-        let insns: [u64; 2] = [0xb7 | (1u64 << 32), 0x95];
-        let license = b"GPL\0";
-        let mut prog_name = [0u8; 16];
-        prog_name[..name.len()].copy_from_slice(name.as_bytes());
-        let attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name,
-            expected_attach_type: BPF_CGROUP_INET4_CONNECT,
-            ..Default::default()
-        };
-        // SAFETY: bpf(2) reads `attr` and the buffers it points to, all alive here.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoad,
-                std::mem::size_of::<ProgLoad>(),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_PROG_LOAD {name}: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a new fd that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    pub fn load_allow_all_connect4(name: &str) -> Program {
+        Program::load(
+            BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            BPF_CGROUP_INET4_CONNECT,
+            name,
+            &RETURN_1,
+        )
+        .unwrap()
     }
 
     /// Legacy multi attachment of `program` to the connect4 hook of `cgroup`.
-    pub fn attach_connect4(cgroup: &Path, program: &OwnedFd) {
+    pub fn attach_connect4(cgroup: &Path, program: &Program) {
         let dir = std::fs::File::open(cgroup).unwrap();
-        let attr = ProgAttach {
-            target_fd: dir.as_raw_fd() as u32,
-            attach_bpf_fd: program.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_INET4_CONNECT,
-            attach_flags: BPF_F_ALLOW_MULTI,
-        };
-        // SAFETY: bpf(2) only reads `attr`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_ATTACH,
-                &attr as *const ProgAttach,
-                std::mem::size_of::<ProgAttach>(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "BPF_PROG_ATTACH: {}",
-            std::io::Error::last_os_error()
-        );
+        program
+            .attach_legacy(&dir, BPF_CGROUP_INET4_CONNECT, BPF_F_ALLOW_MULTI)
+            .unwrap();
     }
 }
 
@@ -572,10 +504,10 @@ fn socket_lb_of_other_dataplanes_is_reported_and_leftovers_are_cleaned() {
     let cgroup = node.cgroup_path().unwrap().to_path_buf();
     // Cilium's socket LB program as the kernel names it (15 bytes of cil_sock4_connect),
     // and a leftover of ours attached the legacy way.
-    let cilium = raw_bpf::load_allow_all_connect4("cil_sock4_conne");
-    raw_bpf::attach_connect4(&cgroup, &cilium);
-    let leftover = raw_bpf::load_allow_all_connect4("nldns_connect4");
-    raw_bpf::attach_connect4(&cgroup, &leftover);
+    let cilium = foreign_hook::load_allow_all_connect4("cil_sock4_conne");
+    foreign_hook::attach_connect4(&cgroup, &cilium);
+    let leftover = foreign_hook::load_allow_all_connect4("nldns_connect4");
+    foreign_hook::attach_connect4(&cgroup, &leftover);
 
     let status = nldns_status(&node);
     let conflicts = status["socket_lb_conflicts"].as_array().unwrap();

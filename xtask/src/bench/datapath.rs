@@ -11,8 +11,15 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use nldns_tests::addresses::{pod_v4, KUBE_DNS_V4};
+use nldns_tests::raw_bpf::{
+    self, ifindex, Program, BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_EGRESS, BPF_TCX_INGRESS,
+    RETURN_MINUS_1,
+};
 use nldns_tests::SimNode;
 
 pub const INGRESS: &str = "nldns_ingress";
@@ -74,7 +81,7 @@ fn attached_program(node: &SimNode, ifname: &str, attach_type: u32, name: &str) 
     let ifname = ifname.to_string();
     let ids = node
         .node_netns()
-        .run_inside(move || query_tcx(&ifname, attach_type))??;
+        .run_inside(move || raw_bpf::query_tcx(&ifname, attach_type))??;
     let named = program_ids(name)?;
     let ours: Vec<u32> = ids.into_iter().filter(|id| named.contains(id)).collect();
     match ours.as_slice() {
@@ -90,41 +97,6 @@ pub fn agent_programs(node: &SimNode) -> Result<(u32, u32)> {
         attached_program(node, veth, BPF_TCX_INGRESS, INGRESS)?,
         attached_program(node, veth, BPF_TCX_EGRESS, EGRESS)?,
     ))
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct QueryAttr {
-    target_ifindex: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-/// BPF_PROG_QUERY of an interface's TCX hook, from the calling thread's namespace.
-fn query_tcx(ifname: &str, attach_type: u32) -> Result<Vec<u32>> {
-    let c = std::ffi::CString::new(ifname)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    anyhow::ensure!(ifindex != 0, "no interface {ifname}");
-    let mut ids = vec![0u32; 64];
-    let mut attr = QueryAttr {
-        target_ifindex: ifindex,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_QUERY, &mut attr, "BPF_PROG_QUERY")?;
-    ids.truncate(attr.prog_cnt as usize);
-    Ok(ids)
 }
 
 /// run_time_ns and run_cnt of program `id` (kept only while bpf_stats is on).
@@ -189,206 +161,56 @@ pub fn restore_stale_bpf_stats() {
     }
 }
 
-// bpf(2) commands and the parts of `union bpf_attr` they read (include/uapi/linux/bpf.h).
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-const BPF_TCX_EGRESS: u32 = 47;
-
-/// bpf(2) with a `#[repr(C)]` attr; returns the fd (or value) or the OS error.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<i32> {
-    // SAFETY: `attr` is a live repr(C) struct matching the command's part of bpf_attr, and
-    // the pointers inside it (if any) point at live buffers of the sizes they state.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if rc < 0 {
-        bail!("{what}: {}", std::io::Error::last_os_error());
-    }
-    Ok(rc as i32)
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    relative_fd: u32,
-    _pad: u32,
-    expected_revision: u64,
-}
-
 /// A TC program that only returns TC_ACT_UNSPEC, attached (TCX, appended) to ingress and
 /// egress of some node interfaces: its bpf_stats run time is what the hook and the
 /// stats' own clock reads cost, to subtract from nldns's. Detached on drop (closing the
 /// link fds is what detaches a TCX link).
 pub struct EmptyProgram {
-    prog: ProgFd,
-    links: Vec<ProgFd>,
+    prog: Program,
+    links: Vec<OwnedFd>,
 }
 
 impl EmptyProgram {
     pub fn attach(node: &SimNode, interfaces: &[&str]) -> Result<EmptyProgram> {
-        // r0 = -1 (TC_ACT_UNSPEC); exit
-        let insns: [u8; 16] = [
-            0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        let license = b"GPL\0";
-        let mut name = [0u8; 16];
-        name[..15].copy_from_slice(b"nldns_bench_nop");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: 2,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name,
-            ..Default::default()
-        };
-        let prog = ProgFd(bpf(
-            BPF_PROG_LOAD,
-            &mut attr,
-            "loading the empty TC program",
+        let prog = Arc::new(Program::load(
+            BPF_PROG_TYPE_SCHED_CLS,
+            0,
+            "nldns_bench_nop",
+            &RETURN_MINUS_1,
         )?);
         let interfaces: Vec<String> = interfaces.iter().map(|s| s.to_string()).collect();
-        let prog_fd = prog.0 as u32;
         // Interface indexes and TCX links belong to the namespace of the calling thread.
+        let in_node = prog.clone();
         let links = node
             .node_netns()
-            .run_inside(move || -> Result<Vec<ProgFd>> {
+            .run_inside(move || -> Result<Vec<OwnedFd>> {
                 let mut links = Vec::new();
                 for ifname in &interfaces {
-                    let c = std::ffi::CString::new(ifname.as_str())?;
-                    // SAFETY: a valid NUL-terminated name.
-                    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-                    anyhow::ensure!(ifindex != 0, "no interface {ifname} in the node");
+                    let index = ifindex(ifname).context("in the node")?;
                     for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
-                        let mut attr = LinkCreateAttr {
-                            prog_fd,
-                            target_ifindex: ifindex,
-                            attach_type,
-                            ..Default::default()
-                        };
-                        links.push(ProgFd(bpf(
-                            BPF_LINK_CREATE,
-                            &mut attr,
-                            "attaching the empty TC program",
-                        )?));
+                        links.push(
+                            in_node
+                                .attach_tcx(index, attach_type)
+                                .context("attaching the empty TC program")?,
+                        );
                     }
                 }
                 Ok(links)
             })??;
+        let prog = Arc::into_inner(prog).context("the empty program is still shared")?;
         Ok(EmptyProgram { prog, links })
     }
 
     /// run_time_ns and run_cnt, from the program fd's fdinfo.
     pub fn run_stats(&self) -> Result<(u64, u64)> {
-        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.prog.0))
-            .context("reading the empty program's fdinfo")?;
-        let field = |key: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("run_time_ns:"), field("run_cnt:")))
+        self.prog.run_stats()
     }
 }
 
 impl Drop for EmptyProgram {
     fn drop(&mut self) {
-        // Links first (detach), then the program.
+        // Links first (closing a TCX link's fd detaches it), then the program.
         self.links.clear();
-    }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct GetFdAttr {
-    prog_id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// An fd of a loaded program, closed on drop.
-pub struct ProgFd(i32);
-
-impl ProgFd {
-    pub fn open(id: u32) -> Result<ProgFd> {
-        let mut attr = GetFdAttr {
-            prog_id: id,
-            ..Default::default()
-        };
-        Ok(ProgFd(bpf(
-            BPF_PROG_GET_FD_BY_ID,
-            &mut attr,
-            &format!("BPF_PROG_GET_FD_BY_ID {id}"),
-        )?))
-    }
-
-    /// Runs the program `repeat` times on `frame`; returns (verdict, mean ns per run as
-    /// the kernel timed it).
-    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
-        let mut out = vec![0u8; frame.len() + 512];
-        let mut attr = TestRunAttr {
-            prog_fd: self.0 as u32,
-            data_size_in: frame.len() as u32,
-            data_size_out: out.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr, "BPF_PROG_TEST_RUN")?;
-        Ok((attr.retval, attr.duration))
-    }
-}
-
-impl Drop for ProgFd {
-    fn drop(&mut self) {
-        // SAFETY: closing the fd this struct owns.
-        unsafe { libc::close(self.0) };
     }
 }
 
@@ -413,15 +235,15 @@ pub struct TestRuns {
 /// inside the node namespace.
 pub fn test_runs(node: &SimNode, ingress: u32, egress: u32, repeat: u32) -> Result<TestRuns> {
     node.node_netns().run_inside(move || -> Result<TestRuns> {
-        let ingress = ProgFd::open(ingress)?;
-        let egress = ProgFd::open(egress)?;
+        let ingress = Program::open(ingress)?;
+        let egress = Program::open(egress)?;
         let tcp = tcp_frame();
         let query = udp_frame([10, 244, 1, 10], KUBE_DNS_V4.octets(), 40000, 53);
         let reply = udp_frame([169, 254, 53, 53], [10, 244, 1, 10], 10053, 40000);
         let (vi, ingress_tcp) = ingress.test_run(&tcp, repeat)?;
         let (ve, egress_tcp) = egress.test_run(&tcp, repeat)?;
         let singles = 20_000;
-        let mean_single = |prog: &ProgFd, frame: &[u8]| -> Result<(u32, f64)> {
+        let mean_single = |prog: &Program, frame: &[u8]| -> Result<(u32, f64)> {
             let mut total = 0u64;
             let mut verdict = 0;
             for _ in 0..singles {
