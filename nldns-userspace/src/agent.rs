@@ -39,6 +39,7 @@ use crate::{
     dns::{server, DnsService},
     heartbeat, http, intercept,
     metrics::Metrics,
+    probe,
 };
 
 /// The loaded programs and where they are attached; one lock for both because attach
@@ -209,6 +210,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             background.clone(),
         ));
     }
+    if let Some(path) = &args.probe_socket {
+        tokio::spawn(http::serve(
+            probe::bind(path)?,
+            http_state.clone(),
+            background.clone(),
+        ));
+    }
     if let Some((cgroup, _)) = &hooks_cgroup {
         attach_socket_hooks(&interception, cgroup)?;
     }
@@ -252,6 +260,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Ok(_) => {}
             Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
         }
+    }
+    if let Some(path) = &args.probe_socket {
+        let _ = std::fs::remove_file(path);
     }
     log::info!("stopped");
     Ok(())

@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::datapath::{attach::AttachMode, interfaces::DEFAULT_INTERFACE_GLOBS};
+use crate::{
+    datapath::{attach::AttachMode, interfaces::DEFAULT_INTERFACE_GLOBS},
+    probe::ProbeKind,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +40,18 @@ pub enum Command {
         /// off, error, warn, info, debug (one line per rewrite), trace.
         #[arg(value_parser = parse_level)]
         level: u8,
+    },
+    /// Ask this pod's agent, through its --probe-socket, whether it is ready or healthy;
+    /// exit 0 if so. For exec probes: exact per agent, even during a surge upgrade.
+    Probe {
+        #[arg(value_enum)]
+        kind: ProbeKind,
+        /// The agent's --probe-socket.
+        #[arg(long, env = "NLDNS_PROBE_SOCKET")]
+        probe_socket: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Remove filters left by dead or hung agents (legacy netlink mode).
     Cleanup {
@@ -87,6 +102,12 @@ pub struct RunArgs {
     /// /health and /ready.
     #[arg(long, env = "NLDNS_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
     pub health_addr: SocketAddr,
+
+    /// A unix socket serving /health, /ready and /metrics for this agent alone, asked by
+    /// `nldns probe`. Put it in a directory of the pod's own (an emptyDir): during a surge
+    /// upgrade two agents share --health-addr, never this socket.
+    #[arg(long, env = "NLDNS_PROBE_SOCKET")]
+    pub probe_socket: Option<PathBuf>,
 
     /// /metrics (Prometheus). May equal --health-addr.
     #[arg(long, env = "NLDNS_METRICS_ADDR", default_value = "127.0.0.1:9253")]

@@ -14,10 +14,10 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{accept::StreamListener, metrics::Metrics};
 
 /// After shutdown fires, open requests get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -37,12 +37,16 @@ pub struct HttpState {
 
 /// Serves the endpoints until `shutdown` fires, then lets open requests finish
 /// (bounded) and returns.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: Arc<HttpState>,
     shutdown: CancellationToken,
-) -> io::Result<()> {
-    crate::tcp_accept::serve_connections(
+) -> io::Result<()>
+where
+    L: StreamListener,
+    L::Stream: AsyncRead + AsyncWrite + Unpin,
+{
+    crate::accept::serve_connections(
         listener,
         &shutdown.clone(),
         "http",
@@ -120,7 +124,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -5,9 +5,11 @@
 //! - `heartbeat`: proves the serving path works, which keeps interception on.
 //! - `intercept`: the sockets redirected queries land on.
 //! - `agent`: `nldns run`, the start-up and shutdown order.
-//! - `http`, `metrics`: /health, /ready, /metrics.
+//! - `http`, `metrics`: /health, /ready, /metrics; `probe`: the same, exact per agent, on
+//!   a unix socket, and `nldns probe`.
 //! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
 
+pub mod accept;
 pub mod agent;
 pub mod cli;
 pub mod config;
@@ -17,5 +19,5 @@ pub mod heartbeat;
 pub mod http;
 pub mod intercept;
 pub mod metrics;
+pub mod probe;
 pub mod status;
-pub mod tcp_accept;

@@ -1,11 +1,13 @@
 //! `nldns`: the agent binary. Parsing and dispatch only; the work is in the library.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use nldns::{
     agent,
     cli::{Cli, Command},
-    status,
+    probe, status,
 };
 
 fn main() -> Result<()> {
@@ -16,6 +18,15 @@ fn main() -> Result<()> {
     )
     .init();
     let cli = Cli::parse();
+    // A probe runs every few seconds in the container: no runtime, no threads.
+    if let Command::Probe {
+        kind,
+        probe_socket,
+        timeout_ms,
+    } = &cli.command
+    {
+        return probe::check(probe_socket, *kind, Duration::from_millis(*timeout_ms));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -27,6 +38,7 @@ fn main() -> Result<()> {
             Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
+            Command::Probe { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -3,6 +3,7 @@
 //! then the first gets SIGTERM (heartbeat cleared, ingress detached, queries in flight
 //! drained, egress detached, exit 0). Under a steady load from several pods no query may
 //! fail (one resolver retry allowed), in TCX mode and in netlink mode. See docs/upgrade.md.
+//! Also: during the overlap each pod's probe reaches its own agent (--probe-socket).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -183,4 +184,96 @@ fn upgrade_handover_netlink_loses_no_query() {
         return;
     }
     handover("netlink");
+}
+
+/// `nldns probe` asks the agent behind the given --probe-socket, and no other.
+fn probe(node: &SimNode, bin: &Path, kind: &str, socket: &Path) -> Result<(), String> {
+    let out = node
+        .exec_in_node(
+            bin.to_str().expect("UTF-8 agent path"),
+            &["probe", kind, "--probe-socket", socket.to_str().unwrap()],
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// During a surge both agents answer the shared health port, so only the per-pod probe
+/// socket can tell a broken new agent from its working predecessor (docs/operations.md,
+/// Upgrade). Here the new agent's upstream is a closed port: it attaches, but must never
+/// look ready, while the old one does.
+#[test]
+fn surge_probes_reach_exactly_their_own_agent() {
+    if !require_root("surge_probes_reach_exactly_their_own_agent") {
+        return;
+    }
+    let bin = agent_binary().expect("build the agent first");
+    let node = SimNode::new(1, 1).expect("node");
+    let old_socket = node.workdir().join("old-probe.sock");
+    let new_socket = node.workdir().join("new-probe.sock");
+
+    let mut args = node.agent_args();
+    args.extend(["--probe-socket".into(), old_socket.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut old = node.spawn_agent(&bin, &args).expect("old agent");
+    assert!(
+        nldns_tests::cmd::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            probe(&node, &bin, "ready", &old_socket).is_ok()
+        }),
+        "the old agent never got ready:\n{}",
+        old.stderr()
+    );
+
+    // The same node, but kube-dns-uncached replaced by a closed port on the node.
+    let mut args = node.agent_args();
+    let upstreams: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--upstream")
+        .map(|(i, _)| i + 1)
+        .collect();
+    for i in upstreams {
+        args[i] = "127.0.0.1:9".into();
+    }
+    args.extend(["--probe-socket".into(), new_socket.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut new = node.spawn_agent(&bin, &args).expect("new agent");
+    wait_instances(&node, &bin, 2, &new);
+
+    // Both processes serve their probes; only the old one is ready, every time.
+    assert!(
+        nldns_tests::cmd::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            probe(&node, &bin, "health", &new_socket).is_ok()
+                && probe(&node, &bin, "ready", &new_socket).is_err()
+        }),
+        "the new agent's probes:\n{}",
+        new.stderr()
+    );
+    for _ in 0..5 {
+        let not_ready = probe(&node, &bin, "ready", &new_socket).unwrap_err();
+        assert!(not_ready.contains("503"), "{not_ready}");
+        probe(&node, &bin, "ready", &old_socket).expect("the old agent is ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // With the old agent gone, the new one is still not ready, and its socket file goes
+    // with its clean exit.
+    old.sigterm().unwrap();
+    assert!(old
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    assert!(
+        !old_socket.exists(),
+        "a clean exit removes the probe socket"
+    );
+    assert!(probe(&node, &bin, "ready", &old_socket).is_err());
+    assert!(probe(&node, &bin, "ready", &new_socket).is_err());
+    new.sigterm().unwrap();
+    assert!(new
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
 }

@@ -63,6 +63,7 @@ const RUN_FLAGS: &[&str] = &[
     "HEALTH_ADDR",
     "METRICS_ADDR",
     "CONFIG",
+    "PROBE_SOCKET",
 ];
 
 pub fn run(root: &Path) -> Result<()> {
@@ -684,17 +685,37 @@ fn base_policy(docs: &[Value]) -> Result<()> {
         c.get("ports").is_none(),
         "no containerPorts: under hostNetwork they become hostPorts and block the maxSurge pod"
     );
-    for (probe, path) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
+    // Probes must reach this pod's agent alone: during a surge the health TCP port is
+    // shared with the old agent, the probe socket in the pod's own emptyDir is not.
+    for (probe, kind) in [("livenessProbe", "health"), ("readinessProbe", "ready")] {
+        let command: Vec<&str> = c[probe]["exec"]["command"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         ensure!(
-            c[probe]["httpGet"]["path"] == path,
-            "{probe} must GET {path}"
+            command.len() == 3 && command[0].ends_with("/nldns") && command[1..] == ["probe", kind],
+            "{probe} must exec `nldns probe {kind}` (got {command:?})"
         );
     }
-    let health_port = c["livenessProbe"]["httpGet"]["port"].as_u64().unwrap_or(0);
-    let health_addr = env_value(c, "NLDNS_HEALTH_ADDR").unwrap_or("");
+    let probe_socket = env_value(c, "NLDNS_PROBE_SOCKET").unwrap_or("");
+    let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+    let on_empty_dir = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|p| probe_socket.starts_with(&format!("{}/", p.trim_end_matches('/'))))
+        })
+        .any(|m| {
+            volumes
+                .iter()
+                .any(|v| v["name"] == m["name"] && v.get("emptyDir").is_some())
+        });
     ensure!(
-        health_addr.ends_with(&format!(":{health_port}")),
-        "probes use port {health_port} but NLDNS_HEALTH_ADDR is {health_addr:?}"
+        on_empty_dir,
+        "NLDNS_PROBE_SOCKET ({probe_socket:?}) must be in an emptyDir mount: the pod's own"
     );
     let res = &c["resources"];
     ensure!(

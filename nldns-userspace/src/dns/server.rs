@@ -82,7 +82,7 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let limits = svc.clone();
-    crate::tcp_accept::serve_connections(
+    crate::accept::serve_connections(
         listener,
         &shutdown.clone(),
         "tcp",

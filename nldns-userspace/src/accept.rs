@@ -1,10 +1,12 @@
-//! The accept loop shared by the TCP servers (DNS over TCP, HTTP): a bounded number of
-//! connections, accept errors that back off instead of spinning, and a shutdown that
-//! stops accepting, then waits a bounded time for the connections still open.
+//! The accept loop shared by the stream servers (DNS over TCP; HTTP over TCP and over the
+//! probe's unix socket): a bounded number of connections, accept errors that back off
+//! instead of spinning, and a shutdown that stops accepting, then waits a bounded time
+//! for the connections still open.
 
 use std::{
+    fmt::Debug,
     future::Future,
-    net::SocketAddr,
+    io,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -12,8 +14,31 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// A listening socket the loop can accept from.
+pub trait StreamListener {
+    type Stream: Send + 'static;
+    type Peer: Debug;
+    fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl StreamListener for TcpListener {
+    type Stream = TcpStream;
+    type Peer = std::net::SocketAddr;
+    fn accept_one(&self) -> impl Future<Output = io::Result<(TcpStream, Self::Peer)>> + Send {
+        self.accept()
+    }
+}
+
+impl StreamListener for UnixListener {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept_one(&self) -> impl Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
+        self.accept()
+    }
+}
 
 /// Pause after a failed accept (EMFILE and friends).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -22,15 +47,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// `max_connections()` are open (read at each accept, so a reload can change it); past
 /// that, new connections are closed at once. Returns once the open connections finished,
 /// or after `grace`.
-pub async fn serve_connections<F, Fut>(
-    listener: TcpListener,
+pub async fn serve_connections<L, F, Fut>(
+    listener: L,
     shutdown: &CancellationToken,
     label: &str,
     max_connections: impl Fn() -> usize,
     grace: Duration,
     mut handle: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    L: StreamListener,
+    F: FnMut(L::Stream, L::Peer) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let tasks = TaskTracker::new();
@@ -39,7 +65,7 @@ pub async fn serve_connections<F, Fut>(
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+            r = listener.accept_one() => r,
         };
         let (stream, peer) = match accepted {
             Ok(got) => got,
@@ -51,7 +77,7 @@ pub async fn serve_connections<F, Fut>(
         };
         if open.fetch_add(1, Ordering::AcqRel) >= max_connections() {
             open.fetch_sub(1, Ordering::AcqRel);
-            log::debug!("{label}: connection limit reached, closing {peer}");
+            log::debug!("{label}: connection limit reached, closing {peer:?}");
             continue;
         }
         let connection = handle(stream, peer);
