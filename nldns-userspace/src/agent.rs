@@ -112,12 +112,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let dns = DnsService::new(dns_config, metrics.clone())?;
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
+    let udp_threads = udp_threads();
     for socket in udp {
-        socket.set_nonblocking(true)?;
-        servers.spawn(server::serve_udp(
-            tokio::net::UdpSocket::from_std(socket)?,
+        servers.spawn(server::serve_udp_std(
+            socket,
             dns.clone(),
             shutdown.clone(),
+            udp_threads,
         ));
     }
     for listener in tcp {
@@ -129,13 +130,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ));
     }
     for addr in &args.listen {
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("--listen {addr} (udp)"))?;
+        let udp =
+            std::net::UdpSocket::bind(addr).with_context(|| format!("--listen {addr} (udp)"))?;
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--listen {addr} (tcp)"))?;
-        servers.spawn(server::serve_udp(udp, dns.clone(), shutdown.clone()));
+        servers.spawn(server::serve_udp_std(
+            udp,
+            dns.clone(),
+            shutdown.clone(),
+            udp_threads,
+        ));
         servers.spawn(server::serve_tcp(tcp, dns.clone(), shutdown.clone()));
     }
 
@@ -255,6 +260,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Serving threads per UDP socket: one per CPU (at most 4), so cache hits use every
+/// core without a runtime in between.
+fn udp_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// The cgroup for the host-network socket hooks, opened now (before anything could make

@@ -39,6 +39,7 @@ pub mod config;
 pub mod router;
 pub mod server;
 pub mod service;
+mod udp_loop;
 pub mod upstream;
 pub mod wire;
 
@@ -49,4 +50,4 @@ mod tests;
 
 pub use config::DnsConfig;
 pub use router::KubeDnsConfig;
-pub use service::{DnsService, Handled, PendingQuery, Protocol, HEARTBEAT_NAME};
+pub use service::{DnsService, Handled, Handling, PendingQuery, Protocol, Scratch, HEARTBEAT_NAME};
