@@ -112,7 +112,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let dns = DnsService::new(dns_config, metrics.clone())?;
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
-    let udp_threads = udp_threads();
+    let udp_threads = args
+        .udp_threads
+        .map_or_else(default_udp_threads, usize::from);
     for socket in udp {
         servers.spawn(server::serve_udp_std(
             socket,
@@ -264,7 +266,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// Serving threads per UDP socket: one per CPU (at most 4), so cache hits use every
 /// core without a runtime in between.
-fn udp_threads() -> usize {
+fn default_udp_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
