@@ -122,8 +122,8 @@ pub struct RunArgs {
     #[arg(long, env = "NLDNS_DRAIN_TIMEOUT_MS", default_value_t = 2000)]
     pub drain_timeout_ms: u64,
 
-    /// Serving threads per UDP socket (intercept and --listen). Default: one per CPU
-    /// available (affinity and cgroup CPU quota), at most 4.
+    /// Serving threads per UDP socket (intercept and --listen). Default: one per two
+    /// CPUs available (affinity and cgroup CPU quota), at most 4.
     #[arg(long, env = "NLDNS_UDP_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub udp_threads: Option<u16>,
 
