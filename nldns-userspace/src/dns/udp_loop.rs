@@ -124,17 +124,16 @@ pub fn serve(shared: &Shared) {
 
 /// Datagram `i` of the last receive, unless empty (what a read after the stop returns)
 /// or cut short. (Not a method: the caller writes the batch's replies meanwhile.)
-fn datagram<'a>(
-    headers: &[libc::mmsghdr],
-    queries: &'a [[u8; MAX_QUERY]],
-    i: usize,
-) -> Option<&'a [u8]> {
+fn datagram<'a>(headers: &[libc::mmsghdr], queries: &'a [u8], i: usize) -> Option<&'a [u8]> {
     let header = headers.get(i)?;
     if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
         return None;
     }
     let len = header.msg_len as usize;
-    queries.get(i)?.get(..len).filter(|q| !q.is_empty())
+    let start = i * MAX_QUERY;
+    queries
+        .get(start..start + len.min(MAX_QUERY))
+        .filter(|q| !q.is_empty())
 }
 
 /// A zeroed C struct.
@@ -162,7 +161,9 @@ fn send_one(socket: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 /// Buffers of one thread, reused for every batch: nothing is allocated per query once
 /// the reply buffers have grown to the answers' size.
 struct Batch {
-    queries: Box<[[u8; MAX_QUERY]]>,
+    /// BATCH slots of MAX_QUERY bytes, zero-allocated: pages never written (most of
+    /// each slot) cost no memory.
+    queries: Box<[u8]>,
     peers: Box<[libc::sockaddr_storage]>,
     headers: Box<[libc::mmsghdr]>,
     iovecs: Box<[libc::iovec]>,
@@ -174,7 +175,7 @@ struct Batch {
 impl Batch {
     fn new() -> Self {
         Batch {
-            queries: vec![[0u8; MAX_QUERY]; BATCH].into_boxed_slice(),
+            queries: vec![0u8; BATCH * MAX_QUERY].into_boxed_slice(),
             peers: (0..BATCH).map(|_| zeroed()).collect(),
             headers: (0..BATCH).map(|_| zeroed()).collect(),
             iovecs: (0..BATCH).map(|_| zeroed()).collect(),
@@ -188,7 +189,7 @@ impl Batch {
     fn receive(&mut self, socket: &UdpSocket, nonblocking: bool) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
-                iov_base: self.queries[i].as_mut_ptr().cast(),
+                iov_base: self.queries[i * MAX_QUERY..].as_mut_ptr().cast(),
                 iov_len: MAX_QUERY,
             };
             let header = &mut self.headers[i];
