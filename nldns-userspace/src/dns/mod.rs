@@ -31,7 +31,7 @@
 //! Layout: `wire` (hot-path parsing and patching, hand-written), `cache` (storage,
 //! eviction, TTLs), `answer` (upstream reply -> stored answer), `upstream`
 //! (exchanges and health), `router` (zones, resolv.conf, kube-dns config),
-//! `config`, `service`, `server`.
+//! `config`, `service`, `server`, `udp_loop` (the UDP serving threads, recvmmsg batches).
 
 pub mod answer;
 pub mod cache;
