@@ -143,6 +143,11 @@ pub struct RunArgs {
     #[arg(long, env = "NLDNS_DRAIN_TIMEOUT_MS", default_value_t = 2000)]
     pub drain_timeout_ms: u64,
 
+    /// Serving threads per UDP socket (intercept and --listen). Default: one per two
+    /// CPUs available (affinity and cgroup CPU quota), at most 4.
+    #[arg(long, env = "NLDNS_UDP_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub udp_threads: Option<u16>,
+
     /// cgroup2 directory for the host-network socket hooks (connect/sendmsg/recvmsg/
     /// getpeername). Default: the cgroup2 root from /proc/self/mounts; `none` disables.
     #[arg(long, env = "NLDNS_CGROUP")]

@@ -90,6 +90,9 @@ pub struct CachePolicy {
 struct Slot {
     answer: Arc<CachedAnswer>,
     hits: u32,
+    /// Looked up since it last reached the eviction end of the LRU list: it gets a
+    /// second chance there instead of being relinked on every hit.
+    recent: bool,
     prefetch_started: bool,
     /// Set after an upstream failure: until then, stale is served without retrying.
     upstream_retry_at: Option<Instant>,
@@ -165,9 +168,12 @@ impl Cache {
 
     pub fn lookup(&mut self, key: &CacheKey, now: Instant) -> Lookup {
         let policy = &self.policy;
-        let Some(slot) = self.map.get_mut(key) else {
+        // peek_mut plus a mark, not get_mut: relinking the list on every hit cost more
+        // than the hash lookup itself (it writes both neighbours' nodes).
+        let Some(slot) = self.map.peek_mut(key) else {
             return Lookup::Miss;
         };
+        slot.recent = true;
         let fresh_until = slot.answer.fresh_until();
         if now < fresh_until {
             slot.hits = slot.hits.saturating_add(1);
@@ -210,6 +216,7 @@ impl Cache {
         let slot = Slot {
             answer,
             hits: 0,
+            recent: false,
             prefetch_started: false,
             upstream_retry_at: None,
             charge,
@@ -268,9 +275,16 @@ impl Cache {
         }
     }
 
+    /// Evicts from the least-recently-used end; an entry looked up since it was put at
+    /// the other end goes back there once, unmarked (the second chance that stands in
+    /// for relinking on every hit).
     fn evict_to_fit(&mut self) {
         while self.map.len() > self.policy.max_entries || self.bytes > self.policy.max_bytes {
             match self.map.remove_lru() {
+                Some((key, mut slot)) if slot.recent => {
+                    slot.recent = false;
+                    self.map.insert(key, slot);
+                }
                 Some((_, old)) => {
                     self.bytes -= old.charge;
                     self.evictions += 1;

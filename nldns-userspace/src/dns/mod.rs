@@ -31,7 +31,7 @@
 //! Layout: `wire` (hot-path parsing and patching, hand-written), `cache` (storage,
 //! eviction, TTLs), `answer` (upstream reply -> stored answer), `upstream`
 //! (exchanges and health), `router` (zones, resolv.conf, kube-dns config),
-//! `config`, `service`, `server`.
+//! `config`, `service`, `server`, `udp_loop` (the UDP serving threads, recvmmsg batches).
 
 pub mod answer;
 pub mod cache;
@@ -39,6 +39,7 @@ pub mod config;
 pub mod router;
 pub mod server;
 pub mod service;
+mod udp_loop;
 pub mod upstream;
 pub mod wire;
 
@@ -49,4 +50,4 @@ mod tests;
 
 pub use config::DnsConfig;
 pub use router::KubeDnsConfig;
-pub use service::{DnsService, Handled, PendingQuery, Protocol, HEARTBEAT_NAME};
+pub use service::{DnsService, Handled, Handling, PendingQuery, Protocol, Scratch, HEARTBEAT_NAME};

@@ -1,7 +1,9 @@
-//! UDP and TCP serving loops. Cache hits are answered inline in the receive loop;
-//! queries that need upstream run in tracked tasks so shutdown can let them finish.
+//! UDP and TCP serving loops. Cache hits are answered inline in the receive loop
+//! (for UDP, on dedicated threads: `udp_loop`); queries that need upstream run in
+//! tracked tasks so shutdown can let them finish.
 
 use std::io;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,60 +16,69 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::service::{DnsService, Handled, Protocol};
+use super::udp_loop;
 
 /// After shutdown fires, queries in flight get this long to be answered.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves DNS over UDP until `shutdown` fires, then answers the queries in flight
-/// (for at most [`SHUTDOWN_GRACE`]) and returns.
+/// Serves DNS over UDP until `shutdown` fires, then answers the datagrams already
+/// queued and the queries in flight (for at most [`SHUTDOWN_GRACE`]) and returns.
 pub async fn serve_udp(
     socket: UdpSocket,
     svc: Arc<DnsService>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let socket = Arc::new(socket);
-    let tasks = TaskTracker::new();
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = socket.recv_from(&mut buf) => r,
-        };
-        let (len, peer) = match received {
-            Ok(got) => got,
-            Err(e) => {
-                // e.g. ICMP errors surfacing on the socket: not fatal for a server.
-                log::debug!("udp recv: {e}");
-                continue;
-            }
-        };
-        let Some(query) = buf.get(..len) else {
-            continue;
-        };
-        match svc.handle_now(query, Protocol::Udp) {
-            Handled::Drop => {}
-            Handled::Reply(reply) => {
-                if let Err(e) = socket.send_to(&reply, peer).await {
-                    log::debug!("udp send to {peer}: {e}");
-                }
-            }
-            Handled::Resolve(pending) => {
-                let socket = socket.clone();
-                tasks.spawn(async move {
-                    let reply = pending.resolve().await;
-                    if let Err(e) = socket.send_to(&reply, peer).await {
-                        log::debug!("udp send to {peer}: {e}");
-                    }
-                });
-            }
+    serve_udp_std(socket.into_std()?, svc, shutdown, 1).await
+}
+
+/// [`serve_udp`] on a std socket, by `threads` serving threads (at least one) that
+/// answer cache hits themselves and hand the rest to tasks on the current runtime
+/// (see `udp_loop`).
+pub async fn serve_udp_std(
+    socket: std::net::UdpSocket,
+    svc: Arc<DnsService>,
+    shutdown: CancellationToken,
+    threads: usize,
+) -> io::Result<()> {
+    socket.set_nonblocking(false)?;
+    // A fallback wake-up, should shutdown(SHUT_RD) ever not wake a blocked reader:
+    // the threads then still see the stop within this long.
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let shared = Arc::new(udp_loop::Shared {
+        socket: Arc::new(socket),
+        svc,
+        stop: AtomicBool::new(false),
+        runtime: tokio::runtime::Handle::current(),
+        tasks: TaskTracker::new(),
+    });
+    let mut workers = Vec::new();
+    for n in 0..threads.max(1) {
+        let shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("nldns-udp-{n}"))
+            .spawn(move || udp_loop::serve(&shared));
+        match worker {
+            Ok(worker) => workers.push(worker),
+            // Fewer threads still serve; none at all is an error.
+            Err(e) if !workers.is_empty() => log::warn!("udp serving thread: {e}"),
+            Err(e) => return Err(e),
         }
     }
+    shutdown.cancelled().await;
+    udp_loop::stop(&shared);
+    let joined = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    });
+    let tasks = shared.tasks.clone();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = joined.await;
+        tasks.wait().await;
+    })
+    .await;
+    if drained.is_err() {
         log::warn!("udp: {} queries still unanswered at shutdown", tasks.len());
     }
     Ok(())

@@ -50,6 +50,23 @@ pub enum Handled {
     Resolve(PendingQuery),
 }
 
+/// What [`DnsService::handle_into`] did with a query; a reply is in the caller's buffer.
+pub enum Handling {
+    /// The answer was written to `out`: send it.
+    Reply,
+    /// Unreadable or not a query: say nothing.
+    Drop,
+    /// Needs upstream: await [`PendingQuery::resolve`] (in a task) for the answer.
+    Resolve(PendingQuery),
+}
+
+/// Buffers a serving loop keeps across queries so a hit allocates nothing for them.
+#[derive(Default)]
+pub struct Scratch {
+    /// The lowercased question name of the query being handled.
+    name: Vec<u8>,
+}
+
 /// The outcome of one upstream resolution, shared with every coalesced waiter.
 #[derive(Clone)]
 enum Outcome {
@@ -218,54 +235,79 @@ impl DnsService {
 
     /// The synchronous part: parse, heartbeat, cache hit. Never blocks on I/O.
     pub fn handle_now(self: &Arc<Self>, query: &[u8], protocol: Protocol) -> Handled {
-        let mut name = Vec::with_capacity(64);
-        let info = match wire::parse_query(query, &mut name) {
+        let mut out = Vec::new();
+        let handling = self.handle_into(
+            query,
+            protocol,
+            Instant::now(),
+            &mut Scratch::default(),
+            &mut out,
+        );
+        match handling {
+            Handling::Reply => Handled::Reply(out),
+            Handling::Drop => Handled::Drop,
+            Handling::Resolve(pending) => Handled::Resolve(pending),
+        }
+    }
+
+    /// [`Self::handle_now`] for serving loops that keep their buffers: the answer goes
+    /// to `out` (cleared first), and `now` is the loop's clock (one read per batch of
+    /// datagrams is precise enough for whole-second TTLs).
+    pub fn handle_into(
+        self: &Arc<Self>,
+        query: &[u8],
+        protocol: Protocol,
+        now: Instant,
+        scratch: &mut Scratch,
+        out: &mut Vec<u8>,
+    ) -> Handling {
+        out.clear();
+        let name = &mut scratch.name;
+        let info = match wire::parse_query(query, name) {
             Ok(info) => info,
-            Err(QueryError::Drop) => return Handled::Drop,
+            Err(QueryError::Drop) => return Handling::Drop,
             Err(e) => {
                 let rcode = match e {
                     QueryError::NotImp => u16::from(wire::RCODE_NOTIMP),
                     QueryError::BadVers => wire::RCODE_BADVERS,
                     _ => u16::from(wire::RCODE_FORMERR),
                 };
-                let reply = wire::synthesize(query, None, rcode, 0);
+                *out = wire::synthesize(query, None, rcode, 0);
                 self.metrics
-                    .count_request(0, wire::rcode(&reply), protocol.label());
-                return Handled::Reply(reply);
+                    .count_request(0, wire::rcode(out), protocol.label());
+                return Handling::Reply;
             }
         };
-        if name == HEARTBEAT_WIRE {
+        if name.as_slice() == HEARTBEAT_WIRE {
             // Liveness probe: answered locally, not cached, not counted.
-            return Handled::Reply(wire::synthesize(
-                query,
-                Some(&info),
-                u16::from(wire::RCODE_NXDOMAIN),
-                0,
-            ));
+            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NXDOMAIN), 0);
+            return Handling::Reply;
         }
         if matches!(info.qtype, 251 | 252) {
             // IXFR/AXFR make no sense through a cache.
-            let reply = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
+            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
             self.metrics
                 .count_request(info.qtype, wire::RCODE_NOTIMP, protocol.label());
-            return Handled::Reply(reply);
+            return Handling::Reply;
         }
         let key = cache_key(name, &info);
-        let lookup = self.lock_cache().lookup(&key, Instant::now());
+        let lookup = self.lock_cache().lookup(&key, now);
         let stale = match lookup {
             Lookup::Fresh { answer, prefetch } => {
                 self.metrics.cache_hits.inc();
                 if prefetch {
                     self.prefetch(key);
                 }
-                let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                return Handled::Reply(self.render(query, &info, &answer, ttls, protocol));
+                let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
+                self.render(out, query, &info, &answer, ttls, protocol);
+                return Handling::Reply;
             }
             Lookup::Stale {
                 answer,
                 ask_upstream: false,
             } => {
-                return Handled::Reply(self.render_stale(query, &info, &answer, protocol));
+                self.render_stale(out, query, &info, &answer, protocol);
+                return Handling::Reply;
             }
             Lookup::Stale {
                 answer,
@@ -283,9 +325,10 @@ impl DnsService {
             .is_none()
         {
             self.metrics.upstream_overload.inc();
-            return Handled::Reply(self.fail(query, &info, stale.as_deref(), protocol));
+            self.fail(out, query, &info, stale.as_deref(), protocol);
+            return Handling::Reply;
         }
-        Handled::Resolve(PendingQuery {
+        Handling::Resolve(PendingQuery {
             svc: self.clone(),
             query: query.to_vec(),
             info,
@@ -298,6 +341,78 @@ impl DnsService {
     /// The stored answer made into the client's answer, TC=1 if it does not fit.
     fn render(
         &self,
+        out: &mut Vec<u8>,
+        query: &[u8],
+        info: &QueryInfo,
+        answer: &CachedAnswer,
+        ttls: TtlPatch,
+        protocol: Protocol,
+    ) {
+        wire::render_answer(out, &answer.wire, &answer.ttl_offsets, query, info, ttls);
+        let limit = match protocol {
+            Protocol::Udp => info.udp_limit(),
+            Protocol::Tcp => usize::from(u16::MAX),
+        };
+        if out.len() > limit {
+            *out = wire::synthesize(
+                query,
+                Some(info),
+                u16::from(wire::rcode(out)),
+                wire::FLAG_TC,
+            );
+        }
+        self.metrics
+            .count_request(info.qtype, wire::rcode(out), protocol.label());
+    }
+
+    fn render_stale(
+        &self,
+        out: &mut Vec<u8>,
+        query: &[u8],
+        info: &QueryInfo,
+        answer: &CachedAnswer,
+        protocol: Protocol,
+    ) {
+        self.metrics.stale_answers.inc();
+        let ttl = self.settings().config.stale_answer_ttl;
+        self.render(out, query, info, answer, TtlPatch::Fixed(ttl), protocol)
+    }
+
+    /// Stale if we have it, SERVFAIL otherwise.
+    fn fail(
+        &self,
+        out: &mut Vec<u8>,
+        query: &[u8],
+        info: &QueryInfo,
+        stale: Option<&CachedAnswer>,
+        protocol: Protocol,
+    ) {
+        match stale {
+            Some(answer) => self.render_stale(out, query, info, answer, protocol),
+            None => {
+                *out = wire::synthesize(query, Some(info), u16::from(wire::RCODE_SERVFAIL), 0);
+                self.metrics
+                    .count_request(info.qtype, wire::RCODE_SERVFAIL, protocol.label());
+            }
+        }
+    }
+
+    /// [`Self::fail`] into a new buffer.
+    fn fail_vec(
+        &self,
+        query: &[u8],
+        info: &QueryInfo,
+        stale: Option<&CachedAnswer>,
+        protocol: Protocol,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.fail(&mut out, query, info, stale, protocol);
+        out
+    }
+
+    /// [`Self::render`] into a new buffer.
+    fn render_vec(
+        &self,
         query: &[u8],
         info: &QueryInfo,
         answer: &CachedAnswer,
@@ -305,60 +420,8 @@ impl DnsService {
         protocol: Protocol,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(answer.wire.len() + 11);
-        wire::render_answer(
-            &mut out,
-            &answer.wire,
-            &answer.ttl_offsets,
-            query,
-            info,
-            ttls,
-        );
-        let limit = match protocol {
-            Protocol::Udp => info.udp_limit(),
-            Protocol::Tcp => usize::from(u16::MAX),
-        };
-        if out.len() > limit {
-            out = wire::synthesize(
-                query,
-                Some(info),
-                u16::from(wire::rcode(&out)),
-                wire::FLAG_TC,
-            );
-        }
-        self.metrics
-            .count_request(info.qtype, wire::rcode(&out), protocol.label());
+        self.render(&mut out, query, info, answer, ttls, protocol);
         out
-    }
-
-    fn render_stale(
-        &self,
-        query: &[u8],
-        info: &QueryInfo,
-        answer: &CachedAnswer,
-        protocol: Protocol,
-    ) -> Vec<u8> {
-        self.metrics.stale_answers.inc();
-        let ttl = self.settings().config.stale_answer_ttl;
-        self.render(query, info, answer, TtlPatch::Fixed(ttl), protocol)
-    }
-
-    /// Stale if we have it, SERVFAIL otherwise.
-    fn fail(
-        &self,
-        query: &[u8],
-        info: &QueryInfo,
-        stale: Option<&CachedAnswer>,
-        protocol: Protocol,
-    ) -> Vec<u8> {
-        match stale {
-            Some(answer) => self.render_stale(query, info, answer, protocol),
-            None => {
-                let reply = wire::synthesize(query, Some(info), u16::from(wire::RCODE_SERVFAIL), 0);
-                self.metrics
-                    .count_request(info.qtype, wire::RCODE_SERVFAIL, protocol.label());
-                reply
-            }
-        }
     }
 
     fn prefetch(self: &Arc<Self>, key: CacheKey) {
@@ -496,7 +559,7 @@ impl DnsService {
         let Ok(info) = wire::parse_query(query, &mut name) else {
             return Vec::new();
         };
-        let key = cache_key(name, &info);
+        let key = cache_key(&name, &info);
         let Some(question) = upstream_question(&key) else {
             return Vec::new();
         };
@@ -518,11 +581,11 @@ impl DnsService {
         let waiter = match self.store_outcome(&key, &question, Ok(decoded), &policy) {
             Outcome::Answer(answer) => {
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                self.render(query, &info, &answer, ttls, Protocol::Udp)
+                self.render_vec(query, &info, &answer, ttls, Protocol::Udp)
             }
             Outcome::Failed => {
                 let stale = self.lock_cache().peek_servable(&key, Instant::now());
-                self.fail(query, &info, stale.as_deref(), Protocol::Udp)
+                self.fail_vec(query, &info, stale.as_deref(), Protocol::Udp)
             }
         };
         let mut answers = vec![waiter];
@@ -561,9 +624,9 @@ impl Drop for InflightEntry<'_> {
 }
 
 /// What identifies the answer to a parsed query (`name`: its lowercased wire name).
-fn cache_key(name: Vec<u8>, info: &QueryInfo) -> CacheKey {
+fn cache_key(name: &[u8], info: &QueryInfo) -> CacheKey {
     CacheKey {
-        name: name.into_boxed_slice(),
+        name: name.into(),
         qtype: info.qtype,
         qclass: info.qclass,
         flags: if info.dnssec_ok() { KEY_DO } else { 0 }
@@ -605,7 +668,7 @@ impl PendingQuery {
         let svc = &self.svc;
         let settings = svc.settings();
         let Some(mut rx) = svc.join_or_start(&self.key) else {
-            return svc.fail(
+            return svc.fail_vec(
                 &self.query,
                 &self.info,
                 self.stale.as_deref(),
@@ -625,14 +688,14 @@ impl PendingQuery {
         match outcome {
             Outcome::Answer(answer) => {
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                svc.render(&self.query, &self.info, &answer, ttls, self.protocol)
+                svc.render_vec(&self.query, &self.info, &answer, ttls, self.protocol)
             }
             Outcome::Failed => {
                 let stale = self
                     .stale
                     .clone()
                     .or_else(|| svc.lock_cache().peek_servable(&self.key, Instant::now()));
-                svc.fail(&self.query, &self.info, stale.as_deref(), self.protocol)
+                svc.fail_vec(&self.query, &self.info, stale.as_deref(), self.protocol)
             }
         }
     }

@@ -757,6 +757,91 @@ async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
 }
 
 #[tokio::test]
+async fn udp_threads_answer_bursts_drop_junk_and_drain_at_stop() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let (svc, _) = service(config(&[&up], &[]));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server::serve_udp_std(udp, svc, shutdown.clone(), 2));
+
+    // Several clients at once, each a burst without waiting: batches mix misses (first
+    // sight of a name, answered by tasks) and hits (answered by the serving threads).
+    let mut clients = Vec::new();
+    for c in 0..4u16 {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for n in 0..25u16 {
+            let q = query(
+                &format!("n{}.example.com.", n % 5),
+                RecordType::A,
+                c * 100 + n,
+                None,
+            );
+            client.send_to(&q, addr).await.unwrap();
+        }
+        clients.push(client);
+    }
+    let mut buf = vec![0u8; 4096];
+    for (c, client) in clients.iter().enumerate() {
+        let mut ids = Vec::new();
+        for _ in 0..25 {
+            let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+                .await
+                .expect("every query of the burst answered")
+                .unwrap();
+            let a = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(addresses(&a), vec!["10.0.0.1".to_string()]);
+            ids.push(a.metadata.id);
+        }
+        ids.sort_unstable();
+        let expected: Vec<u16> = (0..25).map(|n| c as u16 * 100 + n).collect();
+        assert_eq!(ids, expected, "client {c}");
+    }
+
+    // An empty datagram and one longer than any query are dropped; the next is answered.
+    let client = &clients[0];
+    client.send_to(&[], addr).await.unwrap();
+    client.send_to(&vec![0u8; 8000], addr).await.unwrap();
+    client
+        .send_to(&query("n1.example.com.", RecordType::A, 7, None), addr)
+        .await
+        .unwrap();
+    let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Message::from_vec(&buf[..len]).unwrap().metadata.id, 7);
+
+    // Datagrams queued when the stop comes are still answered, then the server returns.
+    for id in 0..10u16 {
+        client
+            .send_to(
+                &query("n2.example.com.", RecordType::A, 500 + id, None),
+                addr,
+            )
+            .await
+            .unwrap();
+    }
+    shutdown.cancel();
+    for _ in 0..10 {
+        let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+            .await
+            .expect("queued queries answered after the stop")
+            .unwrap();
+        assert!(Message::from_vec(&buf[..len]).unwrap().metadata.id >= 500);
+    }
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn upstream_check_tracks_reachability() {
     let up = TestUpstream::start(Mode::ServFail).await;
     let (svc, _) = service(config(&[], &[&up]));
