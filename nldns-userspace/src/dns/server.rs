@@ -31,6 +31,20 @@ pub async fn serve_udp(
     serve_udp_std(socket.into_std()?, svc, shutdown, 1).await
 }
 
+/// Runs a serving thread's loop until the stop. A panic while answering (a bug: network
+/// input must never cause one) costs the batch in hand, not the socket: the loop starts
+/// again, so the other slots' sockets and this one keep being served.
+fn serve_until_stopped(shared: &udp_loop::Shared) {
+    loop {
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| udp_loop::serve(shared)));
+        if served.is_ok() || shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        log::error!("a UDP serving thread panicked (a bug; see above); serving on");
+    }
+}
+
 /// [`serve_udp`] on a std socket, by `threads` serving threads (at least one) that
 /// answer cache hits themselves and hand the rest to tasks on the current runtime
 /// (see `udp_loop`).
@@ -56,7 +70,7 @@ pub async fn serve_udp_std(
         let shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("nldns-udp-{n}"))
-            .spawn(move || udp_loop::serve(&shared));
+            .spawn(move || serve_until_stopped(&shared));
         match worker {
             Ok(worker) => workers.push(worker),
             // Fewer threads still serve; none at all is an error.

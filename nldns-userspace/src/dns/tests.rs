@@ -756,6 +756,41 @@ async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
         .unwrap();
 }
 
+/// A hit answered on a serving thread can start a prefetch (a runtime task): the thread
+/// must survive it and keep answering.
+#[tokio::test]
+async fn udp_threads_start_prefetches_and_keep_serving() {
+    let up = TestUpstream::start(Mode::Answer { ttl: 3, records: 1 }).await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.prefetch_min_hits = 1;
+    cfg.prefetch_percent = 100;
+    let (svc, metrics) = service(cfg);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    // One thread: if it died, nothing would answer any more.
+    let server = tokio::spawn(server::serve_udp_std(udp, svc, shutdown.clone(), 1));
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for id in 0..4u16 {
+        let q = query("hot.example.com.", RecordType::A, id, None);
+        client.send_to(&q, addr).await.unwrap();
+        let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(Message::from_vec(&buf[..len]).unwrap().metadata.id, id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.prefetches.get() >= 1, "a hit started a prefetch");
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn udp_threads_answer_bursts_drop_junk_and_drain_at_stop() {
     let up = TestUpstream::start(Mode::Answer {

@@ -59,6 +59,9 @@ pub fn stop(shared: &Shared) {
 
 /// One serving thread's loop; returns after [`stop`].
 pub fn serve(shared: &Shared) {
+    // A hit may start background work (a prefetch, a stale entry's refresh) with
+    // tokio::spawn: without the runtime's context that panics, killing this thread.
+    let _runtime = shared.runtime.enter();
     let mut batch = Batch::new();
     let mut scratch = Scratch::default();
     let mut drained = 0usize;
