@@ -6,7 +6,7 @@
 //!
 //! `--service` runs the whole service instead: that many distinct misses through
 //! [`DnsService::handle`] on a two-worker tokio runtime (as the agent runs it) against a
-//! DNS server on 127.0.0.1 in this process, so upstream sockets, the coalescing map,
+//! DNS server on 127.0.0.1 (a child process), so upstream sockets, the coalescing map,
 //! per-query allocations and malloc's per-thread arenas count too.
 //!
 //! Run (release, as the agent ships):
@@ -15,7 +15,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,6 +32,13 @@ struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static LIVE_ALLOCS: AtomicIsize = AtomicIsize::new(0);
+/// Highest `LIVE_BYTES` seen (transient peaks decide how far the heap grows).
+static PEAK_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    let now = LIVE_BYTES.fetch_add(delta, Ordering::Relaxed) + delta;
+    PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: every call is passed on unchanged to `System`; only counters are added.
 unsafe impl GlobalAlloc for Counting {
@@ -40,7 +46,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract for `alloc`, passed on.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size() as isize);
             LIVE_ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
@@ -48,14 +54,14 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract for `dealloc`, passed on.
         unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count(-(layout.size() as isize));
         LIVE_ALLOCS.fetch_sub(1, Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract for `realloc`, passed on.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            count(new_size as isize - layout.size() as isize);
         }
         p
     }
@@ -69,6 +75,7 @@ static GLOBAL: Counting = Counting;
 struct Snapshot {
     live_bytes: isize,
     live_allocs: isize,
+    peak_bytes: isize,
     /// glibc: bytes in chunks handed out (all arenas, headers and rounding included).
     malloc_in_use: usize,
     /// glibc: bytes obtained from the kernel for the heap (all arenas, mmapped chunks).
@@ -82,6 +89,7 @@ fn snapshot() -> Snapshot {
     Snapshot {
         live_bytes: LIVE_BYTES.load(Ordering::Relaxed),
         live_allocs: LIVE_ALLOCS.load(Ordering::Relaxed),
+        peak_bytes: PEAK_BYTES.swap(0, Ordering::Relaxed),
         malloc_in_use: mi.uordblks + mi.hblkhd,
         malloc_arena: mi.arena + mi.hblkhd,
         rss_kib: rss_kib(),
@@ -115,6 +123,10 @@ fn report(what: &str, before: Snapshot, after: Snapshot, entries: usize) {
         mib(d_live)
     );
     println!(
+        "  peak live heap since the last reading: {:.1} MiB",
+        mib(after.peak_bytes as f64)
+    );
+    println!(
         "  malloc chunks in use     {:>8.1} B/entry  total {:.1} MiB",
         per(d_used),
         mib(d_used)
@@ -136,6 +148,7 @@ struct Args {
     names: usize,
     records: u8,
     service: bool,
+    serve: bool,
     concurrency: usize,
 }
 
@@ -144,6 +157,7 @@ fn parse_args() -> Result<Args> {
         names: 100_000,
         records: 2,
         service: false,
+        serve: false,
         concurrency: 200,
     };
     let mut it = std::env::args().skip(1);
@@ -154,6 +168,7 @@ fn parse_args() -> Result<Args> {
             "--records" => args.records = value()?.parse()?,
             "--concurrency" => args.concurrency = value()?.parse()?,
             "--service" => args.service = true,
+            "--serve" => args.serve = true,
             _ => bail!("unknown flag {flag}; see the file's header for usage"),
         }
     }
@@ -231,7 +246,7 @@ fn cache_only(args: &Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("parsing our own query: {e:?}"))?;
         let reply = answer_for(&Message::from_vec(&query)?, args.records);
         let prepared = prepare(reply, &policy, now)?;
-        wire_bytes += prepared.answer.wire.len();
+        wire_bytes += prepared.answer.wire().len();
         let key = CacheKey {
             name: lower.into_boxed_slice(),
             qtype: info.qtype,
@@ -242,7 +257,10 @@ fn cache_only(args: &Args) -> Result<()> {
     }
     let after = snapshot();
     let stats = cache.stats();
-    anyhow::ensure!(stats.entries == args.names, "the cache must hold every name");
+    anyhow::ensure!(
+        stats.entries == args.names,
+        "the cache must hold every name"
+    );
     println!(
         "answers: {:.1} wire bytes on average; cache's own byte count {:.1} B/entry",
         wire_bytes as f64 / args.names as f64,
@@ -253,22 +271,44 @@ fn cache_only(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// A DNS server on 127.0.0.1 answering every A query like kube-dns.
-async fn upstream(records: u8) -> Result<SocketAddr> {
-    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = socket.local_addr()?;
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let Ok(query) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            if let Ok(bytes) = answer_for(&query, records).to_vec() {
-                let _ = socket.send_to(&bytes, from).await;
-            }
-        }
+/// A DNS server on 127.0.0.1 answering every A query like kube-dns, run as a child
+/// process (this program with `--serve`) so its allocations do not count. Prints its
+/// port, then serves until its stdin closes (when the parent exits).
+fn serve(records: u8) -> Result<()> {
+    use std::io::Write;
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    println!("{}", socket.local_addr()?.port());
+    std::io::stdout().flush()?;
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
     });
-    Ok(addr)
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if let Ok(bytes) = answer_for(&query, records).to_vec() {
+            let _ = socket.send_to(&bytes, from);
+        }
+    }
+}
+
+/// Starts [`serve`] in a child process; it exits when the returned child is dropped.
+fn spawn_upstream(records: u8) -> Result<(std::process::Child, SocketAddr)> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--serve", "--records", &records.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the upstream")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
+    let port: u16 = line.trim().parse().context("the upstream's port")?;
+    Ok((child, SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
 }
 
 /// Distinct misses through the whole service.
@@ -277,8 +317,8 @@ fn service(args: &Args) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let (_upstream, up) = spawn_upstream(args.records)?;
     runtime.block_on(async {
-        let up = upstream(args.records).await?;
         let config = DnsConfig {
             cluster_upstreams: vec![up],
             max_entries: args.names + 1000,
@@ -324,6 +364,9 @@ fn service(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.serve {
+        return serve(args.records);
+    }
     println!("start: RSS {:.1} MiB", rss_kib() as f64 / 1024.0);
     if args.service {
         service(&args)

@@ -108,14 +108,10 @@ pub fn prepare(
         .to_vec()
         .map_err(|e| PrepareError::Encode(e.to_string()))?;
     let ttl_offsets = wire::ttl_offsets(&wire)?;
+    let answer = CachedAnswer::new(&wire, &ttl_offsets, kind, ttl, now)
+        .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))?;
     Ok(Prepared {
-        answer: Arc::new(CachedAnswer {
-            wire: wire.into(),
-            ttl_offsets: ttl_offsets.into(),
-            kind,
-            ttl,
-            stored_at: now,
-        }),
+        answer: Arc::new(answer),
         cacheable,
         rcode,
     })
@@ -131,13 +127,9 @@ pub fn servfail(query: Query, ttl: u32, now: Instant) -> Result<Arc<CachedAnswer
     let wire = msg
         .to_vec()
         .map_err(|e| PrepareError::Encode(e.to_string()))?;
-    Ok(Arc::new(CachedAnswer {
-        wire: wire.into(),
-        ttl_offsets: Box::new([]),
-        kind: AnswerKind::ServFail,
-        ttl,
-        stored_at: now,
-    }))
+    CachedAnswer::new(&wire, &[], AnswerKind::ServFail, ttl, now)
+        .map(Arc::new)
+        .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))
 }
 
 #[cfg(test)]
@@ -179,11 +171,11 @@ mod tests {
 
     fn ttls(answer: &CachedAnswer) -> Vec<u32> {
         answer
-            .ttl_offsets
+            .ttl_offsets()
             .iter()
             .map(|&o| {
                 let o = usize::from(o);
-                u32::from_be_bytes(answer.wire[o..o + 4].try_into().unwrap())
+                u32::from_be_bytes(answer.wire()[o..o + 4].try_into().unwrap())
             })
             .collect()
     }
@@ -211,7 +203,7 @@ mod tests {
         msg.answers[1].ttl = 1000;
         let p = prepare(msg, &policy(), now).unwrap();
         assert_eq!(p.answer.ttl, 30, "capped by max_ttl");
-        assert_eq!(&p.answer.wire[..2], &[0, 0], "ID zeroed");
+        assert_eq!(&p.answer.wire()[..2], &[0, 0], "ID zeroed");
     }
 
     #[test]
@@ -250,6 +242,6 @@ mod tests {
         let p = prepare(reply(ResponseCode::Refused), &policy(), now).unwrap();
         assert!(!p.cacheable);
         let ours = servfail(reply(ResponseCode::NoError).queries[0].clone(), 2, now).unwrap();
-        assert_eq!(wire::rcode(&ours.wire), wire::RCODE_SERVFAIL);
+        assert_eq!(wire::rcode(ours.wire()), wire::RCODE_SERVFAIL);
     }
 }

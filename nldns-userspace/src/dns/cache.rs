@@ -6,17 +6,27 @@
 //! cache's hot path"): the key is the lowercased wire name plus fixed-size fields,
 //! the value is the answer's wire bytes plus the offsets of its TTL fields.
 //!
+//! Memory (measured with `examples/cache_memory.rs`): an entry is two heap
+//! allocations, the shared [`CachedAnswer`] and its one buffer (TTL offsets and wire
+//! message, and the key's name only when the wire's question does not already spell
+//! it), plus a slot in a slab and a 4-byte index in a hash table. The LRU order is a
+//! list threaded through the slab by index, so it costs no allocation either.
+//!
 //! Time is passed in (`now`) so the arithmetic is testable without sleeping.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hashlink::LruCache;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// Bit in [`CacheKey::flags`]: the client set DO (RFC 3225), so DNSSEC records matter.
 pub const KEY_DO: u8 = 1;
 /// Bit in [`CacheKey::flags`]: the client set CD (RFC 4035), so validation differs.
 pub const KEY_CD: u8 = 2;
+
+/// Where the question name starts in a DNS message (right after the header).
+const QUESTION_AT: usize = 12;
 
 /// What identifies a cached answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,17 +52,118 @@ pub enum AnswerKind {
 
 /// An answer as stored: the wire message without OPT, ID zeroed, every record's TTL
 /// already clamped to the entry's lifetime so a countdown never overshoots it.
+///
+/// Its bytes live in one buffer of `u16`s (so the TTL offsets are aligned):
+/// `[ttl offsets][key name, if stored apart][wire message]`, the last two viewed as
+/// bytes.
 #[derive(Debug)]
 pub struct CachedAnswer {
-    pub wire: Box<[u8]>,
-    pub ttl_offsets: Box<[u16]>,
+    buf: Box<[u16]>,
+    n_offsets: u16,
+    /// Length of the key's name stored apart; 0 when the wire's question spells it
+    /// (the usual case: upstream echoes the lowercased question we sent).
+    name_len: u8,
+    wire_len: u16,
     pub kind: AnswerKind,
     /// Seconds the answer stays fresh after `stored_at`.
     pub ttl: u32,
     pub stored_at: Instant,
 }
 
+/// A message longer than this cannot be sent over any DNS transport.
+const MAX_WIRE: usize = u16::MAX as usize;
+
 impl CachedAnswer {
+    /// Packs an answer; `None` when the message or its TTL offsets are too many
+    /// bytes for DNS (65535), which no real exchange yields.
+    pub fn new(
+        wire: &[u8],
+        ttl_offsets: &[u16],
+        kind: AnswerKind,
+        ttl: u32,
+        stored_at: Instant,
+    ) -> Option<Self> {
+        Self::pack(ttl_offsets, &[], wire, kind, ttl, stored_at)
+    }
+
+    fn pack(
+        ttl_offsets: &[u16],
+        name: &[u8],
+        wire: &[u8],
+        kind: AnswerKind,
+        ttl: u32,
+        stored_at: Instant,
+    ) -> Option<Self> {
+        if wire.len() > MAX_WIRE || ttl_offsets.len() > MAX_WIRE || name.len() > 255 {
+            return None;
+        }
+        let bytes = name.len() + wire.len();
+        let mut buf = vec![0u16; ttl_offsets.len() + bytes.div_ceil(2)].into_boxed_slice();
+        buf[..ttl_offsets.len()].copy_from_slice(ttl_offsets);
+        let tail = as_bytes_mut(&mut buf[ttl_offsets.len()..]);
+        tail[..name.len()].copy_from_slice(name);
+        tail[name.len()..bytes].copy_from_slice(wire);
+        Some(CachedAnswer {
+            buf,
+            n_offsets: ttl_offsets.len() as u16,
+            name_len: name.len() as u8,
+            wire_len: wire.len() as u16,
+            kind,
+            ttl,
+            stored_at,
+        })
+    }
+
+    /// The stored message (ID zero, no OPT).
+    pub fn wire(&self) -> &[u8] {
+        let start = usize::from(self.name_len);
+        &self.tail()[start..start + usize::from(self.wire_len)]
+    }
+
+    /// Where each record's TTL sits in [`Self::wire`].
+    pub fn ttl_offsets(&self) -> &[u16] {
+        &self.buf[..usize::from(self.n_offsets)]
+    }
+
+    fn tail(&self) -> &[u8] {
+        as_bytes(&self.buf[usize::from(self.n_offsets)..])
+    }
+
+    /// The key's name as this answer keeps it: apart, or the wire's question name
+    /// (only ever compared against whole keys, so a shorter match is not possible:
+    /// equality checks the length first).
+    fn key_name(&self, len: usize) -> &[u8] {
+        if self.name_len > 0 {
+            &self.tail()[..usize::from(self.name_len)]
+        } else {
+            self.wire()
+                .get(QUESTION_AT..QUESTION_AT + len)
+                .unwrap_or_default()
+        }
+    }
+
+    /// This answer ready to be stored under `name`: itself when its question already
+    /// spells the name, else a copy carrying the name apart.
+    fn for_key(self: Arc<Self>, name: &[u8]) -> Option<Arc<Self>> {
+        let wire = self.wire();
+        let qdcount = wire.get(4..6) == Some(&[0, 1]);
+        if self.name_len == 0
+            && qdcount
+            && wire.get(QUESTION_AT..QUESTION_AT + name.len()) == Some(name)
+        {
+            return Some(self);
+        }
+        Self::pack(
+            self.ttl_offsets(),
+            name,
+            wire,
+            self.kind,
+            self.ttl,
+            self.stored_at,
+        )
+        .map(Arc::new)
+    }
+
     /// Whole seconds spent in the cache, for the TTL countdown.
     pub fn elapsed_secs(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.stored_at).as_secs()).unwrap_or(u32::MAX)
@@ -62,12 +173,32 @@ impl CachedAnswer {
         self.stored_at + Duration::from_secs(u64::from(self.ttl))
     }
 
-    /// Bytes charged against the cache's byte budget for this answer and `key`.
-    fn charge(&self, key: &CacheKey) -> usize {
-        // The fixed part approximates the map slot, the Arc and the boxes' headers.
-        const OVERHEAD: usize = 128;
-        OVERHEAD + self.wire.len() + self.ttl_offsets.len() * 2 + key.name.len()
+    /// Bytes charged against the cache's byte budget: what the entry really holds
+    /// (its slab slot, its index, the shared answer and its buffer, each heap block
+    /// with malloc's header and rounding to 16 bytes).
+    fn charge(&self) -> usize {
+        const BLOCK_OVERHEAD: usize = 16;
+        const INDEX: usize = 8; // a u32 and a control byte, at hashbrown's load factor
+        let arc = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Self>();
+        std::mem::size_of::<Slot>()
+            + INDEX
+            + arc
+            + BLOCK_OVERHEAD
+            + std::mem::size_of_val(&*self.buf)
+            + BLOCK_OVERHEAD
     }
+}
+
+fn as_bytes(words: &[u16]) -> &[u8] {
+    // SAFETY: u8 has no alignment, every byte of a u16 slice is initialized, and the
+    // length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 2) }
+}
+
+fn as_bytes_mut(words: &mut [u16]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; any byte pattern is a valid u16, so writes through
+    // the byte view cannot make the words invalid.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 2) }
 }
 
 /// Cache limits and lifetimes that `lookup`/`insert` need.
@@ -87,14 +218,38 @@ pub struct CachePolicy {
     pub stale_recheck: Duration,
 }
 
+/// One cached entry in the slab, linked into the LRU list by slab index.
 struct Slot {
     answer: Arc<CachedAnswer>,
-    hits: u32,
-    prefetch_started: bool,
     /// Set after an upstream failure: until then, stale is served without retrying.
     upstream_retry_at: Option<Instant>,
-    charge: usize,
+    hits: u32,
+    /// Neighbours in recency order ([`NIL`] at either end): `prev` is less recent.
+    prev: u32,
+    next: u32,
+    qtype: u16,
+    qclass: u16,
+    flags: u8,
+    name_len: u8,
+    prefetch_started: bool,
 }
+
+impl Slot {
+    fn name(&self) -> &[u8] {
+        self.answer.key_name(usize::from(self.name_len))
+    }
+
+    fn matches(&self, key: &CacheKey) -> bool {
+        usize::from(self.name_len) == key.name.len()
+            && self.qtype == key.qtype
+            && self.qclass == key.qclass
+            && self.flags == key.flags
+            && self.name() == &key.name[..]
+    }
+}
+
+/// End of the LRU list / no slot.
+const NIL: u32 = u32::MAX;
 
 /// Result of a lookup.
 #[derive(Debug)]
@@ -125,7 +280,16 @@ pub struct CacheStats {
 /// The cache itself; not synchronized (the service wraps it in a mutex held only
 /// for a hash lookup or an insert).
 pub struct Cache {
-    map: LruCache<CacheKey, Slot>,
+    /// Slab indices, hashed by key.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Entries; `None` slots are listed in `free` for reuse.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// Least and most recently used ends of the LRU list.
+    lru: u32,
+    mru: u32,
+    len: usize,
     policy: CachePolicy,
     bytes: usize,
     evictions: u64,
@@ -135,7 +299,13 @@ pub struct Cache {
 impl Cache {
     pub fn new(policy: CachePolicy) -> Self {
         Cache {
-            map: LruCache::new_unbounded(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            lru: NIL,
+            mru: NIL,
+            len: 0,
             policy,
             bytes: 0,
             evictions: 0,
@@ -157,17 +327,21 @@ impl Cache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            entries: self.map.len(),
+            entries: self.len,
             bytes: self.bytes,
             evictions: self.evictions,
         }
     }
 
     pub fn lookup(&mut self, key: &CacheKey, now: Instant) -> Lookup {
-        let policy = &self.policy;
-        let Some(slot) = self.map.get_mut(key) else {
+        let Some(at) = self.find(key) else {
             return Lookup::Miss;
         };
+        self.touch(at);
+        let policy = &self.policy;
+        let slot = self.slots[at as usize]
+            .as_mut()
+            .expect("indexed slots are occupied");
         let fresh_until = slot.answer.fresh_until();
         if now < fresh_until {
             slot.hits = slot.hits.saturating_add(1);
@@ -196,28 +370,68 @@ impl Cache {
                 ask_upstream: slot.upstream_retry_at.is_none_or(|t| now >= t),
             };
         }
-        self.remove(key);
+        self.remove_at(at);
         Lookup::Miss
     }
 
     /// Stores (or replaces) an answer, then evicts least-recently-used entries until
     /// both budgets hold. An answer larger than the whole byte budget is not stored.
     pub fn insert(&mut self, key: CacheKey, answer: Arc<CachedAnswer>) {
-        let charge = answer.charge(&key);
-        if charge > self.policy.max_bytes || self.policy.max_entries == 0 {
+        if self.policy.max_entries == 0 || key.name.len() > 255 {
             return;
+        }
+        let Some(answer) = answer.for_key(&key.name) else {
+            return;
+        };
+        if answer.charge() > self.policy.max_bytes {
+            return;
+        }
+        if let Some(at) = self.find(&key) {
+            self.remove_at(at);
         }
         let slot = Slot {
             answer,
-            hits: 0,
-            prefetch_started: false,
             upstream_retry_at: None,
-            charge,
+            hits: 0,
+            prev: NIL,
+            next: NIL,
+            qtype: key.qtype,
+            qclass: key.qclass,
+            flags: key.flags,
+            name_len: key.name.len() as u8,
+            prefetch_started: false,
         };
-        if let Some(old) = self.map.insert(key, slot) {
-            self.bytes -= old.charge;
-        }
-        self.bytes += charge;
+        self.bytes += slot.answer.charge();
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = Some(slot);
+                at
+            }
+            None => {
+                // Indices are u32 (NIL reserved); max_entries far below that keeps
+                // the slab from ever reaching it, but refuse rather than wrap.
+                let Ok(at) = u32::try_from(self.slots.len()) else {
+                    self.bytes -= slot.answer.charge();
+                    return;
+                };
+                if at == NIL {
+                    self.bytes -= slot.answer.charge();
+                    return;
+                }
+                self.slots.push(Some(slot));
+                at
+            }
+        };
+        let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, at, |&i| {
+            let s = slots[i as usize]
+                .as_ref()
+                .expect("indexed slots are occupied");
+            hash_parts(hasher, s.name(), s.qtype, s.qclass, s.flags)
+        });
+        self.len += 1;
+        self.link_mru(at);
         self.evict_to_fit();
     }
 
@@ -232,15 +446,15 @@ impl Cache {
         let recheck = self.policy.stale_recheck;
         match self.lookup(key, now) {
             Lookup::Stale { answer, .. } => {
-                if let Some(slot) = self.map.get_mut(key) {
-                    slot.upstream_retry_at = Some(now + recheck);
+                if let Some(at) = self.find(key) {
+                    self.slot_mut(at).upstream_retry_at = Some(now + recheck);
                 }
                 Some(answer)
             }
             // A fresh entry (e.g. a failed prefetch): let a later prefetch try again.
             Lookup::Fresh { answer, .. } => {
-                if let Some(slot) = self.map.get_mut(key) {
-                    slot.prefetch_started = false;
+                if let Some(at) = self.find(key) {
+                    self.slot_mut(at).prefetch_started = false;
                 }
                 Some(answer)
             }
@@ -251,8 +465,8 @@ impl Cache {
     /// The entry if it can still be served (fresh or stale), without touching
     /// hit counts or recency.
     pub fn peek_servable(&self, key: &CacheKey, now: Instant) -> Option<Arc<CachedAnswer>> {
-        let slot = self.map.peek(key)?;
-        let answer = &slot.answer;
+        let at = self.find(key)?;
+        let answer = &self.slots[at as usize].as_ref()?.answer;
         let until = answer.fresh_until()
             + if answer.kind == AnswerKind::ServFail {
                 Duration::ZERO
@@ -262,24 +476,103 @@ impl Cache {
         (now < until).then(|| answer.clone())
     }
 
-    fn remove(&mut self, key: &CacheKey) {
-        if let Some(old) = self.map.remove(key) {
-            self.bytes -= old.charge;
+    fn hash_key(&self, name: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
+        hash_parts(&self.hasher, name, qtype, qclass, flags)
+    }
+
+    fn find(&self, key: &CacheKey) -> Option<u32> {
+        let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
+        self.index
+            .find(hash, |&i| {
+                self.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.matches(key))
+            })
+            .copied()
+    }
+
+    fn slot(&self, at: u32) -> &Slot {
+        self.slots[at as usize]
+            .as_ref()
+            .expect("linked slots are occupied")
+    }
+
+    fn slot_mut(&mut self, at: u32) -> &mut Slot {
+        self.slots[at as usize]
+            .as_mut()
+            .expect("linked slots are occupied")
+    }
+
+    fn unlink(&mut self, at: u32) {
+        let (prev, next) = {
+            let s = self.slot(at);
+            (s.prev, s.next)
+        };
+        match prev {
+            NIL => self.lru = next,
+            p => self.slot_mut(p).next = next,
+        }
+        match next {
+            NIL => self.mru = prev,
+            n => self.slot_mut(n).prev = prev,
+        }
+    }
+
+    fn link_mru(&mut self, at: u32) {
+        let old = self.mru;
+        {
+            let s = self.slot_mut(at);
+            s.prev = old;
+            s.next = NIL;
+        }
+        match old {
+            NIL => self.lru = at,
+            o => self.slot_mut(o).next = at,
+        }
+        self.mru = at;
+    }
+
+    /// Makes `at` the most recently used.
+    fn touch(&mut self, at: u32) {
+        if self.mru != at {
+            self.unlink(at);
+            self.link_mru(at);
+        }
+    }
+
+    fn remove_at(&mut self, at: u32) {
+        self.unlink(at);
+        let slot = self.slots[at as usize]
+            .take()
+            .expect("linked slots are occupied");
+        let hash = self.hash_key(slot.name(), slot.qtype, slot.qclass, slot.flags);
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == at) {
+            entry.remove();
+        }
+        self.bytes -= slot.answer.charge();
+        self.len -= 1;
+        self.free.push(at);
+        if self.len == 0 {
+            // Let an emptied cache give its slab back.
+            self.slots = Vec::new();
+            self.free = Vec::new();
         }
     }
 
     fn evict_to_fit(&mut self) {
-        while self.map.len() > self.policy.max_entries || self.bytes > self.policy.max_bytes {
-            match self.map.remove_lru() {
-                Some((_, old)) => {
-                    self.bytes -= old.charge;
-                    self.evictions += 1;
-                    self.unreported_evictions += 1;
-                }
-                None => break,
+        while self.len > self.policy.max_entries || self.bytes > self.policy.max_bytes {
+            if self.lru == NIL {
+                break;
             }
+            self.remove_at(self.lru);
+            self.evictions += 1;
+            self.unreported_evictions += 1;
         }
     }
+}
+
+fn hash_parts(hasher: &DefaultHashBuilder, name: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
+    hasher.hash_one((name, qtype, qclass, flags))
 }
 
 #[cfg(test)]
@@ -307,13 +600,7 @@ mod tests {
     }
 
     fn answer(kind: AnswerKind, ttl: u32, size: usize, at: Instant) -> Arc<CachedAnswer> {
-        Arc::new(CachedAnswer {
-            wire: vec![0; size].into(),
-            ttl_offsets: Box::new([]),
-            kind,
-            ttl,
-            stored_at: at,
-        })
+        Arc::new(CachedAnswer::new(&vec![0; size], &[], kind, ttl, at).unwrap())
     }
 
     #[test]
@@ -408,7 +695,12 @@ mod tests {
     #[test]
     fn evicts_by_bytes_and_accounts_exactly() {
         let t0 = Instant::now();
-        let one = answer(AnswerKind::Positive, 30, 1000, t0).charge(&key("a"));
+        // What one such entry is charged, stored under a name of the same length.
+        let one = {
+            let mut scratch = Cache::new(policy());
+            scratch.insert(key("z"), answer(AnswerKind::Positive, 30, 1000, t0));
+            scratch.stats().bytes
+        };
         let mut cache = Cache::new(CachePolicy {
             max_bytes: one * 3,
             ..policy()

@@ -304,11 +304,11 @@ impl DnsService {
         ttls: TtlPatch,
         protocol: Protocol,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(answer.wire.len() + 11);
+        let mut out = Vec::with_capacity(answer.wire().len() + 11);
         wire::render_answer(
             &mut out,
-            &answer.wire,
-            &answer.ttl_offsets,
+            answer.wire(),
+            answer.ttl_offsets(),
             query,
             info,
             ttls,
