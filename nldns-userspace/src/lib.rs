@@ -6,6 +6,7 @@
 //! - `intercept`: the sockets redirected queries land on.
 //! - `agent`: `nldns run`, the start-up and shutdown order.
 //! - `http`, `metrics`: /health, /ready, /metrics.
+//! - `memory`: returns malloc's free pages to the kernel.
 //! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod dns;
 pub mod heartbeat;
 pub mod http;
 pub mod intercept;
+pub mod memory;
 pub mod metrics;
 pub mod status;
 pub mod tcp_accept;
