@@ -54,12 +54,12 @@ pub enum AnswerKind {
 /// already clamped to the entry's lifetime so a countdown never overshoots it.
 ///
 /// Its bytes live in one buffer of `u16`s (so the TTL offsets are aligned):
-/// `[ttl offsets][key name, if stored apart][wire message]`, the last two viewed as
-/// bytes.
+/// `[number of TTL offsets][ttl offsets][key name, if stored apart][wire message]`,
+/// the last two viewed as bytes. The count sits in the buffer so that the struct is
+/// 40 bytes and its `Arc` fits malloc's 64-byte block instead of an 80-byte one.
 #[derive(Debug)]
 pub struct CachedAnswer {
     buf: Box<[u16]>,
-    n_offsets: u16,
     /// Length of the key's name stored apart; 0 when the wire's question spells it
     /// (the usual case: upstream echoes the lowercased question we sent).
     name_len: u8,
@@ -98,14 +98,15 @@ impl CachedAnswer {
             return None;
         }
         let bytes = name.len() + wire.len();
-        let mut buf = vec![0u16; ttl_offsets.len() + bytes.div_ceil(2)].into_boxed_slice();
-        buf[..ttl_offsets.len()].copy_from_slice(ttl_offsets);
-        let tail = as_bytes_mut(&mut buf[ttl_offsets.len()..]);
+        let head = 1 + ttl_offsets.len();
+        let mut buf = vec![0u16; head + bytes.div_ceil(2)].into_boxed_slice();
+        buf[0] = ttl_offsets.len() as u16;
+        buf[1..head].copy_from_slice(ttl_offsets);
+        let tail = as_bytes_mut(&mut buf[head..]);
         tail[..name.len()].copy_from_slice(name);
         tail[name.len()..bytes].copy_from_slice(wire);
         Some(CachedAnswer {
             buf,
-            n_offsets: ttl_offsets.len() as u16,
             name_len: name.len() as u8,
             wire_len: wire.len() as u16,
             kind,
@@ -122,11 +123,16 @@ impl CachedAnswer {
 
     /// Where each record's TTL sits in [`Self::wire`].
     pub fn ttl_offsets(&self) -> &[u16] {
-        &self.buf[..usize::from(self.n_offsets)]
+        &self.buf[1..self.head()]
     }
 
     fn tail(&self) -> &[u8] {
-        as_bytes(&self.buf[usize::from(self.n_offsets)..])
+        as_bytes(&self.buf[self.head()..])
+    }
+
+    /// Where the bytes start in `buf`: after the count and the offsets.
+    fn head(&self) -> usize {
+        1 + usize::from(self.buf[0])
     }
 
     /// The key's name as this answer keeps it: apart, or the wire's question name
@@ -221,8 +227,10 @@ pub struct CachePolicy {
 /// One cached entry in the slab, linked into the LRU list by slab index.
 struct Slot {
     answer: Arc<CachedAnswer>,
-    /// Set after an upstream failure: until then, stale is served without retrying.
-    upstream_retry_at: Option<Instant>,
+    /// Set after an upstream failure, in whole seconds after the answer's
+    /// `stored_at` (0: no failure noted): until then, stale is served without
+    /// asking upstream. Seconds keep the slot at 32 bytes.
+    retry_after: u32,
     hits: u32,
     /// Neighbours in recency order ([`NIL`] at either end): `prev` is less recent.
     prev: u32,
@@ -367,7 +375,9 @@ impl Cache {
         if stale_ok {
             return Lookup::Stale {
                 answer: slot.answer.clone(),
-                ask_upstream: slot.upstream_retry_at.is_none_or(|t| now >= t),
+                ask_upstream: slot.retry_after == 0
+                    || now
+                        >= slot.answer.stored_at + Duration::from_secs(u64::from(slot.retry_after)),
             };
         }
         self.remove_at(at);
@@ -391,7 +401,7 @@ impl Cache {
         }
         let slot = Slot {
             answer,
-            upstream_retry_at: None,
+            retry_after: 0,
             hits: 0,
             prev: NIL,
             next: NIL,
@@ -447,7 +457,11 @@ impl Cache {
         match self.lookup(key, now) {
             Lookup::Stale { answer, .. } => {
                 if let Some(at) = self.find(key) {
-                    self.slot_mut(at).upstream_retry_at = Some(now + recheck);
+                    let slot = self.slot_mut(at);
+                    // Rounded up, so upstream is never asked before the timer ran out.
+                    let wait = (now + recheck).saturating_duration_since(slot.answer.stored_at);
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    slot.retry_after = u32::try_from(secs).unwrap_or(u32::MAX).max(1);
                 }
                 Some(answer)
             }
@@ -601,6 +615,14 @@ mod tests {
 
     fn answer(kind: AnswerKind, ttl: u32, size: usize, at: Instant) -> Arc<CachedAnswer> {
         Arc::new(CachedAnswer::new(&vec![0; size], &[], kind, ttl, at).unwrap())
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        // What examples/cache_memory.rs measured rests on these sizes (64-bit).
+        assert_eq!(std::mem::size_of::<CachedAnswer>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 32);
     }
 
     #[test]
