@@ -111,7 +111,7 @@ pub fn prepare(
     let answer = CachedAnswer::new(&wire, &ttl_offsets, kind, ttl, now)
         .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))?;
     Ok(Prepared {
-        answer: Arc::new(answer),
+        answer,
         cacheable,
         rcode,
     })
@@ -128,7 +128,6 @@ pub fn servfail(query: Query, ttl: u32, now: Instant) -> Result<Arc<CachedAnswer
         .to_vec()
         .map_err(|e| PrepareError::Encode(e.to_string()))?;
     CachedAnswer::new(&wire, &[], AnswerKind::ServFail, ttl, now)
-        .map(Arc::new)
         .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))
 }
 
@@ -188,7 +187,7 @@ mod tests {
         msg.add_answer(a_record(20));
         let p = prepare(msg.clone(), &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::Positive, 20, true)
         );
         assert_eq!(
@@ -198,11 +197,11 @@ mod tests {
         );
         msg.answers[1].ttl = 1;
         let p = prepare(msg.clone(), &policy(), now).unwrap();
-        assert_eq!(p.answer.ttl, 5, "floored by min_ttl");
+        assert_eq!(p.answer.ttl(), 5, "floored by min_ttl");
         assert_eq!(ttls(&p.answer), vec![5, 5]);
         msg.answers[1].ttl = 1000;
         let p = prepare(msg, &policy(), now).unwrap();
-        assert_eq!(p.answer.ttl, 30, "capped by max_ttl");
+        assert_eq!(p.answer.ttl(), 30, "capped by max_ttl");
         assert_eq!(&p.answer.wire()[..2], &[0, 0], "ID zeroed");
     }
 
@@ -213,19 +212,19 @@ mod tests {
         msg.add_authority(soa_record(3, 60));
         let p = prepare(msg, &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::Negative, 3, true)
         );
         // NODATA: min(SOA TTL 60, MINIMUM 4) = 4.
         let mut msg = reply(ResponseCode::NoError);
         msg.add_authority(soa_record(60, 4));
         let p = prepare(msg, &policy(), now).unwrap();
-        assert_eq!((p.answer.kind, p.answer.ttl), (AnswerKind::Negative, 4));
+        assert_eq!((p.answer.kind(), p.answer.ttl()), (AnswerKind::Negative, 4));
         assert_eq!(ttls(&p.answer), vec![4]);
         // Capped at negative_max_ttl.
         let mut msg = reply(ResponseCode::NXDomain);
         msg.add_authority(soa_record(600, 600));
-        assert_eq!(prepare(msg, &policy(), now).unwrap().answer.ttl, 5);
+        assert_eq!(prepare(msg, &policy(), now).unwrap().answer.ttl(), 5);
         // No SOA: not cacheable.
         let p = prepare(reply(ResponseCode::NXDomain), &policy(), now).unwrap();
         assert!(!p.cacheable);
@@ -236,7 +235,7 @@ mod tests {
         let now = Instant::now();
         let p = prepare(reply(ResponseCode::ServFail), &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::ServFail, 2, true)
         );
         let p = prepare(reply(ResponseCode::Refused), &policy(), now).unwrap();

@@ -15,7 +15,7 @@
 //! Time is passed in (`now`) so the arithmetic is testable without sleeping.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -53,25 +53,37 @@ pub enum AnswerKind {
 /// An answer as stored: the wire message without OPT, ID zeroed, every record's TTL
 /// already clamped to the entry's lifetime so a countdown never overshoots it.
 ///
-/// Its bytes live in one buffer of `u16`s (so the TTL offsets are aligned):
-/// `[number of TTL offsets][ttl offsets][key name, if stored apart][wire message]`,
-/// the last two viewed as bytes. The count sits in the buffer so that the struct is
-/// 40 bytes and its `Arc` fits malloc's 64-byte block instead of an 80-byte one.
-#[derive(Debug)]
+/// One heap block (the `Arc`'s) holds all of it as `u16` words, so the TTL offsets
+/// are aligned: a header (when it was stored, its lifetime, lengths, kind), the TTL
+/// offsets, then as bytes the key's name if stored apart and the wire message. Two
+/// blocks (the `Arc` with fields, and a buffer) measured 32 bytes more per entry.
+#[repr(transparent)]
 pub struct CachedAnswer {
-    buf: Box<[u16]>,
-    /// Length of the key's name stored apart; 0 when the wire's question spells it
-    /// (the usual case: upstream echoes the lowercased question we sent).
-    name_len: u8,
-    wire_len: u16,
-    pub kind: AnswerKind,
-    /// Seconds the answer stays fresh after `stored_at`.
-    pub ttl: u32,
-    pub stored_at: Instant,
+    words: [u16],
 }
+
+/// Header words: stored_at (i64 nanoseconds from [`EPOCH`], 4 words), ttl (2),
+/// wire length (1), name length | kind << 8 (1), number of TTL offsets (1).
+const HEADER: usize = 9;
+
+/// What `stored_at` is counted from (a signed offset: callers may pass earlier
+/// instants than the first use).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// A message longer than this cannot be sent over any DNS transport.
 const MAX_WIRE: usize = u16::MAX as usize;
+
+impl std::fmt::Debug for CachedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedAnswer")
+            .field("kind", &self.kind())
+            .field("ttl", &self.ttl())
+            .field("stored_at", &self.stored_at())
+            .field("wire_len", &self.wire().len())
+            .field("ttl_offsets", &self.ttl_offsets())
+            .finish()
+    }
+}
 
 impl CachedAnswer {
     /// Packs an answer; `None` when the message or its TTL offsets are too many
@@ -82,7 +94,7 @@ impl CachedAnswer {
         kind: AnswerKind,
         ttl: u32,
         stored_at: Instant,
-    ) -> Option<Self> {
+    ) -> Option<Arc<Self>> {
         Self::pack(ttl_offsets, &[], wire, kind, ttl, stored_at)
     }
 
@@ -93,58 +105,101 @@ impl CachedAnswer {
         kind: AnswerKind,
         ttl: u32,
         stored_at: Instant,
-    ) -> Option<Self> {
+    ) -> Option<Arc<Self>> {
         if wire.len() > MAX_WIRE || ttl_offsets.len() > MAX_WIRE || name.len() > 255 {
             return None;
         }
+        let epoch = *EPOCH;
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let at = if stored_at >= epoch {
+            nanos(stored_at - epoch)
+        } else {
+            -nanos(epoch - stored_at)
+        };
         let bytes = name.len() + wire.len();
-        let head = 1 + ttl_offsets.len();
-        let mut buf = vec![0u16; head + bytes.div_ceil(2)].into_boxed_slice();
-        buf[0] = ttl_offsets.len() as u16;
-        buf[1..head].copy_from_slice(ttl_offsets);
-        let tail = as_bytes_mut(&mut buf[head..]);
+        let head = HEADER + ttl_offsets.len();
+        let mut words = vec![0u16; head + bytes.div_ceil(2)];
+        for (i, w) in words[..4].iter_mut().enumerate() {
+            *w = (at >> (16 * i)) as u16;
+        }
+        words[4] = ttl as u16;
+        words[5] = (ttl >> 16) as u16;
+        words[6] = wire.len() as u16;
+        let kind_bits: u16 = match kind {
+            AnswerKind::Positive => 0,
+            AnswerKind::Negative => 1,
+            AnswerKind::ServFail => 2,
+        };
+        words[7] = name.len() as u16 | kind_bits << 8;
+        words[8] = ttl_offsets.len() as u16;
+        words[HEADER..head].copy_from_slice(ttl_offsets);
+        let tail = as_bytes_mut(&mut words[head..]);
         tail[..name.len()].copy_from_slice(name);
         tail[name.len()..bytes].copy_from_slice(wire);
-        Some(CachedAnswer {
-            buf,
-            name_len: name.len() as u8,
-            wire_len: wire.len() as u16,
-            kind,
-            ttl,
-            stored_at,
-        })
+        let words: Arc<[u16]> = words.into();
+        // SAFETY: CachedAnswer is repr(transparent) over [u16], so the pointer (with
+        // its length) and the allocation's layout are the same for both types.
+        Some(unsafe { Arc::from_raw(Arc::into_raw(words) as *const CachedAnswer) })
+    }
+
+    /// How the answer was classified.
+    pub fn kind(&self) -> AnswerKind {
+        match self.words[7] >> 8 {
+            0 => AnswerKind::Positive,
+            1 => AnswerKind::Negative,
+            _ => AnswerKind::ServFail,
+        }
+    }
+
+    /// Seconds the answer stays fresh after [`Self::stored_at`].
+    pub fn ttl(&self) -> u32 {
+        u32::from(self.words[4]) | u32::from(self.words[5]) << 16
+    }
+
+    pub fn stored_at(&self) -> Instant {
+        let at = (0..4).fold(0u64, |acc, i| acc | u64::from(self.words[i]) << (16 * i)) as i64;
+        let epoch = *EPOCH;
+        let d = Duration::from_nanos(at.unsigned_abs());
+        if at >= 0 {
+            epoch + d
+        } else {
+            epoch.checked_sub(d).unwrap_or(epoch)
+        }
+    }
+
+    fn name_len(&self) -> usize {
+        usize::from(self.words[7] & 0xff)
     }
 
     /// The stored message (ID zero, no OPT).
     pub fn wire(&self) -> &[u8] {
-        let start = usize::from(self.name_len);
-        &self.tail()[start..start + usize::from(self.wire_len)]
+        let start = self.name_len();
+        &self.tail()[start..start + usize::from(self.words[6])]
     }
 
     /// Where each record's TTL sits in [`Self::wire`].
     pub fn ttl_offsets(&self) -> &[u16] {
-        &self.buf[1..self.head()]
+        &self.words[HEADER..self.head()]
     }
 
     fn tail(&self) -> &[u8] {
-        as_bytes(&self.buf[self.head()..])
+        as_bytes(&self.words[self.head()..])
     }
 
-    /// Where the bytes start in `buf`: after the count and the offsets.
+    /// Where the bytes start: after the header and the offsets.
     fn head(&self) -> usize {
-        1 + usize::from(self.buf[0])
+        HEADER + usize::from(self.words[8])
     }
 
     /// The key's name as this answer keeps it: apart, or the wire's question name
-    /// (only ever compared against whole keys, so a shorter match is not possible:
-    /// equality checks the length first).
+    /// (slots compare lengths first, so a longer stored name never matches a prefix).
     fn key_name(&self, len: usize) -> &[u8] {
-        if self.name_len > 0 {
-            &self.tail()[..usize::from(self.name_len)]
-        } else {
-            self.wire()
+        match self.name_len() {
+            0 => self
+                .wire()
                 .get(QUESTION_AT..QUESTION_AT + len)
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            n => &self.tail()[..n],
         }
     }
 
@@ -153,7 +208,7 @@ impl CachedAnswer {
     fn for_key(self: Arc<Self>, name: &[u8]) -> Option<Arc<Self>> {
         let wire = self.wire();
         let qdcount = wire.get(4..6) == Some(&[0, 1]);
-        if self.name_len == 0
+        if self.name_len() == 0
             && qdcount
             && wire.get(QUESTION_AT..QUESTION_AT + name.len()) == Some(name)
         {
@@ -163,34 +218,31 @@ impl CachedAnswer {
             self.ttl_offsets(),
             name,
             wire,
-            self.kind,
-            self.ttl,
-            self.stored_at,
+            self.kind(),
+            self.ttl(),
+            self.stored_at(),
         )
-        .map(Arc::new)
     }
 
     /// Whole seconds spent in the cache, for the TTL countdown.
     pub fn elapsed_secs(&self, now: Instant) -> u32 {
-        u32::try_from(now.saturating_duration_since(self.stored_at).as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(now.saturating_duration_since(self.stored_at()).as_secs()).unwrap_or(u32::MAX)
     }
 
     fn fresh_until(&self) -> Instant {
-        self.stored_at + Duration::from_secs(u64::from(self.ttl))
+        self.stored_at() + Duration::from_secs(u64::from(self.ttl()))
     }
 
     /// Bytes charged against the cache's byte budget: what the entry really holds
-    /// (its slab slot, its index, the shared answer and its buffer, each heap block
-    /// with malloc's header and rounding to 16 bytes).
+    /// (its slab slot, its index, and the answer's heap block with the `Arc`'s
+    /// counts and malloc's header and rounding).
     fn charge(&self) -> usize {
         const BLOCK_OVERHEAD: usize = 16;
         const INDEX: usize = 8; // a u32 and a control byte, at hashbrown's load factor
-        let arc = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Self>();
         std::mem::size_of::<Slot>()
             + INDEX
-            + arc
-            + BLOCK_OVERHEAD
-            + std::mem::size_of_val(&*self.buf)
+            + 2 * std::mem::size_of::<usize>()
+            + std::mem::size_of_val(&self.words)
             + BLOCK_OVERHEAD
     }
 }
@@ -355,9 +407,9 @@ impl Cache {
             slot.hits = slot.hits.saturating_add(1);
             let left = fresh_until - now;
             let window =
-                Duration::from_secs(u64::from(slot.answer.ttl)) * policy.prefetch_percent / 100;
+                Duration::from_secs(u64::from(slot.answer.ttl())) * policy.prefetch_percent / 100;
             let prefetch = policy.prefetch_percent > 0
-                && slot.answer.kind != AnswerKind::ServFail
+                && slot.answer.kind() != AnswerKind::ServFail
                 && !slot.prefetch_started
                 && slot.hits >= policy.prefetch_min_hits
                 && left < window;
@@ -369,7 +421,7 @@ impl Cache {
                 prefetch,
             };
         }
-        let stale_ok = slot.answer.kind != AnswerKind::ServFail
+        let stale_ok = slot.answer.kind() != AnswerKind::ServFail
             && now < fresh_until + policy.stale_max
             && !policy.stale_max.is_zero();
         if stale_ok {
@@ -377,7 +429,8 @@ impl Cache {
                 answer: slot.answer.clone(),
                 ask_upstream: slot.retry_after == 0
                     || now
-                        >= slot.answer.stored_at + Duration::from_secs(u64::from(slot.retry_after)),
+                        >= slot.answer.stored_at()
+                            + Duration::from_secs(u64::from(slot.retry_after)),
             };
         }
         self.remove_at(at);
@@ -459,7 +512,7 @@ impl Cache {
                 if let Some(at) = self.find(key) {
                     let slot = self.slot_mut(at);
                     // Rounded up, so upstream is never asked before the timer ran out.
-                    let wait = (now + recheck).saturating_duration_since(slot.answer.stored_at);
+                    let wait = (now + recheck).saturating_duration_since(slot.answer.stored_at());
                     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     slot.retry_after = u32::try_from(secs).unwrap_or(u32::MAX).max(1);
                 }
@@ -482,7 +535,7 @@ impl Cache {
         let at = self.find(key)?;
         let answer = &self.slots[at as usize].as_ref()?.answer;
         let until = answer.fresh_until()
-            + if answer.kind == AnswerKind::ServFail {
+            + if answer.kind() == AnswerKind::ServFail {
                 Duration::ZERO
             } else {
                 self.policy.stale_max
@@ -614,15 +667,29 @@ mod tests {
     }
 
     fn answer(kind: AnswerKind, ttl: u32, size: usize, at: Instant) -> Arc<CachedAnswer> {
-        Arc::new(CachedAnswer::new(&vec![0; size], &[], kind, ttl, at).unwrap())
+        CachedAnswer::new(&vec![0; size], &[], kind, ttl, at).unwrap()
     }
 
     #[test]
     fn entries_stay_small() {
         // What examples/cache_memory.rs measured rests on these sizes (64-bit).
-        assert_eq!(std::mem::size_of::<CachedAnswer>(), 40);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 40);
+        // The answer's block: a 9-word header, one TTL offset, the wire (odd lengths
+        // round up to a whole word).
+        let t0 = Instant::now();
+        let a = CachedAnswer::new(&[7; 65], &[30], AnswerKind::Negative, 42, t0).unwrap();
+        assert_eq!(std::mem::size_of_val(&*a), 2 * (9 + 1 + 33));
+        assert_eq!(
+            (a.kind(), a.ttl(), a.stored_at(), a.wire(), a.ttl_offsets()),
+            (AnswerKind::Negative, 42, t0, &[7u8; 65][..], &[30u16][..])
+        );
+        let early = t0 - Duration::from_secs(5);
+        let b = CachedAnswer::new(&[], &[], AnswerKind::ServFail, u32::MAX, early).unwrap();
+        assert_eq!(
+            (b.kind(), b.ttl(), b.stored_at()),
+            (AnswerKind::ServFail, u32::MAX, early)
+        );
     }
 
     #[test]

@@ -447,7 +447,7 @@ impl DnsService {
             }
         };
         let outcome = match prepared {
-            Ok(p) if p.answer.kind != AnswerKind::ServFail => {
+            Ok(p) if p.answer.kind() != AnswerKind::ServFail => {
                 if p.cacheable {
                     self.lock_cache().insert(key.clone(), p.answer.clone());
                 }
@@ -469,7 +469,7 @@ impl DnsService {
                     };
                     match servfail {
                         Some(answer) => {
-                            if answer.ttl > 0 {
+                            if answer.ttl() > 0 {
                                 self.lock_cache().insert(key.clone(), answer.clone());
                             }
                             Outcome::Answer(answer)
