@@ -127,12 +127,19 @@ impl DnsConfig {
         router::read_resolv_conf(path)
     }
 
-    /// Applies kube-dns's `stubDomains` / `upstreamNameservers` (see
-    /// [`KubeDnsConfig::read`]); upstream nameservers replace the resolv.conf ones.
+    /// Applies kube-dns's `stubDomains` / `upstreamNameservers` and nldns's `cache`
+    /// bounds (see [`KubeDnsConfig::read`]); upstream nameservers replace the
+    /// resolv.conf ones.
     pub fn apply_kube_dns_config(&mut self, kube: KubeDnsConfig) {
         self.stub_domains = kube.stub_domains;
         if !kube.upstream_nameservers.is_empty() {
             self.default_upstreams = kube.upstream_nameservers;
+        }
+        if let Some(n) = kube.cache_max_entries {
+            self.max_entries = n;
+        }
+        if let Some(n) = kube.cache_max_bytes {
+            self.max_bytes = n;
         }
     }
 
