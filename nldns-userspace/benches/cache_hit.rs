@@ -95,7 +95,7 @@ fn wire_path(cache: &Mutex<Cache>, query: &[u8], now: Instant, out: &mut Vec<u8>
         panic!("expected a hit")
     };
     let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
-    wire::render_answer(out, &answer.wire, &answer.ttl_offsets, query, &info, ttls);
+    wire::render_answer(out, answer.wire(), answer.ttl_offsets(), query, &info, ttls);
 }
 
 /// The same with hickory-proto decoding and encoding both messages.
@@ -117,7 +117,7 @@ fn decode_path(cache: &Mutex<Cache>, query: &[u8], now: Instant) -> Vec<u8> {
     let Lookup::Fresh { answer, .. } = cache.lock().unwrap().lookup(&key, now) else {
         panic!("expected a hit")
     };
-    let mut reply = Message::from_vec(&answer.wire).unwrap();
+    let mut reply = Message::from_vec(answer.wire()).unwrap();
     reply.metadata.id = q.metadata.id;
     reply.metadata.recursion_desired = q.metadata.recursion_desired;
     reply.queries = vec![question];

@@ -162,6 +162,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("the cache does not answer on its own intercept socket")?;
     datapath.beat()?;
+    // Loading parsed the object and the kernel's BTF: give those pages back.
+    crate::memory::release_free_memory();
     let interception = Arc::new(Mutex::new(Interception {
         datapath,
         attachments: Attachments::new(mode),
@@ -195,6 +197,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     // /ready must not depend on client traffic having exercised the upstreams.
     tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
+    tokio::spawn(crate::memory::trim_after_misses(
+        metrics.clone(),
+        Duration::from_secs(5),
+        background.clone(),
+    ));
     let ready = {
         let dns = dns.clone();
         let watching = watching.clone();

@@ -7,6 +7,7 @@
 //! - `agent`: `nldns run`, the start-up and shutdown order.
 //! - `http`, `metrics`: /health, /ready, /metrics; `probe`: the same, exact per agent, on
 //!   a unix socket, and `nldns probe`.
+//! - `memory`: returns malloc's free pages to the kernel.
 //! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
 
 pub mod accept;
@@ -18,6 +19,7 @@ pub mod dns;
 pub mod heartbeat;
 pub mod http;
 pub mod intercept;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod status;

@@ -576,3 +576,40 @@ fn no_open_resolver_and_listen_addresses_answer_directly() {
     assert!(node.backend_query_count().unwrap() - before <= 1);
     stop_agent(agent);
 }
+
+/// The `cache` key of `--config` bounds the cache: with room for one entry, a second name
+/// evicts the first (least recently used), which then goes to a backend again.
+#[test]
+fn the_config_files_cache_bound_evicts_the_least_recently_used() {
+    if !require_root("the_config_files_cache_bound_evicts_the_least_recently_used") {
+        return;
+    }
+    let node = node_with(BackendMode::KnotBehindProxy, 1, 2);
+    let config = node.workdir().join("nldns-config.json");
+    std::fs::write(&config, r#"{"cache": {"maxEntries": 1}}"#).unwrap();
+    let agent = start_agent(&node, &["--config", config.to_str().unwrap()]);
+    let backend = |name| node.backend_queries_for(name, "A").unwrap();
+
+    for _ in 0..2 {
+        assert_eq!(
+            addresses(&query(&node, V4, names::WEB, RecordType::A)),
+            [IpAddr::V4(WEB_V4)]
+        );
+    }
+    assert_eq!(backend(names::WEB), 1, "held while it is the only entry");
+    query(&node, V4, names::KUBE_DNS, RecordType::A);
+    assert_eq!(
+        addresses(&query(&node, V4, names::WEB, RecordType::A)),
+        [IpAddr::V4(WEB_V4)]
+    );
+    assert_eq!(
+        backend(names::WEB),
+        2,
+        "evicted by the second name, so asked again"
+    );
+
+    let (_, text) = node.http_get(node.metrics_addr(), "/metrics").unwrap();
+    assert_eq!(metric(&text, "nldns_cache_entries"), 1, "{text}");
+    assert!(metric(&text, "nldns_cache_evictions_total") >= 2, "{text}");
+    stop_agent(agent);
+}

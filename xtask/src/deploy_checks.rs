@@ -719,10 +719,10 @@ fn base_policy(docs: &[Value]) -> Result<()> {
     );
     let res = &c["resources"];
     ensure!(
-        res["requests"]["memory"] == "32Mi"
+        res["requests"]["memory"] == "40Mi"
             && res["limits"]["memory"] == "128Mi"
             && res["requests"]["cpu"] == "25m",
-        "resources must be requests 25m/32Mi, limit 128Mi (got {res})"
+        "resources must be requests 25m/40Mi, limit 128Mi (got {res})"
     );
     for name in [
         "NLDNS_SERVICE_IP",

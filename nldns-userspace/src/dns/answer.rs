@@ -108,14 +108,10 @@ pub fn prepare(
         .to_vec()
         .map_err(|e| PrepareError::Encode(e.to_string()))?;
     let ttl_offsets = wire::ttl_offsets(&wire)?;
+    let answer = CachedAnswer::new(&wire, &ttl_offsets, kind, ttl, now)
+        .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))?;
     Ok(Prepared {
-        answer: Arc::new(CachedAnswer {
-            wire: wire.into(),
-            ttl_offsets: ttl_offsets.into(),
-            kind,
-            ttl,
-            stored_at: now,
-        }),
+        answer,
         cacheable,
         rcode,
     })
@@ -131,13 +127,8 @@ pub fn servfail(query: Query, ttl: u32, now: Instant) -> Result<Arc<CachedAnswer
     let wire = msg
         .to_vec()
         .map_err(|e| PrepareError::Encode(e.to_string()))?;
-    Ok(Arc::new(CachedAnswer {
-        wire: wire.into(),
-        ttl_offsets: Box::new([]),
-        kind: AnswerKind::ServFail,
-        ttl,
-        stored_at: now,
-    }))
+    CachedAnswer::new(&wire, &[], AnswerKind::ServFail, ttl, now)
+        .ok_or_else(|| PrepareError::Encode("answer longer than 65535 bytes".into()))
 }
 
 #[cfg(test)]
@@ -179,11 +170,11 @@ mod tests {
 
     fn ttls(answer: &CachedAnswer) -> Vec<u32> {
         answer
-            .ttl_offsets
+            .ttl_offsets()
             .iter()
             .map(|&o| {
                 let o = usize::from(o);
-                u32::from_be_bytes(answer.wire[o..o + 4].try_into().unwrap())
+                u32::from_be_bytes(answer.wire()[o..o + 4].try_into().unwrap())
             })
             .collect()
     }
@@ -196,7 +187,7 @@ mod tests {
         msg.add_answer(a_record(20));
         let p = prepare(msg.clone(), &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::Positive, 20, true)
         );
         assert_eq!(
@@ -206,12 +197,12 @@ mod tests {
         );
         msg.answers[1].ttl = 1;
         let p = prepare(msg.clone(), &policy(), now).unwrap();
-        assert_eq!(p.answer.ttl, 5, "floored by min_ttl");
+        assert_eq!(p.answer.ttl(), 5, "floored by min_ttl");
         assert_eq!(ttls(&p.answer), vec![5, 5]);
         msg.answers[1].ttl = 1000;
         let p = prepare(msg, &policy(), now).unwrap();
-        assert_eq!(p.answer.ttl, 30, "capped by max_ttl");
-        assert_eq!(&p.answer.wire[..2], &[0, 0], "ID zeroed");
+        assert_eq!(p.answer.ttl(), 30, "capped by max_ttl");
+        assert_eq!(&p.answer.wire()[..2], &[0, 0], "ID zeroed");
     }
 
     #[test]
@@ -221,19 +212,19 @@ mod tests {
         msg.add_authority(soa_record(3, 60));
         let p = prepare(msg, &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::Negative, 3, true)
         );
         // NODATA: min(SOA TTL 60, MINIMUM 4) = 4.
         let mut msg = reply(ResponseCode::NoError);
         msg.add_authority(soa_record(60, 4));
         let p = prepare(msg, &policy(), now).unwrap();
-        assert_eq!((p.answer.kind, p.answer.ttl), (AnswerKind::Negative, 4));
+        assert_eq!((p.answer.kind(), p.answer.ttl()), (AnswerKind::Negative, 4));
         assert_eq!(ttls(&p.answer), vec![4]);
         // Capped at negative_max_ttl.
         let mut msg = reply(ResponseCode::NXDomain);
         msg.add_authority(soa_record(600, 600));
-        assert_eq!(prepare(msg, &policy(), now).unwrap().answer.ttl, 5);
+        assert_eq!(prepare(msg, &policy(), now).unwrap().answer.ttl(), 5);
         // No SOA: not cacheable.
         let p = prepare(reply(ResponseCode::NXDomain), &policy(), now).unwrap();
         assert!(!p.cacheable);
@@ -244,12 +235,12 @@ mod tests {
         let now = Instant::now();
         let p = prepare(reply(ResponseCode::ServFail), &policy(), now).unwrap();
         assert_eq!(
-            (p.answer.kind, p.answer.ttl, p.cacheable),
+            (p.answer.kind(), p.answer.ttl(), p.cacheable),
             (AnswerKind::ServFail, 2, true)
         );
         let p = prepare(reply(ResponseCode::Refused), &policy(), now).unwrap();
         assert!(!p.cacheable);
         let ours = servfail(reply(ResponseCode::NoError).queries[0].clone(), 2, now).unwrap();
-        assert_eq!(wire::rcode(&ours.wire), wire::RCODE_SERVFAIL);
+        assert_eq!(wire::rcode(ours.wire()), wire::RCODE_SERVFAIL);
     }
 }

@@ -6,17 +6,27 @@
 //! cache's hot path"): the key is the lowercased wire name plus fixed-size fields,
 //! the value is the answer's wire bytes plus the offsets of its TTL fields.
 //!
+//! Memory (measured with `examples/cache_memory.rs`): an entry is two heap
+//! allocations, the shared [`CachedAnswer`] and its one buffer (TTL offsets and wire
+//! message, and the key's name only when the wire's question does not already spell
+//! it), plus a slot in a slab and a 4-byte index in a hash table. The LRU order is a
+//! list threaded through the slab by index, so it costs no allocation either.
+//!
 //! Time is passed in (`now`) so the arithmetic is testable without sleeping.
 
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use hashlink::LruCache;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// Bit in [`CacheKey::flags`]: the client set DO (RFC 3225), so DNSSEC records matter.
 pub const KEY_DO: u8 = 1;
 /// Bit in [`CacheKey::flags`]: the client set CD (RFC 4035), so validation differs.
 pub const KEY_CD: u8 = 2;
+
+/// Where the question name starts in a DNS message (right after the header).
+const QUESTION_AT: usize = 12;
 
 /// What identifies a cached answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,32 +52,211 @@ pub enum AnswerKind {
 
 /// An answer as stored: the wire message without OPT, ID zeroed, every record's TTL
 /// already clamped to the entry's lifetime so a countdown never overshoots it.
-#[derive(Debug)]
+///
+/// One heap block (the `Arc`'s) holds all of it as `u16` words, so the TTL offsets
+/// are aligned: a header (when it was stored, its lifetime, lengths, kind), the TTL
+/// offsets, then as bytes the key's name if stored apart and the wire message. Two
+/// blocks (the `Arc` with fields, and a buffer) measured 32 bytes more per entry.
+#[repr(transparent)]
 pub struct CachedAnswer {
-    pub wire: Box<[u8]>,
-    pub ttl_offsets: Box<[u16]>,
-    pub kind: AnswerKind,
-    /// Seconds the answer stays fresh after `stored_at`.
-    pub ttl: u32,
-    pub stored_at: Instant,
+    words: [u16],
+}
+
+/// Header words: stored_at (i64 nanoseconds from [`EPOCH`], 4 words), ttl (2),
+/// wire length (1), name length | kind << 8 (1), number of TTL offsets (1).
+const HEADER: usize = 9;
+
+/// What `stored_at` is counted from (a signed offset: callers may pass earlier
+/// instants than the first use).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A message longer than this cannot be sent over any DNS transport.
+const MAX_WIRE: usize = u16::MAX as usize;
+
+impl std::fmt::Debug for CachedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedAnswer")
+            .field("kind", &self.kind())
+            .field("ttl", &self.ttl())
+            .field("stored_at", &self.stored_at())
+            .field("wire_len", &self.wire().len())
+            .field("ttl_offsets", &self.ttl_offsets())
+            .finish()
+    }
 }
 
 impl CachedAnswer {
+    /// Packs an answer; `None` when the message or its TTL offsets are too many
+    /// bytes for DNS (65535), which no real exchange yields.
+    pub fn new(
+        wire: &[u8],
+        ttl_offsets: &[u16],
+        kind: AnswerKind,
+        ttl: u32,
+        stored_at: Instant,
+    ) -> Option<Arc<Self>> {
+        Self::pack(ttl_offsets, &[], wire, kind, ttl, stored_at)
+    }
+
+    fn pack(
+        ttl_offsets: &[u16],
+        name: &[u8],
+        wire: &[u8],
+        kind: AnswerKind,
+        ttl: u32,
+        stored_at: Instant,
+    ) -> Option<Arc<Self>> {
+        if wire.len() > MAX_WIRE || ttl_offsets.len() > MAX_WIRE || name.len() > 255 {
+            return None;
+        }
+        let epoch = *EPOCH;
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let at = if stored_at >= epoch {
+            nanos(stored_at - epoch)
+        } else {
+            -nanos(epoch - stored_at)
+        };
+        let bytes = name.len() + wire.len();
+        let head = HEADER + ttl_offsets.len();
+        let mut words = vec![0u16; head + bytes.div_ceil(2)];
+        for (i, w) in words[..4].iter_mut().enumerate() {
+            *w = (at >> (16 * i)) as u16;
+        }
+        words[4] = ttl as u16;
+        words[5] = (ttl >> 16) as u16;
+        words[6] = wire.len() as u16;
+        let kind_bits: u16 = match kind {
+            AnswerKind::Positive => 0,
+            AnswerKind::Negative => 1,
+            AnswerKind::ServFail => 2,
+        };
+        words[7] = name.len() as u16 | kind_bits << 8;
+        words[8] = ttl_offsets.len() as u16;
+        words[HEADER..head].copy_from_slice(ttl_offsets);
+        let tail = as_bytes_mut(&mut words[head..]);
+        tail[..name.len()].copy_from_slice(name);
+        tail[name.len()..bytes].copy_from_slice(wire);
+        let words: Arc<[u16]> = words.into();
+        // SAFETY: CachedAnswer is repr(transparent) over [u16], so the pointer (with
+        // its length) and the allocation's layout are the same for both types.
+        Some(unsafe { Arc::from_raw(Arc::into_raw(words) as *const CachedAnswer) })
+    }
+
+    /// How the answer was classified.
+    pub fn kind(&self) -> AnswerKind {
+        match self.words[7] >> 8 {
+            0 => AnswerKind::Positive,
+            1 => AnswerKind::Negative,
+            _ => AnswerKind::ServFail,
+        }
+    }
+
+    /// Seconds the answer stays fresh after [`Self::stored_at`].
+    pub fn ttl(&self) -> u32 {
+        u32::from(self.words[4]) | u32::from(self.words[5]) << 16
+    }
+
+    pub fn stored_at(&self) -> Instant {
+        let at = (0..4).fold(0u64, |acc, i| acc | u64::from(self.words[i]) << (16 * i)) as i64;
+        let epoch = *EPOCH;
+        let d = Duration::from_nanos(at.unsigned_abs());
+        if at >= 0 {
+            epoch + d
+        } else {
+            epoch.checked_sub(d).unwrap_or(epoch)
+        }
+    }
+
+    fn name_len(&self) -> usize {
+        usize::from(self.words[7] & 0xff)
+    }
+
+    /// The stored message (ID zero, no OPT).
+    pub fn wire(&self) -> &[u8] {
+        let start = self.name_len();
+        &self.tail()[start..start + usize::from(self.words[6])]
+    }
+
+    /// Where each record's TTL sits in [`Self::wire`].
+    pub fn ttl_offsets(&self) -> &[u16] {
+        &self.words[HEADER..self.head()]
+    }
+
+    fn tail(&self) -> &[u8] {
+        as_bytes(&self.words[self.head()..])
+    }
+
+    /// Where the bytes start: after the header and the offsets.
+    fn head(&self) -> usize {
+        HEADER + usize::from(self.words[8])
+    }
+
+    /// The key's name as this answer keeps it: apart, or the wire's question name
+    /// (slots compare lengths first, so a longer stored name never matches a prefix).
+    fn key_name(&self, len: usize) -> &[u8] {
+        match self.name_len() {
+            0 => self
+                .wire()
+                .get(QUESTION_AT..QUESTION_AT + len)
+                .unwrap_or_default(),
+            n => &self.tail()[..n],
+        }
+    }
+
+    /// This answer ready to be stored under `name`: itself when its question already
+    /// spells the name, else a copy carrying the name apart.
+    fn for_key(self: Arc<Self>, name: &[u8]) -> Option<Arc<Self>> {
+        let wire = self.wire();
+        let qdcount = wire.get(4..6) == Some(&[0, 1]);
+        if self.name_len() == 0
+            && qdcount
+            && wire.get(QUESTION_AT..QUESTION_AT + name.len()) == Some(name)
+        {
+            return Some(self);
+        }
+        Self::pack(
+            self.ttl_offsets(),
+            name,
+            wire,
+            self.kind(),
+            self.ttl(),
+            self.stored_at(),
+        )
+    }
+
     /// Whole seconds spent in the cache, for the TTL countdown.
     pub fn elapsed_secs(&self, now: Instant) -> u32 {
-        u32::try_from(now.saturating_duration_since(self.stored_at).as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(now.saturating_duration_since(self.stored_at()).as_secs()).unwrap_or(u32::MAX)
     }
 
     fn fresh_until(&self) -> Instant {
-        self.stored_at + Duration::from_secs(u64::from(self.ttl))
+        self.stored_at() + Duration::from_secs(u64::from(self.ttl()))
     }
 
-    /// Bytes charged against the cache's byte budget for this answer and `key`.
-    fn charge(&self, key: &CacheKey) -> usize {
-        // The fixed part approximates the map slot, the Arc and the boxes' headers.
-        const OVERHEAD: usize = 128;
-        OVERHEAD + self.wire.len() + self.ttl_offsets.len() * 2 + key.name.len()
+    /// Bytes charged against the cache's byte budget: what the entry really holds
+    /// (its slab slot, its index, and the answer's heap block with the `Arc`'s
+    /// counts and malloc's header and rounding).
+    fn charge(&self) -> usize {
+        const BLOCK_OVERHEAD: usize = 16;
+        const INDEX: usize = 8; // a u32 and a control byte, at hashbrown's load factor
+        std::mem::size_of::<Slot>()
+            + INDEX
+            + 2 * std::mem::size_of::<usize>()
+            + std::mem::size_of_val(&self.words)
+            + BLOCK_OVERHEAD
     }
+}
+
+fn as_bytes(words: &[u16]) -> &[u8] {
+    // SAFETY: u8 has no alignment, every byte of a u16 slice is initialized, and the
+    // length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 2) }
+}
+
+fn as_bytes_mut(words: &mut [u16]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; any byte pattern is a valid u16, so writes through
+    // the byte view cannot make the words invalid.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 2) }
 }
 
 /// Cache limits and lifetimes that `lookup`/`insert` need.
@@ -87,17 +276,40 @@ pub struct CachePolicy {
     pub stale_recheck: Duration,
 }
 
+/// One cached entry in the slab, linked into the LRU list by slab index.
 struct Slot {
     answer: Arc<CachedAnswer>,
+    /// Set after an upstream failure, in whole seconds after the answer's
+    /// `stored_at` (0: no failure noted): until then, stale is served without
+    /// asking upstream. Seconds keep the slot at 32 bytes.
+    retry_after: u32,
     hits: u32,
-    /// Looked up since it last reached the eviction end of the LRU list: it gets a
-    /// second chance there instead of being relinked on every hit.
-    recent: bool,
+    /// Neighbours in recency order ([`NIL`] at either end): `prev` is less recent.
+    prev: u32,
+    next: u32,
+    qtype: u16,
+    qclass: u16,
+    flags: u8,
+    name_len: u8,
     prefetch_started: bool,
-    /// Set after an upstream failure: until then, stale is served without retrying.
-    upstream_retry_at: Option<Instant>,
-    charge: usize,
 }
+
+impl Slot {
+    fn name(&self) -> &[u8] {
+        self.answer.key_name(usize::from(self.name_len))
+    }
+
+    fn matches(&self, key: &CacheKey) -> bool {
+        usize::from(self.name_len) == key.name.len()
+            && self.qtype == key.qtype
+            && self.qclass == key.qclass
+            && self.flags == key.flags
+            && self.name() == &key.name[..]
+    }
+}
+
+/// End of the LRU list / no slot.
+const NIL: u32 = u32::MAX;
 
 /// Result of a lookup.
 #[derive(Debug)]
@@ -128,7 +340,16 @@ pub struct CacheStats {
 /// The cache itself; not synchronized (the service wraps it in a mutex held only
 /// for a hash lookup or an insert).
 pub struct Cache {
-    map: LruCache<CacheKey, Slot>,
+    /// Slab indices, hashed by key.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Entries; `None` slots are listed in `free` for reuse.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// Least and most recently used ends of the LRU list.
+    lru: u32,
+    mru: u32,
+    len: usize,
     policy: CachePolicy,
     bytes: usize,
     evictions: u64,
@@ -138,7 +359,13 @@ pub struct Cache {
 impl Cache {
     pub fn new(policy: CachePolicy) -> Self {
         Cache {
-            map: LruCache::new_unbounded(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            lru: NIL,
+            mru: NIL,
+            len: 0,
             policy,
             bytes: 0,
             evictions: 0,
@@ -160,28 +387,29 @@ impl Cache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            entries: self.map.len(),
+            entries: self.len,
             bytes: self.bytes,
             evictions: self.evictions,
         }
     }
 
     pub fn lookup(&mut self, key: &CacheKey, now: Instant) -> Lookup {
-        let policy = &self.policy;
-        // peek_mut plus a mark, not get_mut: relinking the list on every hit cost more
-        // than the hash lookup itself (it writes both neighbours' nodes).
-        let Some(slot) = self.map.peek_mut(key) else {
+        let Some(at) = self.find(key) else {
             return Lookup::Miss;
         };
-        slot.recent = true;
+        self.touch(at);
+        let policy = &self.policy;
+        let slot = self.slots[at as usize]
+            .as_mut()
+            .expect("indexed slots are occupied");
         let fresh_until = slot.answer.fresh_until();
         if now < fresh_until {
             slot.hits = slot.hits.saturating_add(1);
             let left = fresh_until - now;
             let window =
-                Duration::from_secs(u64::from(slot.answer.ttl)) * policy.prefetch_percent / 100;
+                Duration::from_secs(u64::from(slot.answer.ttl())) * policy.prefetch_percent / 100;
             let prefetch = policy.prefetch_percent > 0
-                && slot.answer.kind != AnswerKind::ServFail
+                && slot.answer.kind() != AnswerKind::ServFail
                 && !slot.prefetch_started
                 && slot.hits >= policy.prefetch_min_hits
                 && left < window;
@@ -193,38 +421,80 @@ impl Cache {
                 prefetch,
             };
         }
-        let stale_ok = slot.answer.kind != AnswerKind::ServFail
+        let stale_ok = slot.answer.kind() != AnswerKind::ServFail
             && now < fresh_until + policy.stale_max
             && !policy.stale_max.is_zero();
         if stale_ok {
             return Lookup::Stale {
                 answer: slot.answer.clone(),
-                ask_upstream: slot.upstream_retry_at.is_none_or(|t| now >= t),
+                ask_upstream: slot.retry_after == 0
+                    || now
+                        >= slot.answer.stored_at()
+                            + Duration::from_secs(u64::from(slot.retry_after)),
             };
         }
-        self.remove(key);
+        self.remove_at(at);
         Lookup::Miss
     }
 
     /// Stores (or replaces) an answer, then evicts least-recently-used entries until
     /// both budgets hold. An answer larger than the whole byte budget is not stored.
     pub fn insert(&mut self, key: CacheKey, answer: Arc<CachedAnswer>) {
-        let charge = answer.charge(&key);
-        if charge > self.policy.max_bytes || self.policy.max_entries == 0 {
+        if self.policy.max_entries == 0 || key.name.len() > 255 {
             return;
+        }
+        let Some(answer) = answer.for_key(&key.name) else {
+            return;
+        };
+        if answer.charge() > self.policy.max_bytes {
+            return;
+        }
+        if let Some(at) = self.find(&key) {
+            self.remove_at(at);
         }
         let slot = Slot {
             answer,
+            retry_after: 0,
             hits: 0,
-            recent: false,
+            prev: NIL,
+            next: NIL,
+            qtype: key.qtype,
+            qclass: key.qclass,
+            flags: key.flags,
+            name_len: key.name.len() as u8,
             prefetch_started: false,
-            upstream_retry_at: None,
-            charge,
         };
-        if let Some(old) = self.map.insert(key, slot) {
-            self.bytes -= old.charge;
-        }
-        self.bytes += charge;
+        self.bytes += slot.answer.charge();
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = Some(slot);
+                at
+            }
+            None => {
+                // Indices are u32 (NIL reserved); max_entries far below that keeps
+                // the slab from ever reaching it, but refuse rather than wrap.
+                let Ok(at) = u32::try_from(self.slots.len()) else {
+                    self.bytes -= slot.answer.charge();
+                    return;
+                };
+                if at == NIL {
+                    self.bytes -= slot.answer.charge();
+                    return;
+                }
+                self.slots.push(Some(slot));
+                at
+            }
+        };
+        let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, at, |&i| {
+            let s = slots[i as usize]
+                .as_ref()
+                .expect("indexed slots are occupied");
+            hash_parts(hasher, s.name(), s.qtype, s.qclass, s.flags)
+        });
+        self.len += 1;
+        self.link_mru(at);
         self.evict_to_fit();
     }
 
@@ -239,15 +509,19 @@ impl Cache {
         let recheck = self.policy.stale_recheck;
         match self.lookup(key, now) {
             Lookup::Stale { answer, .. } => {
-                if let Some(slot) = self.map.get_mut(key) {
-                    slot.upstream_retry_at = Some(now + recheck);
+                if let Some(at) = self.find(key) {
+                    let slot = self.slot_mut(at);
+                    // Rounded up, so upstream is never asked before the timer ran out.
+                    let wait = (now + recheck).saturating_duration_since(slot.answer.stored_at());
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    slot.retry_after = u32::try_from(secs).unwrap_or(u32::MAX).max(1);
                 }
                 Some(answer)
             }
             // A fresh entry (e.g. a failed prefetch): let a later prefetch try again.
             Lookup::Fresh { answer, .. } => {
-                if let Some(slot) = self.map.get_mut(key) {
-                    slot.prefetch_started = false;
+                if let Some(at) = self.find(key) {
+                    self.slot_mut(at).prefetch_started = false;
                 }
                 Some(answer)
             }
@@ -258,10 +532,10 @@ impl Cache {
     /// The entry if it can still be served (fresh or stale), without touching
     /// hit counts or recency.
     pub fn peek_servable(&self, key: &CacheKey, now: Instant) -> Option<Arc<CachedAnswer>> {
-        let slot = self.map.peek(key)?;
-        let answer = &slot.answer;
+        let at = self.find(key)?;
+        let answer = &self.slots[at as usize].as_ref()?.answer;
         let until = answer.fresh_until()
-            + if answer.kind == AnswerKind::ServFail {
+            + if answer.kind() == AnswerKind::ServFail {
                 Duration::ZERO
             } else {
                 self.policy.stale_max
@@ -269,31 +543,103 @@ impl Cache {
         (now < until).then(|| answer.clone())
     }
 
-    fn remove(&mut self, key: &CacheKey) {
-        if let Some(old) = self.map.remove(key) {
-            self.bytes -= old.charge;
+    fn hash_key(&self, name: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
+        hash_parts(&self.hasher, name, qtype, qclass, flags)
+    }
+
+    fn find(&self, key: &CacheKey) -> Option<u32> {
+        let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
+        self.index
+            .find(hash, |&i| {
+                self.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.matches(key))
+            })
+            .copied()
+    }
+
+    fn slot(&self, at: u32) -> &Slot {
+        self.slots[at as usize]
+            .as_ref()
+            .expect("linked slots are occupied")
+    }
+
+    fn slot_mut(&mut self, at: u32) -> &mut Slot {
+        self.slots[at as usize]
+            .as_mut()
+            .expect("linked slots are occupied")
+    }
+
+    fn unlink(&mut self, at: u32) {
+        let (prev, next) = {
+            let s = self.slot(at);
+            (s.prev, s.next)
+        };
+        match prev {
+            NIL => self.lru = next,
+            p => self.slot_mut(p).next = next,
+        }
+        match next {
+            NIL => self.mru = prev,
+            n => self.slot_mut(n).prev = prev,
         }
     }
 
-    /// Evicts from the least-recently-used end; an entry looked up since it was put at
-    /// the other end goes back there once, unmarked (the second chance that stands in
-    /// for relinking on every hit).
-    fn evict_to_fit(&mut self) {
-        while self.map.len() > self.policy.max_entries || self.bytes > self.policy.max_bytes {
-            match self.map.remove_lru() {
-                Some((key, mut slot)) if slot.recent => {
-                    slot.recent = false;
-                    self.map.insert(key, slot);
-                }
-                Some((_, old)) => {
-                    self.bytes -= old.charge;
-                    self.evictions += 1;
-                    self.unreported_evictions += 1;
-                }
-                None => break,
-            }
+    fn link_mru(&mut self, at: u32) {
+        let old = self.mru;
+        {
+            let s = self.slot_mut(at);
+            s.prev = old;
+            s.next = NIL;
+        }
+        match old {
+            NIL => self.lru = at,
+            o => self.slot_mut(o).next = at,
+        }
+        self.mru = at;
+    }
+
+    /// Makes `at` the most recently used.
+    fn touch(&mut self, at: u32) {
+        if self.mru != at {
+            self.unlink(at);
+            self.link_mru(at);
         }
     }
+
+    fn remove_at(&mut self, at: u32) {
+        self.unlink(at);
+        let slot = self.slots[at as usize]
+            .take()
+            .expect("linked slots are occupied");
+        let hash = self.hash_key(slot.name(), slot.qtype, slot.qclass, slot.flags);
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == at) {
+            entry.remove();
+        }
+        self.bytes -= slot.answer.charge();
+        self.len -= 1;
+        self.free.push(at);
+        if self.len == 0 {
+            // Let an emptied cache give its slab back.
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
+    fn evict_to_fit(&mut self) {
+        while self.len > self.policy.max_entries || self.bytes > self.policy.max_bytes {
+            if self.lru == NIL {
+                break;
+            }
+            self.remove_at(self.lru);
+            self.evictions += 1;
+            self.unreported_evictions += 1;
+        }
+    }
+}
+
+fn hash_parts(hasher: &DefaultHashBuilder, name: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
+    hasher.hash_one((name, qtype, qclass, flags))
 }
 
 #[cfg(test)]
@@ -321,13 +667,29 @@ mod tests {
     }
 
     fn answer(kind: AnswerKind, ttl: u32, size: usize, at: Instant) -> Arc<CachedAnswer> {
-        Arc::new(CachedAnswer {
-            wire: vec![0; size].into(),
-            ttl_offsets: Box::new([]),
-            kind,
-            ttl,
-            stored_at: at,
-        })
+        CachedAnswer::new(&vec![0; size], &[], kind, ttl, at).unwrap()
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        // What examples/cache_memory.rs measured rests on these sizes (64-bit).
+        assert_eq!(std::mem::size_of::<Slot>(), 40);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 40);
+        // The answer's block: a 9-word header, one TTL offset, the wire (odd lengths
+        // round up to a whole word).
+        let t0 = Instant::now();
+        let a = CachedAnswer::new(&[7; 65], &[30], AnswerKind::Negative, 42, t0).unwrap();
+        assert_eq!(std::mem::size_of_val(&*a), 2 * (9 + 1 + 33));
+        assert_eq!(
+            (a.kind(), a.ttl(), a.stored_at(), a.wire(), a.ttl_offsets()),
+            (AnswerKind::Negative, 42, t0, &[7u8; 65][..], &[30u16][..])
+        );
+        let early = t0 - Duration::from_secs(5);
+        let b = CachedAnswer::new(&[], &[], AnswerKind::ServFail, u32::MAX, early).unwrap();
+        assert_eq!(
+            (b.kind(), b.ttl(), b.stored_at()),
+            (AnswerKind::ServFail, u32::MAX, early)
+        );
     }
 
     #[test]
@@ -422,7 +784,12 @@ mod tests {
     #[test]
     fn evicts_by_bytes_and_accounts_exactly() {
         let t0 = Instant::now();
-        let one = answer(AnswerKind::Positive, 30, 1000, t0).charge(&key("a"));
+        // What one such entry is charged, stored under a name of the same length.
+        let one = {
+            let mut scratch = Cache::new(policy());
+            scratch.insert(key("z"), answer(AnswerKind::Positive, 30, 1000, t0));
+            scratch.stats().bytes
+        };
         let mut cache = Cache::new(CachePolicy {
             max_bytes: one * 3,
             ..policy()

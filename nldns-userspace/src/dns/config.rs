@@ -26,9 +26,13 @@ pub struct DnsConfig {
     /// Names in these zones are always asked over TCP.
     pub force_tcp_zones: Vec<String>,
 
-    /// Cache bound in entries ...
+    /// Cache bound in entries (default 150,000: the sizing point is 100,000
+    /// distinct names held at once, which the agent holds in about 30 MiB of RSS, see
+    /// docs/operations.md "Resources"; the room above it keeps a node at that point
+    /// from evicting) ...
     pub max_entries: usize,
-    /// ... and in bytes (wire size plus a fixed per-entry overhead).
+    /// ... and in bytes: what each entry really holds on the heap (its answer and
+    /// buffer with malloc's overhead, its slot and index), within a few percent.
     pub max_bytes: usize,
     /// Positive TTL cap for the cluster zones: kube-dns's own answers say 30 s, and a
     /// Service change must show within that.
@@ -94,7 +98,7 @@ impl DnsConfig {
             default_upstreams: Vec::new(),
             stub_domains: Vec::new(),
             force_tcp_zones: Vec::new(),
-            max_entries: 50_000,
+            max_entries: 150_000,
             max_bytes: 64 << 20,
             cluster_max_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
@@ -123,12 +127,19 @@ impl DnsConfig {
         router::read_resolv_conf(path)
     }
 
-    /// Applies kube-dns's `stubDomains` / `upstreamNameservers` (see
-    /// [`KubeDnsConfig::read`]); upstream nameservers replace the resolv.conf ones.
+    /// Applies kube-dns's `stubDomains` / `upstreamNameservers` and nldns's `cache`
+    /// bounds (see [`KubeDnsConfig::read`]); upstream nameservers replace the
+    /// resolv.conf ones.
     pub fn apply_kube_dns_config(&mut self, kube: KubeDnsConfig) {
         self.stub_domains = kube.stub_domains;
         if !kube.upstream_nameservers.is_empty() {
             self.default_upstreams = kube.upstream_nameservers;
+        }
+        if let Some(n) = kube.cache_max_entries {
+            self.max_entries = n;
+        }
+        if let Some(n) = kube.cache_max_bytes {
+            self.max_bytes = n;
         }
     }
 

@@ -183,17 +183,26 @@ pub struct KubeDnsConfig {
     pub stub_domains: Vec<(String, Vec<SocketAddr>)>,
     /// Replaces the resolv.conf servers when not empty.
     pub upstream_nameservers: Vec<SocketAddr>,
+    /// nldns's own key `cache`: `{"maxEntries": N, "maxBytes": N}`, each optional
+    /// (absent: the defaults of [`super::DnsConfig`]).
+    pub cache_max_entries: Option<usize>,
+    pub cache_max_bytes: Option<usize>,
 }
+
+/// Above this many entries the cache's slab indices (u32) could run out; far above
+/// any node's need (about 190 bytes of RSS each).
+const MAX_CACHE_ENTRIES: u64 = 100_000_000;
 
 impl KubeDnsConfig {
     /// Reads either a directory holding the ConfigMap's keys as files (`stubDomains`,
-    /// `upstreamNameservers`; a mounted ConfigMap) or one JSON file
-    /// `{"stubDomains": {...}, "upstreamNameservers": [...]}`, where each value may
-    /// also be a JSON string holding that JSON (as it is written in the ConfigMap).
+    /// `upstreamNameservers`, `cache`; a mounted ConfigMap) or one JSON file
+    /// `{"stubDomains": {...}, "upstreamNameservers": [...], "cache": {...}}`, where
+    /// each value may also be a JSON string holding that JSON (as it is written in the
+    /// ConfigMap).
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let mut doc = serde_json::Map::new();
         if path.is_dir() {
-            for key in ["stubDomains", "upstreamNameservers"] {
+            for key in ["stubDomains", "upstreamNameservers", "cache"] {
                 let file = path.join(key);
                 if file.exists() {
                     let text = std::fs::read_to_string(&file)
@@ -245,6 +254,26 @@ impl KubeDnsConfig {
         let upstream = unwrap(doc.get("upstreamNameservers")).context("upstreamNameservers")?;
         if !upstream.is_null() {
             config.upstream_nameservers = servers(&upstream).context("upstreamNameservers")?;
+        }
+        match unwrap(doc.get("cache")).context("cache")? {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(map) => {
+                for (key, value) in &map {
+                    let n = value
+                        .as_u64()
+                        .with_context(|| format!("cache.{key} must be a whole number"))?;
+                    match key.as_str() {
+                        "maxEntries" if n <= MAX_CACHE_ENTRIES => {
+                            config.cache_max_entries = Some(n as usize)
+                        }
+                        "maxEntries" => anyhow::bail!("cache.maxEntries above {MAX_CACHE_ENTRIES}"),
+                        "maxBytes" => config.cache_max_bytes = Some(usize::try_from(n)?),
+                        // A typo must not silently leave the defaults in place.
+                        _ => anyhow::bail!("unknown key cache.{key} (maxEntries, maxBytes)"),
+                    }
+                }
+            }
+            _ => anyhow::bail!("cache must be an object: {{\"maxEntries\": N, \"maxBytes\": N}}"),
         }
         Ok(config)
     }
@@ -328,6 +357,26 @@ mod tests {
         assert!(
             KubeDnsConfig::from_json(&serde_json::json!({"stubDomains": {"a": ["nope"]}})).is_err()
         );
+        assert_eq!(
+            (config.cache_max_entries, config.cache_max_bytes),
+            (None, None)
+        );
+        let config = KubeDnsConfig::from_json(&serde_json::json!({
+            "cache": "{\"maxEntries\": 200000, \"maxBytes\": 100000000}",
+        }))
+        .unwrap();
+        assert_eq!(
+            (config.cache_max_entries, config.cache_max_bytes),
+            (Some(200_000), Some(100_000_000))
+        );
+        for bad in [
+            serde_json::json!({"cache": {"maxEntrys": 5}}),
+            serde_json::json!({"cache": {"maxEntries": -1}}),
+            serde_json::json!({"cache": {"maxEntries": 1_000_000_000}}),
+            serde_json::json!({"cache": 5}),
+        ] {
+            assert!(KubeDnsConfig::from_json(&bad).is_err(), "{bad}");
+        }
 
         // A mounted ConfigMap: one file per key.
         let dir = std::env::temp_dir().join(format!("nldns-kube-dns-{}", std::process::id()));

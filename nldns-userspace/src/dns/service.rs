@@ -348,7 +348,7 @@ impl DnsService {
         ttls: TtlPatch,
         protocol: Protocol,
     ) {
-        wire::render_answer(out, &answer.wire, &answer.ttl_offsets, query, info, ttls);
+        wire::render_answer(out, answer.wire(), answer.ttl_offsets(), query, info, ttls);
         let limit = match protocol {
             Protocol::Udp => info.udp_limit(),
             Protocol::Tcp => usize::from(u16::MAX),
@@ -419,7 +419,7 @@ impl DnsService {
         ttls: TtlPatch,
         protocol: Protocol,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(answer.wire.len() + 11);
+        let mut out = Vec::with_capacity(answer.wire().len() + 11);
         self.render(&mut out, query, info, answer, ttls, protocol);
         out
     }
@@ -510,7 +510,7 @@ impl DnsService {
             }
         };
         let outcome = match prepared {
-            Ok(p) if p.answer.kind != AnswerKind::ServFail => {
+            Ok(p) if p.answer.kind() != AnswerKind::ServFail => {
                 if p.cacheable {
                     self.lock_cache().insert(key.clone(), p.answer.clone());
                 }
@@ -532,7 +532,7 @@ impl DnsService {
                     };
                     match servfail {
                         Some(answer) => {
-                            if answer.ttl > 0 {
+                            if answer.ttl() > 0 {
                                 self.lock_cache().insert(key.clone(), answer.clone());
                             }
                             Outcome::Answer(answer)

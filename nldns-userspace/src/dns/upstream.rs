@@ -298,11 +298,15 @@ async fn exchange_udp(
         .await
         .map_err(|e| UpstreamError::Io(server, e))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; 65535];
+    // Room for any datagram, but never zeroed or touched beyond what arrives: a
+    // zeroed 64 KiB per query in flight made every one of them resident, and the
+    // heap grown for them stayed pinned by cache entries allocated in between.
+    let mut buf = Vec::with_capacity(65535);
     // Bounded by the deadline: anything that does not match is ignored (it may be
     // a spoofing attempt) and we keep waiting for the real reply.
     loop {
-        let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+        buf.clear();
+        let len = match tokio::time::timeout_at(deadline, socket.recv_buf(&mut buf)).await {
             Err(_) => return Err(UpstreamError::Timeout(server)),
             Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
             Ok(Ok(len)) => len,
