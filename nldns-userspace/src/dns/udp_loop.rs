@@ -213,7 +213,8 @@ impl Batch {
                 socket.as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                flags,
+                // c_int in glibc's prototype, c_uint in musl's (the image's static build).
+                flags as _,
                 std::ptr::null_mut(),
             )
         };
