@@ -756,6 +756,32 @@ async fn udp_and_tcp_servers_answer_pipelined_out_of_order_and_stop() {
         .unwrap();
 }
 
+/// UDP serving threads on a loopback socket; returns their address, the stop and the
+/// server's task.
+fn start_udp_threads(
+    svc: Arc<DnsService>,
+    threads: usize,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server::serve_udp_std(udp, svc, shutdown.clone(), threads));
+    (addr, shutdown, server)
+}
+
+/// Waits for a stopped server's task: it must end, cleanly, within PATIENCE.
+async fn server_ended(server: tokio::task::JoinHandle<std::io::Result<()>>) {
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("the server ends after the stop")
+        .unwrap()
+        .unwrap();
+}
+
 /// A hit answered on a serving thread can start a prefetch (a runtime task): the thread
 /// must survive it and keep answering.
 #[tokio::test]
@@ -765,11 +791,8 @@ async fn udp_threads_start_prefetches_and_keep_serving() {
     cfg.prefetch_min_hits = 1;
     cfg.prefetch_percent = 100;
     let (svc, metrics) = service(cfg);
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     // One thread: if it died, nothing would answer any more.
-    let server = tokio::spawn(server::serve_udp_std(udp, svc, shutdown.clone(), 1));
+    let (addr, shutdown, server) = start_udp_threads(svc, 1);
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = vec![0u8; 4096];
     for id in 0..4u16 {
@@ -784,11 +807,7 @@ async fn udp_threads_start_prefetches_and_keep_serving() {
     }
     assert!(metrics.prefetches.get() >= 1, "a hit started a prefetch");
     shutdown.cancel();
-    tokio::time::timeout(PATIENCE, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server_ended(server).await;
 }
 
 #[tokio::test]
@@ -799,10 +818,7 @@ async fn udp_threads_answer_bursts_drop_junk_and_drain_at_stop() {
     })
     .await;
     let (svc, _) = service(config(&[&up], &[]));
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve_udp_std(udp, svc, shutdown.clone(), 2));
+    let (addr, shutdown, server) = start_udp_threads(svc, 2);
 
     // Several clients at once, each a burst without waiting: batches mix misses (first
     // sight of a name, answered by tasks) and hits (answered by the serving threads).
@@ -869,11 +885,7 @@ async fn udp_threads_answer_bursts_drop_junk_and_drain_at_stop() {
             .unwrap();
         assert!(Message::from_vec(&buf[..len]).unwrap().metadata.id >= 500);
     }
-    tokio::time::timeout(PATIENCE, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server_ended(server).await;
 }
 
 #[tokio::test]
