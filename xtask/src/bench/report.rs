@@ -275,7 +275,7 @@ fn markdown(
          unbound: 2 threads, no validation, msg/rrset caches 64m/128m; dnsmasq: cache-size \
          150000, dns-forward-max 1000; both forward cluster.local and the reverse zones to \
          kube-dns-uncached (10.96.0.11) and the rest to the outside resolver. nldns runs with \
-         the harness's agent flags and its defaults (cache bound: 50,000 entries, 64 MiB). \
+         the harness's agent flags and its defaults (cache bound: 150,000 entries, 64 MiB). \
          All use the same two knot kube-dns backends (1 UDP worker each).\n",
         rules.join("\n")
     );
@@ -465,9 +465,9 @@ fn markdown(
     }
     let _ = writeln!(
         w,
-        "\nnldns's cache holds at most 50,000 entries by default (no flag changes it), so \
-         after 100k names it holds the latest 50k; unbound and dnsmasq were sized to hold \
-         all of them."
+        "\nAll three were sized to hold every name: nldns's default cache bound is 150,000 \
+         entries (the `cache.maxEntries` key of `--config` changes it), unbound's and \
+         dnsmasq's are set above."
     );
 
     // Datapath.
