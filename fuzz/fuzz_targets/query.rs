@@ -1,4 +1,4 @@
-//! Client queries: arbitrary bytes into `DnsService::handle_now`, the synchronous part of
+//! Client queries: arbitrary bytes into `DnsService::handle`, the synchronous part of
 //! every query (parse, heartbeat, cache lookup, answer rendering, error replies), over
 //! UDP and TCP, against a cache that holds a positive answer, a negative one and one too
 //! large for classic UDP. Must never panic; every answer must be well-formed.
@@ -14,7 +14,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use nldns::dns::{DnsService, Handled, Protocol};
+use nldns_dns::{DnsService, Handling, Protocol, Scratch};
 use nldns_fuzz::{check_answer, client_query, service, QueryShape};
 
 /// An upstream's reply to `name A`: `answers` A records, or NXDOMAIN with the zone's SOA.
@@ -52,11 +52,14 @@ static SERVICE: OnceLock<Arc<DnsService>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let svc = SERVICE.get_or_init(filled_service);
+    let mut answer = Vec::new();
+    let mut scratch = Scratch::default();
     for protocol in [Protocol::Udp, Protocol::Tcp] {
-        match svc.handle_now(data, protocol) {
-            Handled::Reply(answer) => check_answer(data, &answer, protocol == Protocol::Udp),
+        let now = std::time::Instant::now();
+        match svc.handle(data, protocol, now, &mut scratch, &mut answer) {
+            Handling::Reply => check_answer(data, &answer, protocol == Protocol::Udp),
             // A miss: the upstream part is the other target's business.
-            Handled::Resolve(_) | Handled::Drop => {}
+            Handling::Resolve(_) | Handling::Drop => {}
         }
     }
 });

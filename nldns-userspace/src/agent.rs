@@ -36,11 +36,9 @@ use crate::{
         loader::{Datapath, DatapathSettings},
         watcher::{self, LinkEvent},
     },
-    dns::{server, DnsService},
-    heartbeat, http, intercept,
-    metrics::Metrics,
-    probe,
+    heartbeat, http, intercept, probe,
 };
+use nldns_dns::{memory, server, DnsConfig, DnsService};
 
 /// The loaded programs and where they are attached; one lock for both because attach
 /// and detach need the programs.
@@ -65,7 +63,7 @@ fn lock(interception: &Mutex<Interception>) -> Result<std::sync::MutexGuard<'_, 
 pub async fn run(args: RunArgs) -> Result<()> {
     let mode = args.attach_mode.resolve()?;
     let filter = InterfaceFilter::parse(&args.interfaces)?;
-    let dns_config = config::dns_config(&args)?;
+    let dns_config = config::dns_config(&args.dns_sources())?;
     let requested_endpoint = InterceptEndpoint {
         v4: args.intercept_v4,
         v6: args.intercept_v6,
@@ -109,7 +107,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let heartbeat_target = udp[0].local_addr()?;
 
-    let metrics = Metrics::new();
+    let (metrics, datapath_counters) = crate::metrics::with_datapath_counters();
     let dns = DnsService::new(dns_config, metrics.clone())?;
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -163,14 +161,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .context("the cache does not answer on its own intercept socket")?;
     datapath.beat()?;
     // Loading parsed the object and the kernel's BTF: give those pages back.
-    crate::memory::release_free_memory();
+    memory::release_free_memory();
     let interception = Arc::new(Mutex::new(Interception {
         datapath,
         attachments: Attachments::new(mode),
     }));
     {
         let interception = interception.clone();
-        metrics.set_datapath_source(Box::new(move || {
+        datapath_counters.set_source(Box::new(move || {
             interception
                 .lock()
                 .map(|i| i.datapath.counters())
@@ -197,7 +195,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     // /ready must not depend on client traffic having exercised the upstreams.
     tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
-    tokio::spawn(crate::memory::trim_after_misses(
+    tokio::spawn(memory::trim_after_misses(
         metrics.clone(),
         Duration::from_secs(5),
         background.clone(),
@@ -292,10 +290,7 @@ fn default_udp_threads() -> usize {
 
 /// The cgroup for the host-network socket hooks, opened now (before anything could make
 /// its path unreachable), with the netns cookie the hooks check; None when disabled.
-fn socket_hooks_cgroup(
-    args: &RunArgs,
-    dns_config: &crate::dns::config::DnsConfig,
-) -> Result<Option<(Cgroup, u64)>> {
+fn socket_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<(Cgroup, u64)>> {
     let target = CgroupTarget::parse(args.cgroup.as_deref());
     let path = match target.resolve() {
         Ok(Some(path)) => path,
@@ -489,7 +484,7 @@ fn config_modified(args: &RunArgs) -> Option<SystemTime> {
 }
 
 fn reload(args: &RunArgs, dns: &Arc<DnsService>) {
-    match config::dns_config(args) {
+    match config::dns_config(&args.dns_sources()) {
         Ok(config) => {
             dns.reload(config);
             log::info!("configuration reloaded; cache kept");

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    config::{parse_server, DnsSources},
     datapath::{attach::AttachMode, interfaces::DEFAULT_INTERFACE_GLOBS},
     probe::ProbeKind,
 };
@@ -77,7 +78,7 @@ pub struct RunArgs {
 
     /// Where cluster-domain misses go: the kube-dns-uncached Service, IP[:PORT] ([IPv6]:PORT).
     #[arg(long, env = "NLDNS_UPSTREAM", value_delimiter = ',', required = true,
-          value_parser = parse_upstream)]
+          value_parser = parse_server)]
     pub upstream: Vec<SocketAddr>,
 
     #[arg(long, env = "NLDNS_CLUSTER_DOMAIN", default_value = "cluster.local")]
@@ -158,14 +159,16 @@ pub struct RunArgs {
     pub datapath_log: u8,
 }
 
-/// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 53 when absent.
-pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+impl RunArgs {
+    /// The flags the DNS configuration is built from (see `config`).
+    pub fn dns_sources(&self) -> DnsSources<'_> {
+        DnsSources {
+            cluster_domain: &self.cluster_domain,
+            cluster_upstreams: &self.upstream,
+            resolv_conf: &self.resolv_conf,
+            config_file: self.config.as_deref(),
+        }
     }
-    s.parse::<std::net::IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("{s:?} is not IP, IP:PORT or [IPv6]:PORT"))
 }
 
 fn parse_level(s: &str) -> Result<u8, String> {
@@ -187,24 +190,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_forms() {
+    fn upstream_forms_default_to_port_53() {
         assert_eq!(
-            parse_upstream("10.96.0.11").unwrap(),
+            parse_server("10.96.0.11").unwrap(),
             "10.96.0.11:53".parse().unwrap()
         );
         assert_eq!(
-            parse_upstream("10.96.0.11:5353").unwrap(),
+            parse_server("10.96.0.11:5353").unwrap(),
             "10.96.0.11:5353".parse().unwrap()
         );
         assert_eq!(
-            parse_upstream("fd00::b").unwrap(),
+            parse_server("fd00::b").unwrap(),
             "[fd00::b]:53".parse().unwrap()
         );
         assert_eq!(
-            parse_upstream("[fd00::b]:54").unwrap(),
+            parse_server("[fd00::b]:54").unwrap(),
             "[fd00::b]:54".parse().unwrap()
         );
-        assert!(parse_upstream("kube-dns").unwrap_err().contains("kube-dns"));
+        assert!(parse_server("kube-dns").unwrap_err().contains("kube-dns"));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use hickory_proto::{
 use tokio::{net::UdpSocket, time};
 use tokio_util::sync::CancellationToken;
 
-use crate::{agent::Interception, dns::HEARTBEAT_NAME};
+use nldns_dns::HEARTBEAT_NAME;
+
+use crate::agent::Interception;
 
 /// A few probes per max age, so one lost probe never stops interception.
 pub fn probe_period(max_age: Duration) -> Duration {

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::{accept::StreamListener, metrics::Metrics};
+use nldns_dns::{accept::StreamListener, metrics::Metrics};
 
 /// After shutdown fires, open requests get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -46,7 +46,7 @@ where
     L: StreamListener,
     L::Stream: AsyncRead + AsyncWrite + Unpin,
 {
-    crate::accept::serve_connections(
+    nldns_dns::accept::serve_connections(
         listener,
         &shutdown.clone(),
         "http",

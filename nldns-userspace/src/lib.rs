@@ -10,16 +10,13 @@
 //! - `memory`: returns malloc's free pages to the kernel.
 //! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
 
-pub mod accept;
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod datapath;
-pub mod dns;
 pub mod heartbeat;
 pub mod http;
 pub mod intercept;
-pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod status;

@@ -95,7 +95,8 @@ mod tests {
 
     use tokio_util::sync::CancellationToken;
 
-    use crate::{http::HttpState, metrics::Metrics};
+    use crate::http::HttpState;
+    use nldns_dns::metrics::Metrics;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probe_asks_exactly_the_agent_behind_its_socket() {

@@ -2,12 +2,11 @@
 //! fails on the first crash (panic, timeout or out-of-memory), naming the input that
 //! caused it.
 //!
-//! The targets build with the pinned nightly (libFuzzer's instrumentation needs it), the
-//! same one that compiles the eBPF object, which nldns-userspace's build script embeds
-//! into the library the targets link. Sanitizer `none`: the DNS code under test is safe
-//! Rust, so the fuzzer hunts panics (bounds, arithmetic overflow with the debug
-//! assertions cargo-fuzz turns on, unwraps) and hangs, and AddressSanitizer would only
-//! halve the executions per second.
+//! The targets link the DNS engine (nldns-dns) alone, so they build with stable Rust and
+//! none of the eBPF tooling. Sanitizer `none` (which is also what lets them build on
+//! stable): the DNS code under test is safe Rust, so the fuzzer hunts panics (bounds,
+//! arithmetic overflow with the debug assertions cargo-fuzz turns on, unwraps) and
+//! hangs, and AddressSanitizer would only halve the executions per second.
 //!
 //! Each target reads its committed seeds (`fuzz/seeds/<target>`) and keeps what it
 //! learns in `fuzz/corpus/<target>` (not committed); crash inputs land in
@@ -19,8 +18,6 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-
-use crate::setup::NIGHTLY;
 
 /// The targets in fuzz/Cargo.toml.
 pub const TARGETS: &[&str] = &["query", "upstream_reply"];
@@ -71,15 +68,15 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
     Ok(())
 }
 
-/// `rustup run <nightly> cargo fuzz` in the repository root (cargo fuzz finds `fuzz/`).
-/// The instrumented build always goes to `fuzz/target`, whatever CARGO_TARGET_DIR says:
-/// it shares nothing with the workspace's builds (other toolchain, other flags).
+/// `cargo fuzz` in the repository root (cargo fuzz finds `fuzz/`). The instrumented
+/// build always goes to `fuzz/target`, whatever CARGO_TARGET_DIR says: it shares
+/// nothing with the workspace's builds (other flags).
 fn cargo_fuzz(root: &Path) -> Command {
-    let mut command = Command::new("rustup");
+    let mut command = Command::new("cargo");
     command
         .current_dir(root)
         .env("CARGO_TARGET_DIR", root.join("fuzz/target"))
-        .args(["run", NIGHTLY, "cargo", "fuzz"]);
+        .arg("fuzz");
     command
 }
 
@@ -148,7 +145,7 @@ fn run_target(root: &Path, target: &str, seconds: u64) -> Result<Report> {
     if !status.success() {
         bail!(
             "fuzz target {target} failed ({status}): the input is in {} (reproduce with \
-             `rustup run {NIGHTLY} cargo fuzz run -s none {target} <file>`)",
+             `cargo fuzz run -s none {target} <file>`)",
             root.join("fuzz/artifacts").join(target).display()
         );
     }

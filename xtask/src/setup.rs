@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: install, idempotently and only what is missing, everything the
 //! project needs on a fresh Debian 12 machine. The measured recipe and its pitfalls are in
-//! shared/TOOLCHAIN.md; the short version:
+//! docs/testing.md ("Toolchain"); the short version:
 //! - the eBPF crate is compiled by a pinned nightly and linked by bpf-linker, and the two
 //!   must be on the same LLVM major, or linking fails with "Invalid record";
 //! - bpf-linker must be built against Debian's LLVM 22 (`LLVM_PREFIX`), not the default
@@ -17,7 +17,7 @@ use crate::cmd;
 pub const NIGHTLY: &str = "nightly-2026-05-20";
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Runs the fuzz targets of fuzz/ (`cargo xtask fuzz`), under the pinned nightly.
+/// Runs the fuzz targets of fuzz/ (`cargo xtask fuzz`), with stable Rust.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages: build deps of bpf-linker, then the tools the tests, the demo and the

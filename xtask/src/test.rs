@@ -35,6 +35,8 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
         "-p",
         "nldns-common",
         "-p",
+        "nldns-dns",
+        "-p",
         "nldns-userspace",
         "-p",
         "xtask",

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::testing::{Mode, TestUpstream};
-use super::{server, DnsConfig, DnsService, Protocol, HEARTBEAT_NAME};
+use super::{server, DnsConfig, DnsService, Handling, Protocol, Scratch, HEARTBEAT_NAME};
 use crate::metrics::Metrics;
 
 /// Functional bound for any single wait in these tests (never a performance check).
@@ -48,7 +48,7 @@ fn query(name: &str, qtype: RecordType, id: u16, edns: Option<(u16, bool)>) -> V
 }
 
 async fn ask(svc: &Arc<DnsService>, q: &[u8], protocol: Protocol) -> Message {
-    let reply = tokio::time::timeout(PATIENCE, svc.handle(q, protocol))
+    let reply = tokio::time::timeout(PATIENCE, svc.answer(q, protocol))
         .await
         .expect("answered in time")
         .expect("an answer");
@@ -103,7 +103,7 @@ async fn hit_counts_ttl_down_and_echoes_id_and_case() {
     let t = ttls(&second)[0];
     assert!((290..300).contains(&t), "TTL counted down: {t}");
     // 0x20: the question comes back byte for byte as the client wrote it.
-    let raw = svc.handle(&q, Protocol::Udp).await.unwrap();
+    let raw = svc.answer(&q, Protocol::Udp).await.unwrap();
     let end = q.len();
     assert_eq!(&raw[12..end], &q[12..end]);
     assert_eq!(second.answers[0].name.to_ascii(), "WwW.ExAmple.CoM.");
@@ -242,7 +242,7 @@ async fn closed_upstream_port_fails_fast() {
         ..DnsConfig::default()
     });
     let q = query("closed.example.com.", RecordType::A, 1, None);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let a = ask(&svc, &q, Protocol::Udp).await;
     assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
     assert!(
@@ -303,7 +303,7 @@ async fn serves_stale_when_upstream_fails() {
     // Within the recheck window, stale again without asking upstream; an EDNS
     // client is told it is stale (Extended DNS Error 3).
     let with_edns = query("stale.example.com.", RecordType::A, 1, Some((1232, false)));
-    let raw = svc.handle(&with_edns, Protocol::Udp).await.unwrap();
+    let raw = svc.answer(&with_edns, Protocol::Udp).await.unwrap();
     assert!(
         raw.ends_with(&[0, 6, 0, 15, 0, 2, 0, 3]),
         "EDE option at the end: {raw:?}"
@@ -608,11 +608,11 @@ async fn heartbeat_and_malformed_queries_are_answered_locally() {
     // Header readable, question not: FORMERR with the client's ID.
     let mut bad = query("x.example.", RecordType::A, 7, None);
     bad.truncate(15);
-    let f = svc.handle(&bad, Protocol::Udp).await.unwrap();
+    let f = svc.answer(&bad, Protocol::Udp).await.unwrap();
     assert_eq!(&f[..2], &[0, 7]);
     assert_eq!(f[3] & 0xf, 1);
     // Not even a header: dropped.
-    assert!(svc.handle(&[1, 2, 3], Protocol::Udp).await.is_none());
+    assert!(svc.answer(&[1, 2, 3], Protocol::Udp).await.is_none());
 }
 
 #[tokio::test]
@@ -932,14 +932,24 @@ async fn waiting_queries_are_bounded_during_an_outage() {
     let q = query("outage.example.com.", RecordType::A, 1, None);
     // Three waiters park on the one upstream query; the fourth is refused at once.
     let mut parked = Vec::new();
+    let handle = |q: &[u8], out: &mut Vec<u8>| {
+        svc.handle(
+            q,
+            Protocol::Udp,
+            Instant::now(),
+            &mut Scratch::default(),
+            out,
+        )
+    };
+    let mut out = Vec::new();
     for _ in 0..3 {
-        match svc.handle_now(&q, Protocol::Udp) {
-            super::Handled::Resolve(p) => parked.push(tokio::spawn(p.resolve())),
+        match handle(&q, &mut out) {
+            Handling::Resolve(p) => parked.push(tokio::spawn(p.resolve())),
             _ => panic!("expected to wait for upstream"),
         }
     }
-    let fourth = match svc.handle_now(&q, Protocol::Udp) {
-        super::Handled::Reply(r) => Message::from_vec(&r).unwrap(),
+    let fourth = match handle(&q, &mut out) {
+        Handling::Reply => Message::from_vec(&out).unwrap(),
         _ => panic!("expected an immediate answer"),
     };
     assert_eq!(fourth.metadata.response_code, ResponseCode::ServFail);
@@ -950,10 +960,10 @@ async fn waiting_queries_are_bounded_during_an_outage() {
     }
     // Slots are released once answered.
     assert!(matches!(
-        svc.handle_now(
+        handle(
             &query("after.example.com.", RecordType::A, 1, None),
-            Protocol::Udp
+            &mut out
         ),
-        super::Handled::Resolve(_)
+        Handling::Resolve(_)
     ));
 }

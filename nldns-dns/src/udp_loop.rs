@@ -90,7 +90,7 @@ pub fn serve(shared: &Shared) {
             let Some(query) = datagram(&batch.headers, &batch.queries, i) else {
                 continue;
             };
-            match shared.svc.handle_into(
+            match shared.svc.handle(
                 query,
                 Protocol::Udp,
                 now,

@@ -22,10 +22,10 @@ use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use nldns::dns::answer::{prepare, TtlPolicy};
-use nldns::dns::cache::{Cache, CacheKey};
-use nldns::dns::{wire, DnsConfig, DnsService, Protocol};
-use nldns::metrics::Metrics;
+use nldns_dns::answer::{prepare, TtlPolicy};
+use nldns_dns::cache::{Cache, CacheKey};
+use nldns_dns::metrics::Metrics;
+use nldns_dns::{wire, DnsConfig, DnsService, Protocol};
 
 /// Counts live heap bytes and allocations on top of the system allocator (glibc).
 struct Counting;
@@ -227,7 +227,7 @@ fn cache_only(args: &Args) -> Result<()> {
         config.negative_max_ttl,
         config.servfail_ttl,
     );
-    let mut cache = Cache::new(nldns::dns::cache::CachePolicy {
+    let mut cache = Cache::new(nldns_dns::cache::CachePolicy {
         max_entries: config.max_entries,
         max_bytes: config.max_bytes,
         prefetch_min_hits: config.prefetch_min_hits,
@@ -336,7 +336,7 @@ fn service(args: &Args) -> Result<()> {
                 let mut answered = 0usize;
                 for i in (w..names).step_by(workers) {
                     let query = client_query(&name(i), i as u16);
-                    if let Some(reply) = svc.handle(&query, Protocol::Udp).await {
+                    if let Some(reply) = svc.answer(&query, Protocol::Udp).await {
                         answered += usize::from(wire::rcode(&reply) == 0);
                     }
                 }
@@ -356,7 +356,7 @@ fn service(args: &Args) -> Result<()> {
         );
         report("service, after the misses", idle, after, names);
         let trim = Instant::now();
-        nldns::memory::release_free_memory();
+        nldns_dns::memory::release_free_memory();
         let took = trim.elapsed();
         report(
             &format!("service, after malloc_trim(0) (took {took:.1?})"),

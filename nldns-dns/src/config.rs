@@ -1,13 +1,13 @@
 //! The DNS service's configuration: where names go, cache lifetimes and bounds,
 //! upstream timeouts and limits. Every field is public; `Default` has the values an
-//! operator gets without flags.
+//! operator gets without flags. Reading it from flags and files is the agent's job
+//! (its `config` module); the engine takes it whole, at start and on reload.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use super::cache::CachePolicy;
-use super::router::{self, KubeDnsConfig, Router, ZoneRule};
+use super::router::{self, Router, ZoneRule};
 
 /// Configuration of [`super::DnsService`]; `reload` takes a whole new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +26,10 @@ pub struct DnsConfig {
     /// Names in these zones are always asked over TCP.
     pub force_tcp_zones: Vec<String>,
 
-    /// Cache bound in entries (default 150,000: the sizing point is 100,000
-    /// distinct names held at once, which the agent holds in about 30 MiB of RSS, see
-    /// docs/operations.md "Resources"; the room above it keeps a node at that point
-    /// from evicting) ...
+    /// Cache bound in entries (default 150,000: a busy node's sizing point is 100,000
+    /// distinct names held at once, which the agent holds in about 30 MiB of RSS (the
+    /// repository's docs/operations.md, "Resources"); the room above it keeps a node at
+    /// that point from evicting) ...
     pub max_entries: usize,
     /// ... and in bytes: what each entry really holds on the heap (its answer and
     /// buffer with malloc's overhead, its slot and index), within a few percent.
@@ -119,27 +119,6 @@ impl DnsConfig {
             max_tcp_connections: 1000,
             max_tcp_pipeline: 64,
             tcp_idle_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// The `nameserver` entries of a resolv.conf, port 53.
-    pub fn read_resolv_conf(path: &Path) -> anyhow::Result<Vec<SocketAddr>> {
-        router::read_resolv_conf(path)
-    }
-
-    /// Applies kube-dns's `stubDomains` / `upstreamNameservers` and nldns's `cache`
-    /// bounds (see [`KubeDnsConfig::read`]); upstream nameservers replace the
-    /// resolv.conf ones.
-    pub fn apply_kube_dns_config(&mut self, kube: KubeDnsConfig) {
-        self.stub_domains = kube.stub_domains;
-        if !kube.upstream_nameservers.is_empty() {
-            self.default_upstreams = kube.upstream_nameservers;
-        }
-        if let Some(n) = kube.cache_max_entries {
-            self.max_entries = n;
-        }
-        if let Some(n) = kube.cache_max_bytes {
-            self.max_bytes = n;
         }
     }
 

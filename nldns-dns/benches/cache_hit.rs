@@ -14,9 +14,9 @@ use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use nldns::dns::answer::{prepare, TtlPolicy};
-use nldns::dns::cache::{Cache, CacheKey, CachePolicy, Lookup};
-use nldns::dns::wire::{self, TtlPatch};
+use nldns_dns::answer::{prepare, TtlPolicy};
+use nldns_dns::cache::{Cache, CacheKey, CachePolicy, Lookup};
+use nldns_dns::wire::{self, TtlPatch};
 
 const NAME: &str = "kubernetes.default.svc.cluster.local.";
 

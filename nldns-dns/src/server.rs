@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::service::{DnsService, Handled, Protocol};
+use super::service::{DnsService, Handling, Protocol, Scratch};
 use super::udp_loop;
 
 /// After shutdown fires, queries in flight get this long to be answered.
@@ -157,6 +157,7 @@ async fn serve_connection(
     });
     let slots = Arc::new(Semaphore::new(pipeline.max(1)));
     let mut pending = JoinSet::new();
+    let mut scratch = Scratch::default();
     loop {
         let frame = tokio::select! {
             biased;
@@ -166,14 +167,22 @@ async fn serve_connection(
                 _ => break, // idle, closed by the client, or an I/O error
             },
         };
-        match svc.handle_now(&frame, Protocol::Tcp) {
-            Handled::Drop => {}
-            Handled::Reply(reply) => {
+        // The reply goes to the writer task, so each gets a buffer of its own.
+        let mut reply = Vec::new();
+        match svc.handle(
+            &frame,
+            Protocol::Tcp,
+            Instant::now(),
+            &mut scratch,
+            &mut reply,
+        ) {
+            Handling::Drop => {}
+            Handling::Reply => {
                 if answers.send(reply).await.is_err() {
                     break;
                 }
             }
-            Handled::Resolve(query) => {
+            Handling::Resolve(query) => {
                 // Bounded pipelining: stop reading while `pipeline` queries are open.
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;

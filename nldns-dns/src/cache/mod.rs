@@ -2,31 +2,35 @@
 //! bytes, least-recently-used eviction, TTL countdown, prefetch marks and RFC 8767
 //! serve-stale bookkeeping.
 //!
-//! Keys and values are shaped for a future BPF-map twin (see DESIGN-NOTES, "The
-//! cache's hot path"): the key is the lowercased wire name plus fixed-size fields,
-//! the value is the answer's wire bytes plus the offsets of its TTL fields.
+//! Keys and values are shaped so a kernel-side twin (a BPF map the datapath could
+//! answer from) can mirror them: the key is the lowercased wire name plus fixed-size
+//! fields, the value is the answer's wire bytes plus the offsets of its TTL fields.
 //!
-//! Memory (measured with `examples/cache_memory.rs`): an entry is two heap
-//! allocations, the shared [`CachedAnswer`] and its one buffer (TTL offsets and wire
-//! message, and the key's name only when the wire's question does not already spell
-//! it), plus a slot in a slab and a 4-byte index in a hash table. The LRU order is a
-//! list threaded through the slab by index, so it costs no allocation either.
+//! Files: `entry.rs` packs one answer into one heap block (the shared
+//! [`CachedAnswer`]: header, TTL offsets, the key's name only when the wire's question
+//! does not already spell it, the wire message); `lru.rs` is the slab the entries live
+//! in, threaded into a least-recently-used list by index; this file is the index by
+//! key and the policy (lifetimes, prefetch marks, serve-stale, the bounds). Memory per
+//! entry is measured with `examples/cache_memory.rs`.
 //!
 //! Time is passed in (`now`) so the arithmetic is testable without sleeping.
 
+mod entry;
+mod lru;
+
 use std::hash::BuildHasher;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+
+pub use entry::{AnswerKind, CachedAnswer};
+use lru::LruSlab;
 
 /// Bit in [`CacheKey::flags`]: the client set DO (RFC 3225), so DNSSEC records matter.
 pub const KEY_DO: u8 = 1;
 /// Bit in [`CacheKey::flags`]: the client set CD (RFC 4035), so validation differs.
 pub const KEY_CD: u8 = 2;
-
-/// Where the question name starts in a DNS message (right after the header).
-const QUESTION_AT: usize = 12;
 
 /// What identifies a cached answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,226 +41,6 @@ pub struct CacheKey {
     pub qclass: u16,
     /// [`KEY_DO`] | [`KEY_CD`].
     pub flags: u8,
-}
-
-/// How an answer was classified when stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerKind {
-    /// NOERROR with answer records.
-    Positive,
-    /// NXDOMAIN or NODATA, TTL from the SOA (RFC 2308).
-    Negative,
-    /// SERVFAIL from upstream, or all upstreams failed (RFC 9520 failure caching).
-    ServFail,
-}
-
-/// An answer as stored: the wire message without OPT, ID zeroed, every record's TTL
-/// already clamped to the entry's lifetime so a countdown never overshoots it.
-///
-/// One heap block (the `Arc`'s) holds all of it as `u16` words, so the TTL offsets
-/// are aligned: a header (when it was stored, its lifetime, lengths, kind), the TTL
-/// offsets, then as bytes the key's name if stored apart and the wire message. Two
-/// blocks (the `Arc` with fields, and a buffer) measured 32 bytes more per entry.
-#[repr(transparent)]
-pub struct CachedAnswer {
-    words: [u16],
-}
-
-/// Header words: stored_at (i64 nanoseconds from [`EPOCH`], 4 words), ttl (2),
-/// wire length (1), name length | kind << 8 (1), number of TTL offsets (1).
-const HEADER: usize = 9;
-
-/// What `stored_at` is counted from (a signed offset: callers may pass earlier
-/// instants than the first use).
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// A message longer than this cannot be sent over any DNS transport.
-const MAX_WIRE: usize = u16::MAX as usize;
-
-impl std::fmt::Debug for CachedAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedAnswer")
-            .field("kind", &self.kind())
-            .field("ttl", &self.ttl())
-            .field("stored_at", &self.stored_at())
-            .field("wire_len", &self.wire().len())
-            .field("ttl_offsets", &self.ttl_offsets())
-            .finish()
-    }
-}
-
-impl CachedAnswer {
-    /// Packs an answer; `None` when the message or its TTL offsets are too many
-    /// bytes for DNS (65535), which no real exchange yields.
-    pub fn new(
-        wire: &[u8],
-        ttl_offsets: &[u16],
-        kind: AnswerKind,
-        ttl: u32,
-        stored_at: Instant,
-    ) -> Option<Arc<Self>> {
-        Self::pack(ttl_offsets, &[], wire, kind, ttl, stored_at)
-    }
-
-    fn pack(
-        ttl_offsets: &[u16],
-        name: &[u8],
-        wire: &[u8],
-        kind: AnswerKind,
-        ttl: u32,
-        stored_at: Instant,
-    ) -> Option<Arc<Self>> {
-        if wire.len() > MAX_WIRE || ttl_offsets.len() > MAX_WIRE || name.len() > 255 {
-            return None;
-        }
-        let epoch = *EPOCH;
-        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-        let at = if stored_at >= epoch {
-            nanos(stored_at - epoch)
-        } else {
-            -nanos(epoch - stored_at)
-        };
-        let bytes = name.len() + wire.len();
-        let head = HEADER + ttl_offsets.len();
-        let mut words = vec![0u16; head + bytes.div_ceil(2)];
-        for (i, w) in words[..4].iter_mut().enumerate() {
-            *w = (at >> (16 * i)) as u16;
-        }
-        words[4] = ttl as u16;
-        words[5] = (ttl >> 16) as u16;
-        words[6] = wire.len() as u16;
-        let kind_bits: u16 = match kind {
-            AnswerKind::Positive => 0,
-            AnswerKind::Negative => 1,
-            AnswerKind::ServFail => 2,
-        };
-        words[7] = name.len() as u16 | kind_bits << 8;
-        words[8] = ttl_offsets.len() as u16;
-        words[HEADER..head].copy_from_slice(ttl_offsets);
-        let tail = as_bytes_mut(&mut words[head..]);
-        tail[..name.len()].copy_from_slice(name);
-        tail[name.len()..bytes].copy_from_slice(wire);
-        let words: Arc<[u16]> = words.into();
-        // SAFETY: CachedAnswer is repr(transparent) over [u16], so the pointer (with
-        // its length) and the allocation's layout are the same for both types.
-        Some(unsafe { Arc::from_raw(Arc::into_raw(words) as *const CachedAnswer) })
-    }
-
-    /// How the answer was classified.
-    pub fn kind(&self) -> AnswerKind {
-        match self.words[7] >> 8 {
-            0 => AnswerKind::Positive,
-            1 => AnswerKind::Negative,
-            _ => AnswerKind::ServFail,
-        }
-    }
-
-    /// Seconds the answer stays fresh after [`Self::stored_at`].
-    pub fn ttl(&self) -> u32 {
-        u32::from(self.words[4]) | u32::from(self.words[5]) << 16
-    }
-
-    pub fn stored_at(&self) -> Instant {
-        let at = (0..4).fold(0u64, |acc, i| acc | u64::from(self.words[i]) << (16 * i)) as i64;
-        let epoch = *EPOCH;
-        let d = Duration::from_nanos(at.unsigned_abs());
-        if at >= 0 {
-            epoch + d
-        } else {
-            epoch.checked_sub(d).unwrap_or(epoch)
-        }
-    }
-
-    fn name_len(&self) -> usize {
-        usize::from(self.words[7] & 0xff)
-    }
-
-    /// The stored message (ID zero, no OPT).
-    pub fn wire(&self) -> &[u8] {
-        let start = self.name_len();
-        &self.tail()[start..start + usize::from(self.words[6])]
-    }
-
-    /// Where each record's TTL sits in [`Self::wire`].
-    pub fn ttl_offsets(&self) -> &[u16] {
-        &self.words[HEADER..self.head()]
-    }
-
-    fn tail(&self) -> &[u8] {
-        as_bytes(&self.words[self.head()..])
-    }
-
-    /// Where the bytes start: after the header and the offsets.
-    fn head(&self) -> usize {
-        HEADER + usize::from(self.words[8])
-    }
-
-    /// The key's name as this answer keeps it: apart, or the wire's question name
-    /// (slots compare lengths first, so a longer stored name never matches a prefix).
-    fn key_name(&self, len: usize) -> &[u8] {
-        match self.name_len() {
-            0 => self
-                .wire()
-                .get(QUESTION_AT..QUESTION_AT + len)
-                .unwrap_or_default(),
-            n => &self.tail()[..n],
-        }
-    }
-
-    /// This answer ready to be stored under `name`: itself when its question already
-    /// spells the name, else a copy carrying the name apart.
-    fn for_key(self: Arc<Self>, name: &[u8]) -> Option<Arc<Self>> {
-        let wire = self.wire();
-        let qdcount = wire.get(4..6) == Some(&[0, 1]);
-        if self.name_len() == 0
-            && qdcount
-            && wire.get(QUESTION_AT..QUESTION_AT + name.len()) == Some(name)
-        {
-            return Some(self);
-        }
-        Self::pack(
-            self.ttl_offsets(),
-            name,
-            wire,
-            self.kind(),
-            self.ttl(),
-            self.stored_at(),
-        )
-    }
-
-    /// Whole seconds spent in the cache, for the TTL countdown.
-    pub fn elapsed_secs(&self, now: Instant) -> u32 {
-        u32::try_from(now.saturating_duration_since(self.stored_at()).as_secs()).unwrap_or(u32::MAX)
-    }
-
-    fn fresh_until(&self) -> Instant {
-        self.stored_at() + Duration::from_secs(u64::from(self.ttl()))
-    }
-
-    /// Bytes charged against the cache's byte budget: what the entry really holds
-    /// (its slab slot, its index, and the answer's heap block with the `Arc`'s
-    /// counts and malloc's header and rounding).
-    fn charge(&self) -> usize {
-        const BLOCK_OVERHEAD: usize = 16;
-        const INDEX: usize = 8; // a u32 and a control byte, at hashbrown's load factor
-        std::mem::size_of::<Slot>()
-            + INDEX
-            + 2 * std::mem::size_of::<usize>()
-            + std::mem::size_of_val(&self.words)
-            + BLOCK_OVERHEAD
-    }
-}
-
-fn as_bytes(words: &[u16]) -> &[u8] {
-    // SAFETY: u8 has no alignment, every byte of a u16 slice is initialized, and the
-    // length covers exactly the same memory.
-    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 2) }
-}
-
-fn as_bytes_mut(words: &mut [u16]) -> &mut [u8] {
-    // SAFETY: as in `as_bytes`; any byte pattern is a valid u16, so writes through
-    // the byte view cannot make the words invalid.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 2) }
 }
 
 /// Cache limits and lifetimes that `lookup`/`insert` need.
@@ -276,17 +60,14 @@ pub struct CachePolicy {
     pub stale_recheck: Duration,
 }
 
-/// One cached entry in the slab, linked into the LRU list by slab index.
+/// One cached entry in the slab (the LRU links are the slab's).
 struct Slot {
     answer: Arc<CachedAnswer>,
     /// Set after an upstream failure, in whole seconds after the answer's
     /// `stored_at` (0: no failure noted): until then, stale is served without
-    /// asking upstream. Seconds keep the slot at 32 bytes.
+    /// asking upstream. Seconds keep the slot at 40 bytes with its links.
     retry_after: u32,
     hits: u32,
-    /// Neighbours in recency order ([`NIL`] at either end): `prev` is less recent.
-    prev: u32,
-    next: u32,
     qtype: u16,
     qclass: u16,
     flags: u8,
@@ -308,8 +89,12 @@ impl Slot {
     }
 }
 
-/// End of the LRU list / no slot.
-const NIL: u32 = u32::MAX;
+/// Bytes charged against the cache's byte budget: what an entry really holds (its
+/// slab slot, its index, and the answer's heap block).
+fn charge(answer: &CachedAnswer) -> usize {
+    const INDEX: usize = 8; // a u32 and a control byte, at hashbrown's load factor
+    LruSlab::<Slot>::SLOT_BYTES + INDEX + answer.heap_bytes()
+}
 
 /// Result of a lookup.
 #[derive(Debug)]
@@ -343,13 +128,8 @@ pub struct Cache {
     /// Slab indices, hashed by key.
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    /// Entries; `None` slots are listed in `free` for reuse.
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    /// Least and most recently used ends of the LRU list.
-    lru: u32,
-    mru: u32,
-    len: usize,
+    /// The entries, in recency order.
+    slots: LruSlab<Slot>,
     policy: CachePolicy,
     bytes: usize,
     evictions: u64,
@@ -361,11 +141,7 @@ impl Cache {
         Cache {
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            lru: NIL,
-            mru: NIL,
-            len: 0,
+            slots: LruSlab::default(),
             policy,
             bytes: 0,
             evictions: 0,
@@ -387,7 +163,7 @@ impl Cache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            entries: self.len,
+            entries: self.slots.len(),
             bytes: self.bytes,
             evictions: self.evictions,
         }
@@ -397,11 +173,9 @@ impl Cache {
         let Some(at) = self.find(key) else {
             return Lookup::Miss;
         };
-        self.touch(at);
+        self.slots.touch(at);
         let policy = &self.policy;
-        let slot = self.slots[at as usize]
-            .as_mut()
-            .expect("indexed slots are occupied");
+        let slot = self.slots.get_mut(at).expect("indexed slots are occupied");
         let fresh_until = slot.answer.fresh_until();
         if now < fresh_until {
             slot.hits = slot.hits.saturating_add(1);
@@ -446,7 +220,7 @@ impl Cache {
         let Some(answer) = answer.for_key(&key.name) else {
             return;
         };
-        if answer.charge() > self.policy.max_bytes {
+        if charge(&answer) > self.policy.max_bytes {
             return;
         }
         if let Some(at) = self.find(&key) {
@@ -456,45 +230,25 @@ impl Cache {
             answer,
             retry_after: 0,
             hits: 0,
-            prev: NIL,
-            next: NIL,
             qtype: key.qtype,
             qclass: key.qclass,
             flags: key.flags,
             name_len: key.name.len() as u8,
             prefetch_started: false,
         };
-        self.bytes += slot.answer.charge();
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.slots[at as usize] = Some(slot);
-                at
-            }
-            None => {
-                // Indices are u32 (NIL reserved); max_entries far below that keeps
-                // the slab from ever reaching it, but refuse rather than wrap.
-                let Ok(at) = u32::try_from(self.slots.len()) else {
-                    self.bytes -= slot.answer.charge();
-                    return;
-                };
-                if at == NIL {
-                    self.bytes -= slot.answer.charge();
-                    return;
-                }
-                self.slots.push(Some(slot));
-                at
-            }
+        let charged = charge(&slot.answer);
+        // Indices are u32; max_entries far below that keeps the slab from ever
+        // running out, but refuse rather than wrap.
+        let Ok(at) = self.slots.insert(slot) else {
+            return;
         };
+        self.bytes += charged;
         let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, at, |&i| {
-            let s = slots[i as usize]
-                .as_ref()
-                .expect("indexed slots are occupied");
+            let s = slots.get(i).expect("indexed slots are occupied");
             hash_parts(hasher, s.name(), s.qtype, s.qclass, s.flags)
         });
-        self.len += 1;
-        self.link_mru(at);
         self.evict_to_fit();
     }
 
@@ -533,7 +287,7 @@ impl Cache {
     /// hit counts or recency.
     pub fn peek_servable(&self, key: &CacheKey, now: Instant) -> Option<Arc<CachedAnswer>> {
         let at = self.find(key)?;
-        let answer = &self.slots[at as usize].as_ref()?.answer;
+        let answer = &self.slots.get(at)?.answer;
         let until = answer.fresh_until()
             + if answer.kind() == AnswerKind::ServFail {
                 Duration::ZERO
@@ -550,88 +304,31 @@ impl Cache {
     fn find(&self, key: &CacheKey) -> Option<u32> {
         let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
         self.index
-            .find(hash, |&i| {
-                self.slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|s| s.matches(key))
-            })
+            .find(hash, |&i| self.slots.get(i).is_some_and(|s| s.matches(key)))
             .copied()
     }
 
-    fn slot(&self, at: u32) -> &Slot {
-        self.slots[at as usize]
-            .as_ref()
-            .expect("linked slots are occupied")
-    }
-
     fn slot_mut(&mut self, at: u32) -> &mut Slot {
-        self.slots[at as usize]
-            .as_mut()
-            .expect("linked slots are occupied")
-    }
-
-    fn unlink(&mut self, at: u32) {
-        let (prev, next) = {
-            let s = self.slot(at);
-            (s.prev, s.next)
-        };
-        match prev {
-            NIL => self.lru = next,
-            p => self.slot_mut(p).next = next,
-        }
-        match next {
-            NIL => self.mru = prev,
-            n => self.slot_mut(n).prev = prev,
-        }
-    }
-
-    fn link_mru(&mut self, at: u32) {
-        let old = self.mru;
-        {
-            let s = self.slot_mut(at);
-            s.prev = old;
-            s.next = NIL;
-        }
-        match old {
-            NIL => self.lru = at,
-            o => self.slot_mut(o).next = at,
-        }
-        self.mru = at;
-    }
-
-    /// Makes `at` the most recently used.
-    fn touch(&mut self, at: u32) {
-        if self.mru != at {
-            self.unlink(at);
-            self.link_mru(at);
-        }
+        self.slots.get_mut(at).expect("indexed slots are occupied")
     }
 
     fn remove_at(&mut self, at: u32) {
-        self.unlink(at);
-        let slot = self.slots[at as usize]
-            .take()
-            .expect("linked slots are occupied");
+        let Some(slot) = self.slots.remove(at) else {
+            return;
+        };
         let hash = self.hash_key(slot.name(), slot.qtype, slot.qclass, slot.flags);
         if let Ok(entry) = self.index.find_entry(hash, |&i| i == at) {
             entry.remove();
         }
-        self.bytes -= slot.answer.charge();
-        self.len -= 1;
-        self.free.push(at);
-        if self.len == 0 {
-            // Let an emptied cache give its slab back.
-            self.slots = Vec::new();
-            self.free = Vec::new();
-        }
+        self.bytes -= charge(&slot.answer);
     }
 
     fn evict_to_fit(&mut self) {
-        while self.len > self.policy.max_entries || self.bytes > self.policy.max_bytes {
-            if self.lru == NIL {
+        while self.slots.len() > self.policy.max_entries || self.bytes > self.policy.max_bytes {
+            let Some(oldest) = self.slots.oldest() else {
                 break;
-            }
-            self.remove_at(self.lru);
+            };
+            self.remove_at(oldest);
             self.evictions += 1;
             self.unreported_evictions += 1;
         }
@@ -673,8 +370,8 @@ mod tests {
     #[test]
     fn entries_stay_small() {
         // What examples/cache_memory.rs measured rests on these sizes (64-bit).
-        assert_eq!(std::mem::size_of::<Slot>(), 40);
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(LruSlab::<Slot>::SLOT_BYTES, 40, "a slot with its LRU links");
         // The answer's block: a 9-word header, one TTL offset, the wire (odd lengths
         // round up to a whole word).
         let t0 = Instant::now();

@@ -1,0 +1,293 @@
+//! The DNS engine's Prometheus metrics (OpenMetrics text via prometheus-client), all
+//! prefixed `nldns_`. The service updates them; the agent's `/metrics` encodes them
+//! with the collectors it adds at construction (the datapath's counters).
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of `nldns_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub qtype: &'static str,
+    pub rcode: &'static str,
+    pub protocol: &'static str,
+}
+
+/// Labels of the per-upstream metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+/// Labels of `nldns_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub upstream: String,
+    pub kind: &'static str,
+}
+
+/// Every metric of the engine, and the registry the agent encodes.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    /// `requests`' counters by (protocol, qtype, rcode) index, each taken from the
+    /// family on first use: the hot path then skips the family's lock and label hash.
+    request_counters: Box<[OnceLock<Counter>]>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_evictions: Counter,
+    pub prefetches: Counter,
+    pub stale_answers: Counter,
+    pub coalesced: Counter,
+    /// Queries answered SERVFAIL at once because the upstream in-flight cap was hit.
+    pub upstream_overload: Counter,
+    pub upstream_latency: Family<UpstreamLabels, Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Self::with_collectors(Vec::new())
+    }
+
+    /// The engine's metrics plus `collectors`, encoded with them under the same
+    /// `nldns_` prefix (the agent's datapath counters are one).
+    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("nldns");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "DNS requests answered, by query type, response code and protocol.",
+            requests.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Queries answered from fresh cache entries.",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Queries that needed an upstream answer.",
+            cache_misses.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Answers in the cache.",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes charged to the cache's budget.",
+            cache_bytes.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "cache_evictions",
+            "Cache entries evicted to respect the entry or byte bound.",
+            cache_evictions.clone(),
+        );
+        let prefetches = Counter::default();
+        registry.register(
+            "prefetches",
+            "Popular entries refreshed before expiry.",
+            prefetches.clone(),
+        );
+        let stale_answers = Counter::default();
+        registry.register(
+            "stale_answers",
+            "Expired answers served because upstreams failed (RFC 8767).",
+            stale_answers.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_queries",
+            "Cache misses that joined an identical upstream query already in flight.",
+            coalesced.clone(),
+        );
+        let upstream_overload = Counter::default();
+        registry.register(
+            "upstream_overload",
+            "Queries answered SERVFAIL because too many upstream queries were in flight.",
+            upstream_overload.clone(),
+        );
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
+            // 0.5 ms .. ~4 s
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "upstream_latency_seconds",
+            "Time for an upstream to answer, per upstream.",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, per upstream and kind.",
+            upstream_errors.clone(),
+        );
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
+        Arc::new(Metrics {
+            registry,
+            requests,
+            request_counters: (0..PROTOCOLS.len() * QTYPES.len() * RCODES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            cache_bytes,
+            cache_evictions,
+            prefetches,
+            stale_answers,
+            coalesced,
+            upstream_overload,
+            upstream_latency,
+            upstream_errors,
+        })
+    }
+
+    /// Everything in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            log::warn!("encoding metrics: {e}");
+        }
+        out
+    }
+
+    /// Counts one answered request (on the hot path: no lock, no allocation once the
+    /// label set was seen).
+    pub fn count_request(&self, qtype: u16, rcode: u8, protocol: &'static str) {
+        let (p, q, r) = (
+            PROTOCOLS.iter().position(|&n| n == protocol),
+            qtype_index(qtype),
+            rcode_index(rcode),
+        );
+        let Some(p) = p else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    qtype: QTYPES[q].1,
+                    rcode: RCODES[r],
+                    protocol,
+                })
+                .inc();
+            return;
+        };
+        let slot = &self.request_counters[(p * QTYPES.len() + q) * RCODES.len() + r];
+        slot.get_or_init(|| {
+            let labels = RequestLabels {
+                qtype: QTYPES[q].1,
+                rcode: RCODES[r],
+                protocol,
+            };
+            // A clone shares the family's value.
+            self.requests.get_or_create(&labels).clone()
+        })
+        .inc();
+    }
+}
+
+/// Protocol labels with a counter table.
+const PROTOCOLS: [&str; 2] = ["udp", "tcp"];
+
+/// Common type mnemonics; every other type is "other" (the last entry), so clients
+/// cannot blow up the label cardinality.
+const QTYPES: [(u16, &str); 16] = [
+    (1, "A"),
+    (2, "NS"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (12, "PTR"),
+    (15, "MX"),
+    (16, "TXT"),
+    (28, "AAAA"),
+    (33, "SRV"),
+    (35, "NAPTR"),
+    (43, "DS"),
+    (48, "DNSKEY"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (255, "ANY"),
+    (0, "other"),
+];
+
+fn qtype_index(qtype: u16) -> usize {
+    QTYPES[..QTYPES.len() - 1]
+        .iter()
+        .position(|&(t, _)| t == qtype)
+        .unwrap_or(QTYPES.len() - 1)
+}
+
+/// RCODE names by value; "other" (the last) for every other value.
+const RCODES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+];
+
+fn rcode_index(rcode: u8) -> usize {
+    usize::from(rcode).min(RCODES.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_registry_and_added_collectors() {
+        #[derive(Debug)]
+        struct Fixed;
+        impl Collector for Fixed {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeMetric;
+                let counter = prometheus_client::metrics::counter::ConstCounter::new(7u64);
+                let metric = encoder.encode_descriptor(
+                    "datapath_redirected",
+                    "Test counter.",
+                    None,
+                    counter.metric_type(),
+                )?;
+                counter.encode(metric)
+            }
+        }
+        let metrics = Metrics::with_collectors(vec![Box::new(Fixed)]);
+        metrics.count_request(28, 3, "udp");
+        metrics.cache_hits.inc();
+        metrics
+            .upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: "10.0.0.10:53".into(),
+            })
+            .observe(0.003);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "nldns_requests_total{qtype=\"AAAA\",rcode=\"NXDOMAIN\",protocol=\"udp\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("nldns_cache_hits_total 1"), "{text}");
+        assert!(text.contains("nldns_datapath_redirected_total 7"), "{text}");
+        assert!(
+            text.contains("nldns_upstream_latency_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

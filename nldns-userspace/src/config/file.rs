@@ -1,0 +1,247 @@
+//! The `--config` file: kube-dns's ConfigMap keys (`stubDomains`, `upstreamNameservers`)
+//! plus nldns's own `cache` bounds, read with serde from either one JSON file or a
+//! mounted ConfigMap directory (one file per key).
+//!
+//! Unknown keys are errors, at the top and inside `cache`: a typo (`stubDomain`) would
+//! otherwise leave the defaults in place without a word. The one exception is
+//! kube-dns's `federations`, which a copied kube-dns ConfigMap may still carry: it is
+//! accepted and ignored with a warning. An error names the key path and the value at
+//! fault; at start it stops the agent, on reload the previous configuration stays.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+
+/// Port used when an address in configuration has none.
+pub const DNS_PORT: u16 = 53;
+
+/// Above this many entries the cache's slab indices (u32) could run out; far above
+/// any node's need (about 190 bytes of RSS each).
+const MAX_CACHE_ENTRIES: usize = 100_000_000;
+
+/// The file as written. Every value may also be a JSON string holding that JSON, as a
+/// ConfigMap writes it (`stubDomains: '{"acme.local": ["1.2.3.4"]}'`); an empty string
+/// is the same as an absent key.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Zone -> its own servers. Sorted by zone (the longest zone wins anyway).
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub stub_domains: Option<BTreeMap<String, Vec<Server>>>,
+    /// Replaces the node's resolv.conf servers when not empty.
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub upstream_nameservers: Option<Vec<Server>>,
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub cache: Option<CacheSection>,
+    /// kube-dns's federation (deprecated there, no meaning here).
+    #[serde(default)]
+    pub federations: Option<IgnoredAny>,
+}
+
+/// `cache`: `{"maxEntries": N, "maxBytes": N}`, each optional (absent: the engine's
+/// defaults).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheSection {
+    pub max_entries: Option<usize>,
+    pub max_bytes: Option<usize>,
+}
+
+/// "1.2.3.4", "1.2.3.4:5353", "fd00::1", "[fd00::1]:5353".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Server {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_server(&text)
+            .map(Server)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address with an optional port (53 when absent).
+pub fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DNS_PORT));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("not an IP address or IP:port: {s:?}"))
+}
+
+impl ConfigFile {
+    /// Reads a directory holding the keys as files (a mounted ConfigMap; kubelet's
+    /// `..data` links and other dot-files are skipped) or one JSON file.
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let mut doc = serde_json::Map::new();
+            let entries =
+                std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?;
+            for entry in entries {
+                let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !entry.path().is_file() {
+                    continue;
+                }
+                let text = std::fs::read_to_string(entry.path())
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+                doc.insert(name, serde_json::Value::String(text));
+            }
+            Self::from_value(serde_json::Value::Object(doc))
+                .with_context(|| format!("in {}", path.display()))
+        } else {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Self::from_json(&text).with_context(|| format!("in {}", path.display()))
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let file: Self = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
+        file.validated()
+    }
+
+    fn from_value(doc: serde_json::Value) -> Result<Self> {
+        let file: Self = serde_path_to_error::deserialize(doc).map_err(describe)?;
+        file.validated()
+    }
+
+    fn validated(self) -> Result<Self> {
+        if let Some(zones) = &self.stub_domains {
+            for zone in zones.keys() {
+                nldns_dns::router::zone_to_wire(zone)
+                    .with_context(|| format!("stubDomains: zone {zone:?}"))?;
+            }
+        }
+        if let Some(n) = self.cache.as_ref().and_then(|c| c.max_entries) {
+            if n > MAX_CACHE_ENTRIES {
+                bail!("cache: maxEntries: {n} is above {MAX_CACHE_ENTRIES}");
+            }
+        }
+        if self.federations.is_some() {
+            log::warn!("config: kube-dns's federations key has no meaning for nldns; ignored");
+        }
+        Ok(self)
+    }
+}
+
+/// "cache: maxEntries: invalid value ..." (the key path, then the error; a value given
+/// as a string of JSON adds its own path after its key).
+fn describe<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> anyhow::Error {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if path == "." {
+        anyhow::anyhow!("{inner}")
+    } else {
+        anyhow::anyhow!("{path}: {inner}")
+    }
+}
+
+/// A value given inline or as a string of JSON (a ConfigMap's form).
+fn inline_or_string<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    let value = serde_json::Value::deserialize(d)?;
+    let value = match value {
+        serde_json::Value::String(text) if text.trim().is_empty() => return Ok(None),
+        serde_json::Value::String(text) => {
+            let mut de = serde_json::Deserializer::from_str(&text);
+            return serde_path_to_error::deserialize(&mut de)
+                .map(Some)
+                .map_err(|e| D::Error::custom(describe(e)));
+        }
+        serde_json::Value::Null => return Ok(None),
+        other => other,
+    };
+    serde_path_to_error::deserialize(value)
+        .map(Some)
+        .map_err(|e| D::Error::custom(describe(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Server {
+        Server(s.parse().unwrap())
+    }
+
+    #[test]
+    fn configmap_strings_and_inline_json_read_alike() {
+        let file = ConfigFile::from_json(
+            r#"{"stubDomains": "{\"acme.local\": [\"1.2.3.4\", \"1.2.3.5:5353\"]}",
+                "upstreamNameservers": ["8.8.8.8"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.stub_domains.unwrap()["acme.local"],
+            vec![addr("1.2.3.4:53"), addr("1.2.3.5:5353")]
+        );
+        assert_eq!(file.upstream_nameservers, Some(vec![addr("8.8.8.8:53")]));
+        assert_eq!(file.cache, None);
+        let file = ConfigFile::from_json(
+            r#"{"cache": "{\"maxEntries\": 200000, \"maxBytes\": 100000000}"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.cache,
+            Some(CacheSection {
+                max_entries: Some(200_000),
+                max_bytes: Some(100_000_000)
+            })
+        );
+        let empty = ConfigFile::from_json(r#"{"stubDomains": "", "federations": {"a": "b"}}"#);
+        assert_eq!(empty.unwrap().stub_domains, None);
+    }
+
+    #[test]
+    fn errors_name_the_key_at_fault() {
+        for (bad, says) in [
+            (r#"{"stubDomains": {"a": ["nope"]}}"#, "stubDomains: a[0]"),
+            (r#"{"stubDomains": "{\"a\": [\"nope\"]}"}"#, "nope"),
+            (r#"{"cache": {"maxEntrys": 5}}"#, "maxEntrys"),
+            (r#"{"cache": {"maxEntries": -1}}"#, "cache: maxEntries"),
+            (
+                r#"{"cache": {"maxEntries": 1000000000}}"#,
+                "cache: maxEntries",
+            ),
+            (r#"{"cache": 5}"#, "cache"),
+            (r#"{"stubDomain": {}}"#, "stubDomain"),
+            (r#"{"upstreamNameservers": "nope"}"#, "upstreamNameservers"),
+        ] {
+            let err = format!("{:#}", ConfigFile::from_json(bad).unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_mounted_configmap_is_one_file_per_key() {
+        let dir = std::env::temp_dir().join(format!("nldns-config-dir-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("..2026_12_01")).unwrap();
+        std::fs::write(dir.join("stubDomains"), r#"{"corp": ["10.1.1.1"]}"#).unwrap();
+        std::fs::write(dir.join("upstreamNameservers"), r#"["9.9.9.9:5353"]"#).unwrap();
+        std::fs::write(dir.join("..data"), "kubelet's link").unwrap();
+        let read = ConfigFile::read(&dir);
+        std::fs::write(dir.join("stubDomainz"), "{}").unwrap();
+        let typo = ConfigFile::read(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let read = read.unwrap();
+        assert_eq!(
+            read.stub_domains.unwrap()["corp"],
+            vec![addr("10.1.1.1:53")]
+        );
+        assert_eq!(read.upstream_nameservers, Some(vec![addr("9.9.9.9:5353")]));
+        let err = format!("{:#}", typo.unwrap_err());
+        assert!(err.contains("stubDomainz"), "{err}");
+    }
+}

@@ -1,0 +1,133 @@
+//! One home for the agent's DNS configuration. Three sources land in one typed
+//! structure, the engine's [`DnsConfig`], by one function used at start and on every
+//! reload:
+//! - the command line (`--cluster-domain`, `--upstream`, `--resolv-conf`, `--config`;
+//!   clap derive in `cli.rs`, which also gives each flag its `NLDNS_*` variable);
+//! - the node's resolv.conf (`resolv.rs`);
+//! - the optional `--config` file or mounted ConfigMap (`file.rs`, serde derive):
+//!   kube-dns's `stubDomains` and `upstreamNameservers`, so an existing kube-dns
+//!   ConfigMap carries over unchanged, and nldns's `cache` bounds.
+//!
+//! The datapath's settings (Service IPs, intercept endpoint, heartbeat age) are not
+//! reloadable and go from the flags straight to `datapath::loader::DatapathSettings`;
+//! the kernel-facing layout they are written in is `nldns_common::DatapathConfig`.
+
+pub mod file;
+pub mod resolv;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nldns_dns::DnsConfig;
+
+pub use file::{parse_server, ConfigFile};
+
+/// Where the DNS configuration comes from (the flags that name it).
+#[derive(Debug, Clone, Copy)]
+pub struct DnsSources<'a> {
+    pub cluster_domain: &'a str,
+    /// `--upstream`: the kube-dns-uncached Service.
+    pub cluster_upstreams: &'a [SocketAddr],
+    pub resolv_conf: &'a Path,
+    pub config_file: Option<&'a Path>,
+}
+
+/// Builds the DNS configuration; errors name the flag, file or key at fault.
+pub fn dns_config(sources: &DnsSources) -> Result<DnsConfig> {
+    let domain = sources.cluster_domain.trim_end_matches('.');
+    if domain.is_empty() {
+        bail!("--cluster-domain is empty");
+    }
+    let mut config = DnsConfig::for_cluster_domain(domain);
+    config.cluster_upstreams = sources.cluster_upstreams.to_vec();
+    config.default_upstreams = resolv::read(sources.resolv_conf)
+        .with_context(|| format!("--resolv-conf {}", sources.resolv_conf.display()))?;
+    if let Some(path) = sources.config_file {
+        let file =
+            ConfigFile::read(path).with_context(|| format!("--config {}", path.display()))?;
+        apply(&mut config, file);
+    }
+    Ok(config)
+}
+
+/// The file's keys over the defaults: stub domains; upstream nameservers replace the
+/// resolv.conf ones; cache bounds.
+fn apply(config: &mut DnsConfig, file: ConfigFile) {
+    config.stub_domains = file
+        .stub_domains
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(zone, servers)| (zone, servers.into_iter().map(|s| s.0).collect()))
+        .collect();
+    let upstream: Vec<SocketAddr> = file
+        .upstream_nameservers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    if !upstream.is_empty() {
+        config.default_upstreams = upstream;
+    }
+    if let Some(cache) = file.cache {
+        if let Some(n) = cache.max_entries {
+            config.max_entries = n;
+        }
+        if let Some(n) = cache.max_bytes {
+            config.max_bytes = n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_resolv_conf_and_file_make_one_config() {
+        let dir = std::env::temp_dir().join(format!("nldns-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 192.0.2.1\n").unwrap();
+        let file = dir.join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"stubDomains": {"corp": ["10.1.1.1"]}, "cache": {"maxEntries": 7}}"#,
+        )
+        .unwrap();
+        let upstream: Vec<SocketAddr> = vec!["10.96.0.11:53".parse().unwrap()];
+        let mut sources = DnsSources {
+            cluster_domain: "Cluster.Local.",
+            cluster_upstreams: &upstream,
+            resolv_conf: &resolv,
+            config_file: Some(&file),
+        };
+        let config = dns_config(&sources);
+        sources.cluster_domain = ".";
+        let no_domain = dns_config(&sources);
+        std::fs::write(
+            &file,
+            r#"{"upstreamNameservers": ["9.9.9.9"], "cache": []}"#,
+        )
+        .unwrap();
+        sources.cluster_domain = "cluster.local";
+        let bad_file = dns_config(&sources);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let config = config.unwrap();
+        assert_eq!(config.cluster_domain, "cluster.local");
+        assert_eq!(config.cluster_upstreams, upstream);
+        assert_eq!(
+            config.default_upstreams,
+            vec!["192.0.2.1:53".parse().unwrap()]
+        );
+        assert_eq!(
+            config.stub_domains,
+            vec![("corp".to_string(), vec!["10.1.1.1:53".parse().unwrap()])]
+        );
+        assert_eq!(config.max_entries, 7);
+        assert!(format!("{:#}", no_domain.unwrap_err()).contains("--cluster-domain"));
+        let err = format!("{:#}", bad_file.unwrap_err());
+        assert!(err.contains("--config") && err.contains("cache"), "{err}");
+    }
+}
