@@ -3,7 +3,7 @@
 //! case and TTLs) against full decoding with hickory-proto (decode the query,
 //! look up, decode the stored answer, edit, re-encode). Same cache, same answer.
 //!
-//! Run: `AYA_BUILD_SKIP=1 cargo bench -p nldns-userspace --bench cache_hit`
+//! Run: `cargo bench -p nldns-dns --bench cache_hit`
 
 use std::hint::black_box;
 use std::sync::Mutex;

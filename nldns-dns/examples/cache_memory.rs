@@ -10,7 +10,7 @@
 //! per-query allocations and malloc's per-thread arenas count too.
 //!
 //! Run (release, as the agent ships):
-//! `AYA_BUILD_SKIP=1 cargo run --release -p nldns-userspace --example cache_memory -- [--names N] [--records R] [--service]`
+//! `cargo run --release -p nldns-dns --example cache_memory -- [--names N] [--records R] [--service]`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,4 +1,4 @@
-//! The address plan of SIMULATED-NODE.md. These addresses exist only inside the test
+//! The simulated node's address plan (docs/testing.md). These addresses exist only inside the test
 //! namespaces; nothing here is ever configured in the machine's root namespace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

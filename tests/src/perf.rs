@@ -1,6 +1,6 @@
 //! dnsperf against addresses inside the simulated node, for benchmarks and load tests.
 //!
-//! Rule 5 of SIMULATED-NODE.md: a load generator is bounded in time and rate and stops by
+//! Rule 5 of docs/testing.md: a load generator is bounded in time and rate and stops by
 //! itself. [`DnsperfOptions`] always passes a time limit (`-l`, at most
 //! [`MAX_DURATION`]) and a rate limit (`-Q`), and the process is killed if it overruns.
 

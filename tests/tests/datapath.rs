@@ -451,7 +451,7 @@ fn classic_node_local_dns_on_the_same_ip_is_refused() {
     args.insert(0, bin().display().to_string());
     let agent_args: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    // NOTRACK rules for the ClusterIP, as the seed and node-local-dns add them.
+    // NOTRACK rules for the ClusterIP, as node-local-dns adds them.
     let rule = [
         "-t",
         "raw",

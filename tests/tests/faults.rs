@@ -99,7 +99,7 @@ fn ms_from(at: Instant, kill: Instant) -> i128 {
     }
 }
 
-/// Checks the target against the load's report: the only first tries lost are
+/// Checks the kill-cycle target (docs/testing.md) against the load's report: the only first tries lost are
 /// those in flight at a kill, and their retry succeeds, unless the retry itself was in
 /// flight at a later kill. Prints every lost try with its offset from the nearest kill;
 /// returns the violations.

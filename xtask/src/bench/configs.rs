@@ -1,8 +1,8 @@
 //! The configurations compared, each set up inside a fresh simulated node:
-//! (a) nldns; (b) the seed's design with unbound; (c) the same with dnsmasq; (d) no cache.
+//! (a) nldns; (b) node-local-dns's NOTRACK design with unbound; (c) the same with dnsmasq; (d) no cache.
 //!
-//! The seed's design (node-local-dns): the ClusterIP bound as a local address of the node
-//! (the seed uses a dummy interface; this kernel has no dummy driver, so `lo` of the node
+//! The NOTRACK design (node-local-dns, and the variant that hijacks the ClusterIP): the ClusterIP bound as a local address of the node
+//! (node-local-dns uses a dummy interface; this kernel has no dummy driver, so `lo` of the node
 //! namespace), raw-table NOTRACK rules so kube-proxy's DNAT never sees the queries, and a
 //! cache listening on the ClusterIP that forwards cluster.local and the reverse zones to
 //! kube-dns-uncached and everything else to the node's resolver.
@@ -58,14 +58,15 @@ impl Config {
     pub fn description(self) -> &'static str {
         match self {
             Config::Nldns => "nldns (TC redirect to its intercept endpoint, release build)",
-            Config::Unbound => "seed design: ClusterIP on lo + raw NOTRACK + unbound",
-            Config::Dnsmasq => "seed design: ClusterIP on lo + raw NOTRACK + dnsmasq",
+            Config::Unbound => "NOTRACK design: ClusterIP on lo + raw NOTRACK + unbound",
+            Config::Dnsmasq => "NOTRACK design: ClusterIP on lo + raw NOTRACK + dnsmasq",
             Config::None => "no cache: kube-proxy DNAT to the knot backends",
         }
     }
 }
 
-/// The raw-table rules of the seed, exactly as its README lists them (with our ClusterIP).
+/// node-local-dns's raw-table rules, as its ClusterIP-hijacking variant writes them (with
+/// our ClusterIP).
 pub fn notrack_rules() -> Vec<Vec<String>> {
     let ip = format!("{KUBE_DNS_V4}/32");
     let mut rules = Vec::new();
@@ -120,7 +121,7 @@ pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running
             Some(agent)
         }
         Config::Unbound | Config::Dnsmasq => {
-            seed_interception(node)?;
+            notrack_interception(node)?;
             let (program, args) = if config == Config::Unbound {
                 let conf = node.workdir().join("unbound.conf");
                 std::fs::write(&conf, unbound_conf(node.workdir()))
@@ -161,8 +162,8 @@ pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running
     Ok(running)
 }
 
-/// The ClusterIP on the node's lo and the seed's NOTRACK rules, all in the node namespace.
-fn seed_interception(node: &SimNode) -> Result<()> {
+/// The ClusterIP on the node's lo and node-local-dns's NOTRACK rules, all in the node namespace.
+fn notrack_interception(node: &SimNode) -> Result<()> {
     let netns = node.node_netns();
     netns.ip(&["addr", "add", &format!("{KUBE_DNS_V4}/32"), "dev", "lo"])?;
     for rule in notrack_rules() {
@@ -170,7 +171,7 @@ fn seed_interception(node: &SimNode) -> Result<()> {
         args.extend(rule.iter().map(String::as_str));
         netns
             .exec("iptables", &args)
-            .context("adding the seed's NOTRACK rule")?;
+            .context("adding a NOTRACK rule")?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! dnsperf runs from pod 0 to the kube-dns ClusterIP, and the stepped search for the
 //! highest rate a configuration sustains.
 //!
-//! Every run is bounded (rule 5 of SIMULATED-NODE.md): `-l` seconds, `-Q` queries per
+//! Every run is bounded (docs/testing.md, rule 5): `-l` seconds, `-Q` queries per
 //! second, and a kill deadline.
 
 use std::fmt::Write as _;

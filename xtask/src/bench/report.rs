@@ -233,7 +233,7 @@ fn markdown(
     let _ = writeln!(w, "# nldns benchmark, {date}\n");
     let _ = writeln!(
         w,
-        "Produced by `cargo xtask bench` on the simulated node (shared/SIMULATED-NODE.md): \
+        "Produced by `cargo xtask bench` on the simulated node (docs/testing.md): \
          every packet stayed inside the run's network namespaces. Took {:.0?}.\n",
         took
     );
@@ -271,7 +271,7 @@ fn markdown(
     let _ = writeln!(
         w,
         "\n(b) and (c) put 10.96.0.10/32 on `lo` of the node namespace (no dummy driver in \
-         this kernel) and add the seed's raw-table rules:\n\n```\n{}\n```\n\n\
+         this kernel) and add node-local-dns's raw-table rules:\n\n```\n{}\n```\n\n\
          unbound: 2 threads, no validation, msg/rrset caches 64m/128m; dnsmasq: cache-size \
          150000, dns-forward-max 1000; both forward cluster.local and the reverse zones to \
          kube-dns-uncached (10.96.0.11) and the rest to the outside resolver. nldns runs with \
@@ -312,7 +312,7 @@ fn markdown(
     let base = Config::Unbound;
     let _ = writeln!(
         w,
-        "## Headline: nldns (a) relative to the seed's design (b)\n"
+        "## Headline: nldns (a) relative to the NOTRACK design (b)\n"
     );
     let _ = writeln!(
         w,
