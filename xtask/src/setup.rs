@@ -49,9 +49,11 @@ pub fn run() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
+    // The kernel VMs of `cargo xtask test` (QEMU, Debian's kernel, busybox, ipvsadm).
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
+        .chain(crate::vm::apt_packages())
         .filter(|pkg| !dpkg_installed(pkg))
         .collect();
     if missing.is_empty() {
