@@ -1,5 +1,8 @@
 //! A kube-proxy stand-in: the Service NAT that a real node has, written into the node
-//! namespace the way kube-proxy writes it (iptables mode via iptables-nft, or nftables mode).
+//! namespace the way kube-proxy writes it (iptables mode via iptables-nft, nftables mode, or
+//! IPVS mode: the ClusterIPs on a `kube-ipvs0` dummy interface and one IPVS virtual
+//! service per Service port, which needs a kernel with IPVS and the dummy driver, see
+//! [`crate::kernel`]).
 //!
 //! This is what makes the datapath tests honest: interception must win against the same
 //! DNAT that a real node applies to ClusterIP:53.
@@ -21,7 +24,15 @@ pub enum KubeProxyMode {
     Iptables,
     /// nftables mode (`table ip kube-proxy` / `table ip6 kube-proxy`).
     Nftables,
+    /// IPVS mode as kube-proxy's ipvs proxier builds it: every ClusterIP on the
+    /// `kube-ipvs0` dummy interface (left down, as kube-proxy leaves it; the addresses are
+    /// local all the same), a virtual service per ClusterIP:port with round robin and the
+    /// endpoints in masquerading (NAT) mode, and `net.ipv4.vs.conntrack=1`.
+    Ipvs,
 }
+
+/// The dummy interface kube-proxy's IPVS mode binds every ClusterIP to.
+pub const IPVS_INTERFACE: &str = "kube-ipvs0";
 
 /// One ClusterIP Service port with its endpoints.
 #[derive(Debug, Clone)]
@@ -106,7 +117,82 @@ pub fn install(netns: &Netns, mode: KubeProxyMode, services: &[ServicePort]) -> 
                 .context("installing kube-proxy nftables rules")?;
             Ok(())
         }
+        KubeProxyMode::Ipvs => install_ipvs(netns, services),
     }
+}
+
+fn install_ipvs(netns: &Netns, services: &[ServicePort]) -> Result<()> {
+    netns
+        .ip(&["link", "add", IPVS_INTERFACE, "type", "dummy"])
+        .context("creating kube-ipvs0 (IPVS mode needs the dummy driver)")?;
+    let mut bound = Vec::new();
+    for service in services {
+        if bound.contains(&service.cluster_ip) {
+            continue;
+        }
+        bound.push(service.cluster_ip);
+        let mut args = vec![
+            "addr".to_string(),
+            "add".into(),
+            host_prefix(service.cluster_ip),
+            "dev".into(),
+            IPVS_INTERFACE.into(),
+        ];
+        if service.cluster_ip.is_ipv6() {
+            args.push("nodad".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        netns.ip(&args)?;
+    }
+    netns
+        .sysctl("net/ipv4/vs/conntrack", "1")
+        .context("IPVS mode needs the ip_vs module")?;
+    netns
+        .exec_with_stdin("ipvsadm", &["-R"], ipvs_rules(services).as_bytes())
+        .context("installing kube-proxy's IPVS virtual services")?;
+    Ok(())
+}
+
+/// `ipvsadm -R` input: a virtual service per ClusterIP:port (round robin), its endpoints
+/// as real servers in masquerading mode, as kube-proxy's ipvs proxier configures them.
+pub fn ipvs_rules(services: &[ServicePort]) -> String {
+    let mut text = String::new();
+    for service in services {
+        let flag = if service.protocol == "tcp" {
+            "-t"
+        } else {
+            "-u"
+        };
+        let vip = endpoint_addr(service.cluster_ip, service.port);
+        let _ = writeln!(text, "-A {flag} {vip} -s rr");
+        for endpoint in &service.endpoints {
+            let _ = writeln!(
+                text,
+                "-a {flag} {vip} -r {} -m -w 1",
+                endpoint_addr(*endpoint, service.target_port)
+            );
+        }
+    }
+    text
+}
+
+/// Packets IPVS received for virtual service `protocol` ("udp"/"tcp") `ip:port`
+/// (`ipvsadm -Ln --stats --exact` in `netns`): tells whether a query went through
+/// kube-proxy's IPVS or was intercepted before it.
+pub fn ipvs_in_packets(netns: &Netns, protocol: &str, ip: IpAddr, port: u16) -> Result<u64> {
+    let text = netns.exec("ipvsadm", &["-Ln", "--stats", "--exact"])?;
+    let vip = endpoint_addr(ip, port);
+    let proto = protocol.to_ascii_uppercase();
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next()? != proto || fields.next()? != vip {
+                return None;
+            }
+            // Conns, then InPkts.
+            fields.nth(1)?.parse().ok()
+        })
+        .with_context(|| format!("no IPVS virtual service {proto} {vip} in:\n{text}"))
 }
 
 /// Removes the rules of `mode` from the node namespace. In iptables mode this empties the
@@ -151,6 +237,12 @@ pub fn remove(netns: &Netns, mode: KubeProxyMode) -> Result<()> {
             }
             Ok(())
         }
+        KubeProxyMode::Ipvs => {
+            // Absent on a first install; deleting the interface drops its ClusterIPs.
+            let _ = netns.exec("ipvsadm", &["-C"]);
+            let _ = netns.ip(&["link", "del", IPVS_INTERFACE]);
+            Ok(())
+        }
     }
 }
 
@@ -165,6 +257,11 @@ pub fn dump(netns: &Netns) -> Result<String> {
     ] {
         let _ = writeln!(text, "# {tool} {}", args.join(" "));
         text.push_str(&netns.exec(tool, args)?);
+    }
+    // IPVS exists only where the kernel has it.
+    if let Ok(ipvs) = netns.exec("ipvsadm", &["-Ln"]) {
+        let _ = writeln!(text, "# ipvsadm -Ln");
+        text.push_str(&ipvs);
     }
     Ok(text)
 }

@@ -354,6 +354,11 @@ impl SimNode {
         self.install_kube_proxy()
     }
 
+    /// Packets IPVS received for the virtual service `protocol` `ip`:53 (IPVS mode only).
+    pub fn ipvs_in_packets(&self, protocol: &str, ip: IpAddr) -> Result<u64> {
+        kube_proxy::ipvs_in_packets(&self.node, protocol, ip, 53)
+    }
+
     /// The NAT rules of the node namespace (iptables-save, ip6tables-save, nft list ruleset).
     pub fn kube_proxy_rules(&self) -> Result<String> {
         kube_proxy::dump(&self.node)
