@@ -81,15 +81,13 @@ impl Initramfs {
         let file =
             std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut w = std::io::BufWriter::new(file);
-        let mut ino = 1u32;
-        for (path, entry) in &self.entries {
+        for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
             let (mode, data): (u32, &[u8]) = match entry {
                 Entry::Dir => (0o040755, &[]),
                 Entry::File { data, mode } => (0o100000 | mode, data),
                 Entry::Symlink { target } => (0o120777, target.as_bytes()),
             };
             write_entry(&mut w, ino, mode, path, data)?;
-            ino += 1;
         }
         write_entry(&mut w, 0, 0, "TRAILER!!!", &[])?;
         w.flush()?;

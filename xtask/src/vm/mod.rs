@@ -18,6 +18,7 @@
 
 mod cpio;
 mod plan;
+pub mod verifier;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
