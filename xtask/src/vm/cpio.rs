@@ -139,7 +139,7 @@ mod tests {
     fn entries_are_aligned_and_parents_come_first() {
         let mut fs = Initramfs::default();
         fs.file("/usr/bin/x", b"hello".to_vec(), 0o755);
-        fs.symlink("/bin", "usr/bin");
+        fs.symlink("/lib", "usr/lib");
         let dir = std::env::temp_dir().join(format!("nldns-cpio-test-{}", std::process::id()));
         fs.write_to(&dir).unwrap();
         let bytes = std::fs::read(&dir).unwrap();
