@@ -176,23 +176,36 @@ pub fn ipvs_rules(services: &[ServicePort]) -> String {
     text
 }
 
-/// Packets IPVS received for virtual service `protocol` ("udp"/"tcp") `ip:port`
-/// (`ipvsadm -Ln --stats --exact` in `netns`): tells whether a query went through
-/// kube-proxy's IPVS or was intercepted before it.
-pub fn ipvs_in_packets(netns: &Netns, protocol: &str, ip: IpAddr, port: u16) -> Result<u64> {
+/// How often IPVS folds its per-CPU counters into the totals `ipvsadm --stats` shows
+/// (its rate estimator's timer, 2 s): a count read sooner than this after the traffic may
+/// not include it yet.
+pub const IPVS_STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Packets IPVS received per virtual service (`ipvsadm -Ln --stats --exact`), keyed by
+/// protocol ("udp"/"tcp"), ClusterIP and port: tells whether a query went through
+/// kube-proxy's IPVS or was intercepted before it. Lags by up to [`IPVS_STATS_PERIOD`].
+pub fn ipvs_in_packets(
+    netns: &Netns,
+) -> Result<std::collections::BTreeMap<(String, IpAddr, u16), u64>> {
     let text = netns.exec("ipvsadm", &["-Ln", "--stats", "--exact"])?;
-    let vip = endpoint_addr(ip, port);
-    let proto = protocol.to_ascii_uppercase();
-    text.lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            if fields.next()? != proto || fields.next()? != vip {
-                return None;
-            }
-            // Conns, then InPkts.
-            fields.nth(1)?.parse().ok()
-        })
-        .with_context(|| format!("no IPVS virtual service {proto} {vip} in:\n{text}"))
+    let mut stats = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(proto), Some(vip)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if proto != "UDP" && proto != "TCP" {
+            continue;
+        }
+        let Ok(vip) = vip.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        // Conns, then InPkts.
+        if let Some(in_pkts) = fields.nth(1).and_then(|v| v.parse().ok()) {
+            stats.insert((proto.to_ascii_lowercase(), vip.ip(), vip.port()), in_pkts);
+        }
+    }
+    Ok(stats)
 }
 
 /// Removes the rules of `mode` from the node namespace. In iptables mode this empties the

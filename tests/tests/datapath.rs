@@ -11,7 +11,7 @@ use std::{
 
 use hickory_proto::rr::{RData, RecordType};
 use nldns_tests::{
-    addresses::{KUBE_DNS_UNCACHED_V4, KUBE_DNS_V4, KUBE_DNS_V6, WEB_V4},
+    addresses::{KUBE_DNS_UNCACHED_V4, KUBE_DNS_UNCACHED_V6, KUBE_DNS_V4, KUBE_DNS_V6, WEB_V4},
     agent_binary, kernel, require_root, AgentProcess, BackendMode, KubeProxyMode, QueryOptions,
     SimNode,
 };
@@ -671,15 +671,27 @@ fn interception_wins_against_kube_proxy_in_nftables_mode_too() {
     assert_eq!(backend_saw(&node, WEB, "A"), 2, "one miss, then the cache");
 }
 
-/// IPVS-mode packet counters of kube-dns (cached) over both families and transports.
-fn ipvs_kube_dns_packets(node: &SimNode) -> u64 {
-    let mut total = 0;
+/// IPVS's packet counters: kube-dns (cached) over both families and transports, and
+/// kube-dns-uncached (the agent's upstream), likewise.
+fn ipvs_packets(node: &SimNode) -> (u64, u64) {
+    let stats = node.ipvs_in_packets().unwrap();
+    let get = |proto: &str, ip: IpAddr| stats.get(&(proto.to_string(), ip, 53)).copied();
+    let mut cached = 0;
     for proto in ["udp", "tcp"] {
         for ip in [IpAddr::from(KUBE_DNS_V4), IpAddr::from(KUBE_DNS_V6)] {
-            total += node.ipvs_in_packets(proto, ip).unwrap();
+            cached += get(proto, ip).unwrap_or_else(|| panic!("no {proto} {ip}: {stats:?}"));
         }
     }
-    total
+    let mut uncached = 0;
+    for proto in ["udp", "tcp"] {
+        for ip in [
+            IpAddr::from(KUBE_DNS_UNCACHED_V4),
+            IpAddr::from(KUBE_DNS_UNCACHED_V6),
+        ] {
+            uncached += get(proto, ip).unwrap_or_else(|| panic!("no {proto} {ip}: {stats:?}"));
+        }
+    }
+    (cached, uncached)
 }
 
 #[test]
@@ -697,15 +709,13 @@ fn interception_wins_against_kube_proxy_in_ipvs_mode() {
         .expect("simulated node with IPVS kube-proxy");
     web_a(&node, 0);
     assert_eq!(backend_saw(&node, WEB, "A"), 1, "IPVS reaches the backend");
-    let through_ipvs = ipvs_kube_dns_packets(&node);
+    let (through_ipvs, _) = ipvs_packets(&node);
     assert!(through_ipvs >= 1, "the query went through IPVS");
 
     // kube-ipvs0 holds the ClusterIP: that is kube-proxy, not node-local-dns, and the
     // agent must start (and take netlink attach on a kernel without TCX).
     let mut agent = start_agent(&node, &[]);
-    let uncached_before = node
-        .ipvs_in_packets("udp", IpAddr::from(KUBE_DNS_UNCACHED_V4))
-        .unwrap();
+    let (_, uncached_before) = ipvs_packets(&node);
     for tcp in [false, true] {
         for server in [IpAddr::from(KUBE_DNS_V4), IpAddr::from(KUBE_DNS_V6)] {
             for rtype in [RecordType::A, RecordType::AAAA] {
@@ -723,16 +733,11 @@ fn interception_wins_against_kube_proxy_in_ipvs_mode() {
     // Not one of the pod's packets to the ClusterIP reached IPVS: the TC program took
     // them before the local input path. The misses went upstream to kube-dns-uncached,
     // through IPVS, as the agent's own traffic.
-    assert_eq!(
-        ipvs_kube_dns_packets(&node),
-        through_ipvs,
-        "{}",
-        node.kube_proxy_rules().unwrap()
-    );
+    let (cached, uncached) = ipvs_packets(&node);
+    assert_eq!(cached, through_ipvs, "{}", node.kube_proxy_rules().unwrap());
     assert!(
-        node.ipvs_in_packets("udp", IpAddr::from(KUBE_DNS_UNCACHED_V4))
-            .unwrap()
-            > uncached_before
+        uncached > uncached_before,
+        "the misses went upstream through IPVS"
     );
 
     // kill -9: the next query, first try, goes through IPVS to kube-dns again.
@@ -740,7 +745,7 @@ fn interception_wins_against_kube_proxy_in_ipvs_mode() {
     agent.wait_exit(Duration::from_secs(5)).unwrap();
     web_a(&node, 0);
     assert_eq!(backend_saw(&node, WEB, "A"), 3, "answered by kube-dns");
-    assert!(ipvs_kube_dns_packets(&node) > through_ipvs);
+    assert!(ipvs_packets(&node).0 > through_ipvs);
     let out = node
         .exec_in_node(
             bin().to_str().unwrap(),

@@ -272,17 +272,17 @@ fn ipvs_kube_proxy_mode_answers_too() {
     for backend in ["10.244.9.10:53", "10.244.9.11:53"] {
         assert!(rules.contains(backend), "{backend} missing:\n{rules}");
     }
-    assert!(
-        node.ipvs_in_packets("udp", IpAddr::V4(KUBE_DNS_V4))
-            .unwrap()
-            >= 1,
-        "{rules}"
-    );
-    assert!(
-        node.ipvs_in_packets("tcp", IpAddr::V6(KUBE_DNS_V6))
-            .unwrap()
-            >= 1
-    );
+    let stats = node.ipvs_in_packets().unwrap();
+    for (proto, ip) in [
+        ("udp", IpAddr::V4(KUBE_DNS_V4)),
+        ("tcp", IpAddr::V4(KUBE_DNS_V4)),
+        ("udp", IpAddr::V6(KUBE_DNS_V6)),
+        ("tcp", IpAddr::V6(KUBE_DNS_V6)),
+        ("udp", IpAddr::V4(KUBE_DNS_UNCACHED_V4)),
+    ] {
+        let seen = stats.get(&(proto.to_string(), ip, 53)).copied();
+        assert!(seen >= Some(1), "{proto} {ip}: {seen:?} in {stats:?}");
+    }
     let link = node
         .node_netns()
         .ip(&["-d", "link", "show", "kube-ipvs0"])

@@ -203,14 +203,15 @@ const PLAN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The suites for `kernel`, keeping only tests whose name contains `filter`.
+/// The suites for `kernel`, keeping only tests whose name contains `filter` (or one of
+/// its comma-separated parts).
 pub fn suites(_kernel: &Kernel, filter: Option<&str>) -> Vec<Suite> {
     PLAN.iter()
         .filter_map(|(package, name, tests)| {
             let tests: Vec<&'static str> = tests
                 .iter()
                 .copied()
-                .filter(|t| filter.is_none_or(|f| t.contains(f)))
+                .filter(|t| filter.is_none_or(|f| f.split(',').any(|f| t.contains(f))))
                 .collect();
             (!tests.is_empty()).then(|| Suite {
                 package,
