@@ -110,7 +110,12 @@ pub fn run(root: &Path, kernel: &Kernel, filter: Option<&str>) -> Result<()> {
         .filter(|name| !outcome.exits.iter().any(|(n, _)| n == *name))
         .collect();
     let bad: Vec<&(String, i32)> = outcome.exits.iter().filter(|(_, rc)| *rc != 0).collect();
-    if !outcome.done || !missing.is_empty() || !bad.is_empty() || outcome.failed > 0 {
+    if !outcome.done
+        || outcome.leftovers
+        || !missing.is_empty()
+        || !bad.is_empty()
+        || outcome.failed > 0
+    {
         let console = std::fs::read_to_string(work.join("console.log")).unwrap_or_default();
         let tail: Vec<&str> = console.lines().rev().take(60).collect();
         eprintln!(
@@ -121,9 +126,10 @@ pub fn run(root: &Path, kernel: &Kernel, filter: Option<&str>) -> Result<()> {
             eprintln!("[{label} console] {}", line.trim_end_matches('\r'));
         }
         bail!(
-            "{label}: guest tests failed (finished: {}, suites without a result: {missing:?}, \
-             failing suites: {bad:?})",
-            outcome.done
+            "{label}: guest tests failed (finished: {}, leftovers: {}, suites without a \
+             result: {missing:?}, failing suites: {bad:?})",
+            outcome.done,
+            outcome.leftovers
         );
     }
     Ok(())
@@ -493,7 +499,8 @@ if [ -f {GUEST_VERIFIER} ]; then
 fi
 echo "NLDNS-VM-DONE $(( $($bb cut -d. -f1 /proc/uptime) - start ))" >&3
 # Anything the tests left behind would show here.
-echo "NLDNS-VM-LEFTOVERS netns=[$(ip netns list | $bb tr '\n' ' ')]" >&3
+left="$(ip netns list) $($bb ls /sys/fs/cgroup | $bb grep nldns) $($bb ls /sys/fs/bpf)"
+echo "NLDNS-VM-LEFTOVERS [$(echo $left)]" >&3
 $bb sync
 $bb poweroff -f
 "#,
@@ -505,6 +512,8 @@ $bb poweroff -f
 
 struct Outcome {
     done: bool,
+    /// Namespaces, cgroups or pinned objects the tests left in the guest.
+    leftovers: bool,
     release: Option<String>,
     passed: usize,
     failed: usize,
@@ -562,6 +571,7 @@ fn boot(kernel: &Kernel, label: &str, initrd: &Path, work: &Path) -> Result<Outc
     let stdout = child.stdout.take().context("QEMU stdout")?;
     let mut outcome = Outcome {
         done: false,
+        leftovers: false,
         release: None,
         passed: 0,
         failed: 0,
@@ -585,6 +595,8 @@ fn boot(kernel: &Kernel, label: &str, initrd: &Path, work: &Path) -> Result<Outc
                     .exits
                     .push((name.to_string(), rc.parse().unwrap_or(-1)));
             }
+        } else if let Some(rest) = line.strip_prefix("NLDNS-VM-LEFTOVERS ") {
+            outcome.leftovers = rest.trim() != "[]";
         } else if line.starts_with("NLDNS-VM-DONE") {
             outcome.done = true;
         } else if line.starts_with("test ") && line.ends_with(" ... ok") {
