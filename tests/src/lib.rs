@@ -1,6 +1,6 @@
 //! The simulated node: the harness that integration tests, the demo and the benchmarks use
 //! to run nldns against real kernel networking, real kube-proxy NAT and real DNS servers,
-//! entirely inside network namespaces of their own (see shared/SIMULATED-NODE.md).
+//! entirely inside network namespaces of their own (see docs/testing.md).
 //!
 //! ```no_run
 //! use nldns_tests::{agent_binary, require_root, SimNode};

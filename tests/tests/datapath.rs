@@ -301,7 +301,18 @@ fn kill9_in_netlink_mode_falls_back_at_once_and_leftovers_are_removed() {
     );
     let after = status(&node);
     assert!(!intercepting(&after), "{after}");
-    assert!(counter(&after, "agent_gone_passes") >= 1, "{after}");
+    // While the dead agent's heartbeat is fresh, the socket check is what passed the
+    // query. On a slow machine (the TCG kernel VMs) the heartbeat may have gone stale
+    // before the query came, and then either check may have passed it first.
+    let ours = node.agent_instances(&bin()).unwrap();
+    assert_eq!(ours.len(), 1, "the dead agent's instance: {after}");
+    let stale = ours[0]["heartbeat_age_ms"].as_u64() > ours[0]["heartbeat_max_age_ms"].as_u64();
+    let gone = counter(&after, "agent_gone_passes");
+    if stale {
+        assert!(gone + counter(&after, "fail_open_passes") >= 1, "{after}");
+    } else {
+        assert!(gone >= 1, "{after}");
+    }
 
     // A restart removes the dead agent's filters before attaching its own.
     let mut agent = start_agent(&node, &["--attach-mode", "netlink"]);

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: nldns against the seed's design (ClusterIP on a local interface +
 //! iptables NOTRACK + unbound or dnsmasq) and against no cache at all, on the simulated
-//! node (shared/SIMULATED-NODE.md): every packet stays inside the run's namespaces.
+//! node (docs/testing.md): every packet stays inside the run's namespaces.
 //!
 //! For each configuration a fresh simulated node is built (2 pods, 2 knot backends,
 //! iptables kube-proxy) and, per workload: the highest QPS sustained with < 0.1% loss

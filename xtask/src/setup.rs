@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: install, idempotently and only what is missing, everything the
-//! project needs on a fresh Debian 12 machine. The measured recipe and its pitfalls are in
-//! shared/TOOLCHAIN.md; the short version:
+//! project needs on a fresh Debian 12 machine (the kernel VMs' QEMU, kernel and tools too,
+//! see docs/testing.md). The measured recipe's pitfalls, in short:
 //! - the eBPF crate is compiled by a pinned nightly and linked by bpf-linker, and the two
 //!   must be on the same LLVM major, or linking fails with "Invalid record";
 //! - bpf-linker must be built against Debian's LLVM 22 (`LLVM_PREFIX`), not the default

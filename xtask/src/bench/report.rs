@@ -233,7 +233,7 @@ fn markdown(
     let _ = writeln!(w, "# nldns benchmark, {date}\n");
     let _ = writeln!(
         w,
-        "Produced by `cargo xtask bench` on the simulated node (shared/SIMULATED-NODE.md): \
+        "Produced by `cargo xtask bench` on the simulated node (docs/testing.md): \
          every packet stayed inside the run's network namespaces. Took {:.0?}.\n",
         took
     );
