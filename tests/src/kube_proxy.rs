@@ -1,5 +1,8 @@
 //! A kube-proxy stand-in: the Service NAT that a real node has, written into the node
-//! namespace the way kube-proxy writes it (iptables mode via iptables-nft, or nftables mode).
+//! namespace the way kube-proxy writes it (iptables mode via iptables-nft, nftables mode, or
+//! IPVS mode: the ClusterIPs on a `kube-ipvs0` dummy interface and one IPVS virtual
+//! service per Service port, which needs a kernel with IPVS and the dummy driver, see
+//! [`crate::kernel`]).
 //!
 //! This is what makes the datapath tests honest: interception must win against the same
 //! DNAT that a real node applies to ClusterIP:53.
@@ -21,7 +24,15 @@ pub enum KubeProxyMode {
     Iptables,
     /// nftables mode (`table ip kube-proxy` / `table ip6 kube-proxy`).
     Nftables,
+    /// IPVS mode as kube-proxy's ipvs proxier builds it: every ClusterIP on the
+    /// `kube-ipvs0` dummy interface (left down, as kube-proxy leaves it; the addresses are
+    /// local all the same), a virtual service per ClusterIP:port with round robin and the
+    /// endpoints in masquerading (NAT) mode, and `net.ipv4.vs.conntrack=1`.
+    Ipvs,
 }
+
+/// The dummy interface kube-proxy's IPVS mode binds every ClusterIP to.
+pub const IPVS_INTERFACE: &str = "kube-ipvs0";
 
 /// One ClusterIP Service port with its endpoints.
 #[derive(Debug, Clone)]
@@ -106,7 +117,95 @@ pub fn install(netns: &Netns, mode: KubeProxyMode, services: &[ServicePort]) -> 
                 .context("installing kube-proxy nftables rules")?;
             Ok(())
         }
+        KubeProxyMode::Ipvs => install_ipvs(netns, services),
     }
+}
+
+fn install_ipvs(netns: &Netns, services: &[ServicePort]) -> Result<()> {
+    netns
+        .ip(&["link", "add", IPVS_INTERFACE, "type", "dummy"])
+        .context("creating kube-ipvs0 (IPVS mode needs the dummy driver)")?;
+    let mut bound = Vec::new();
+    for service in services {
+        if bound.contains(&service.cluster_ip) {
+            continue;
+        }
+        bound.push(service.cluster_ip);
+        let mut args = vec![
+            "addr".to_string(),
+            "add".into(),
+            host_prefix(service.cluster_ip),
+            "dev".into(),
+            IPVS_INTERFACE.into(),
+        ];
+        if service.cluster_ip.is_ipv6() {
+            args.push("nodad".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        netns.ip(&args)?;
+    }
+    netns
+        .sysctl("net/ipv4/vs/conntrack", "1")
+        .context("IPVS mode needs the ip_vs module")?;
+    netns
+        .exec_with_stdin("ipvsadm", &["-R"], ipvs_rules(services).as_bytes())
+        .context("installing kube-proxy's IPVS virtual services")?;
+    Ok(())
+}
+
+/// `ipvsadm -R` input: a virtual service per ClusterIP:port (round robin), its endpoints
+/// as real servers in masquerading mode, as kube-proxy's ipvs proxier configures them.
+pub fn ipvs_rules(services: &[ServicePort]) -> String {
+    let mut text = String::new();
+    for service in services {
+        let flag = if service.protocol == "tcp" {
+            "-t"
+        } else {
+            "-u"
+        };
+        let vip = endpoint_addr(service.cluster_ip, service.port);
+        let _ = writeln!(text, "-A {flag} {vip} -s rr");
+        for endpoint in &service.endpoints {
+            let _ = writeln!(
+                text,
+                "-a {flag} {vip} -r {} -m -w 1",
+                endpoint_addr(*endpoint, service.target_port)
+            );
+        }
+    }
+    text
+}
+
+/// How often IPVS folds its per-CPU counters into the totals `ipvsadm --stats` shows
+/// (its rate estimator's timer, 2 s): a count read sooner than this after the traffic may
+/// not include it yet.
+pub const IPVS_STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Packets IPVS received per virtual service (`ipvsadm -Ln --stats --exact`), keyed by
+/// protocol ("udp"/"tcp"), ClusterIP and port: tells whether a query went through
+/// kube-proxy's IPVS or was intercepted before it. Lags by up to [`IPVS_STATS_PERIOD`].
+pub fn ipvs_in_packets(
+    netns: &Netns,
+) -> Result<std::collections::BTreeMap<(String, IpAddr, u16), u64>> {
+    let text = netns.exec("ipvsadm", &["-Ln", "--stats", "--exact"])?;
+    let mut stats = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(proto), Some(vip)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if proto != "UDP" && proto != "TCP" {
+            continue;
+        }
+        let Ok(vip) = vip.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        // Conns, then InPkts.
+        if let Some(in_pkts) = fields.nth(1).and_then(|v| v.parse().ok()) {
+            stats.insert((proto.to_ascii_lowercase(), vip.ip(), vip.port()), in_pkts);
+        }
+    }
+    Ok(stats)
 }
 
 /// Removes the rules of `mode` from the node namespace. In iptables mode this empties the
@@ -151,6 +250,12 @@ pub fn remove(netns: &Netns, mode: KubeProxyMode) -> Result<()> {
             }
             Ok(())
         }
+        KubeProxyMode::Ipvs => {
+            // Absent on a first install; deleting the interface drops its ClusterIPs.
+            let _ = netns.exec("ipvsadm", &["-C"]);
+            let _ = netns.ip(&["link", "del", IPVS_INTERFACE]);
+            Ok(())
+        }
     }
 }
 
@@ -165,6 +270,11 @@ pub fn dump(netns: &Netns) -> Result<String> {
     ] {
         let _ = writeln!(text, "# {tool} {}", args.join(" "));
         text.push_str(&netns.exec(tool, args)?);
+    }
+    // IPVS exists only where the kernel has it.
+    if let Ok(ipvs) = netns.exec("ipvsadm", &["-Ln"]) {
+        let _ = writeln!(text, "# ipvsadm -Ln");
+        text.push_str(&ipvs);
     }
     Ok(text)
 }

@@ -27,12 +27,13 @@
 //! next build for runs whose process is gone ([`cleanup`]).
 //!
 //! Modules, one job each: [`node`] (the `SimNode` builder and handles), [`netns`]
-//! (namespaces, nsenter, setns threads), [`kube_proxy`] (iptables and nftables Service
-//! NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
+//! (namespaces, nsenter, setns threads), [`kube_proxy`] (iptables, nftables and IPVS
+//! Service NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
 //! of knot), [`agent`] (the agent process), [`dig`] and [`dns_client`] (clients), [`perf`]
 //! (bounded dnsperf), [`query_loop`] (timed query streams), [`resolver_load`] (multi-pod
-//! load with a resolver's one retry), [`raw_bpf`] (bpf(2) without a BPF library), [`http`], [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`cmd`],
-//! [`addresses`] (the address plan).
+//! load with a resolver's one retry), [`raw_bpf`] (bpf(2) without a BPF library), [`http`],
+//! [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`kernel`] (dummy and IPVS support, the
+//! kernel VMs), [`cmd`], [`addresses`] (the address plan).
 
 pub mod addresses;
 pub mod agent;
@@ -43,6 +44,7 @@ pub mod cmd;
 pub mod dig;
 pub mod dns_client;
 pub mod http;
+pub mod kernel;
 pub mod kube_proxy;
 pub mod netns;
 pub mod node;

@@ -354,6 +354,16 @@ impl SimNode {
         self.install_kube_proxy()
     }
 
+    /// Packets IPVS received per virtual service `(protocol, ClusterIP, port)` (IPVS mode
+    /// only), read after IPVS's counters have caught up with everything sent before the
+    /// call (so it takes a little over 2 s).
+    pub fn ipvs_in_packets(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, IpAddr, u16), u64>> {
+        std::thread::sleep(kube_proxy::IPVS_STATS_PERIOD + Duration::from_millis(500));
+        kube_proxy::ipvs_in_packets(&self.node)
+    }
+
     /// The NAT rules of the node namespace (iptables-save, ip6tables-save, nft list ruleset).
     pub fn kube_proxy_rules(&self) -> Result<String> {
         kube_proxy::dump(&self.node)

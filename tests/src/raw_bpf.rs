@@ -13,6 +13,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -127,6 +128,28 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// What BPF_OBJ_GET_INFO_BY_FD tells about a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramInfo {
+    pub id: u32,
+    pub name: String,
+    /// Instructions the verifier processed to accept the program: its `insn_processed`,
+    /// the N of the log's final "processed N insns" line (kernels from 5.16 on; 0 before).
+    pub verified_insns: u32,
+    /// The program's size after the verifier's rewrites, in 8-byte instructions.
+    pub xlated_insns: u32,
+    /// The JIT's output, in bytes.
+    pub jited_bytes: u32,
+}
+
 /// A loaded program's descriptor; the program goes when the last reference does.
 pub struct Program(OwnedFd);
 
@@ -209,6 +232,29 @@ impl Program {
         };
         bpf(BPF_PROG_TEST_RUN, &mut attr, "BPF_PROG_TEST_RUN")?;
         Ok((attr.retval, attr.duration))
+    }
+
+    /// The program's info (BPF_OBJ_GET_INFO_BY_FD), verifier work included.
+    pub fn info(&self) -> Result<ProgramInfo> {
+        // struct bpf_prog_info up to and including verified_insns (offset 216), zero
+        // filled: the kernel writes only the fields it knows.
+        let mut buf = [0u8; 232];
+        let mut attr = InfoAttr {
+            bpf_fd: self.0.as_raw_fd() as u32,
+            info_len: buf.len() as u32,
+            info: buf.as_mut_ptr() as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, "BPF_OBJ_GET_INFO_BY_FD")?;
+        let u32_at = |off: usize| u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap());
+        let name = &buf[64..80];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Ok(ProgramInfo {
+            id: u32_at(4),
+            name: String::from_utf8_lossy(&name[..end]).into_owned(),
+            verified_insns: u32_at(216),
+            xlated_insns: u32_at(20) / 8,
+            jited_bytes: u32_at(16),
+        })
     }
 
     /// run_time_ns and run_cnt from the descriptor's fdinfo (kept only while

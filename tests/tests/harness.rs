@@ -11,7 +11,8 @@ use hickory_proto::rr::RecordType;
 use nldns_tests::addresses::*;
 use nldns_tests::zones::{self, names};
 use nldns_tests::{
-    cleanup, netns, require_root, run, BackendMode, Behaviour, KubeProxyMode, QueryOptions, SimNode,
+    cleanup, kernel, netns, require_root, run, BackendMode, Behaviour, KubeProxyMode, QueryOptions,
+    SimNode,
 };
 
 const KUBE_DNS: &str = "@10.96.0.10";
@@ -220,6 +221,95 @@ fn native_client_sees_truncation_and_full_tcp_answers() {
         .unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(reply.authorities.len(), 1);
+}
+
+#[test]
+fn ipvs_kube_proxy_mode_answers_too() {
+    if !require_root("ipvs_kube_proxy_mode_answers_too") {
+        return;
+    }
+    if !kernel::require(
+        "ipvs_kube_proxy_mode_answers_too",
+        "IPVS",
+        kernel::has_ipvs(),
+    ) {
+        return;
+    }
+    let node = SimNode::builder()
+        .pods(1)
+        .backends(2)
+        .kube_proxy(KubeProxyMode::Ipvs)
+        .build()
+        .unwrap();
+    for (server, rtype, want) in [
+        (KUBE_DNS, "A", "10.96.0.10"),
+        (KUBE_DNS6, "AAAA", "fd00:10:96::a"),
+    ] {
+        for transport in ["+notcp", "+tcp"] {
+            let out = node
+                .dig(0, &[server, names::KUBE_DNS, rtype, transport])
+                .unwrap();
+            assert_eq!(
+                out.answer_data(rtype),
+                [want],
+                "{server} {transport}:\n{}",
+                out.raw
+            );
+        }
+    }
+    // Locally generated traffic (the agent's upstream queries) goes through IPVS too.
+    let out = node
+        .dig_from_node(&["@10.96.0.11", names::WEB, "A"])
+        .unwrap();
+    assert_eq!(out.answer_data("A"), [WEB_V4.to_string()], "{}", out.raw);
+    // IPVS did the work, not iptables: no KUBE-SERVICES, virtual services with both
+    // backends, the ClusterIPs on a real dummy interface.
+    let rules = node.kube_proxy_rules().unwrap();
+    assert!(!rules.contains("KUBE-SERVICES"), "{rules}");
+    for vip in ["UDP  10.96.0.10:53 rr", "TCP  [fd00:10:96::a]:53 rr"] {
+        assert!(rules.contains(vip), "{vip} missing:\n{rules}");
+    }
+    for backend in ["10.244.9.10:53", "10.244.9.11:53"] {
+        assert!(rules.contains(backend), "{backend} missing:\n{rules}");
+    }
+    let stats = node.ipvs_in_packets().unwrap();
+    for (proto, ip) in [
+        ("udp", IpAddr::V4(KUBE_DNS_V4)),
+        ("tcp", IpAddr::V4(KUBE_DNS_V4)),
+        ("udp", IpAddr::V6(KUBE_DNS_V6)),
+        ("tcp", IpAddr::V6(KUBE_DNS_V6)),
+        ("udp", IpAddr::V4(KUBE_DNS_UNCACHED_V4)),
+    ] {
+        let seen = stats.get(&(proto.to_string(), ip, 53)).copied();
+        assert!(seen >= Some(1), "{proto} {ip}: {seen:?} in {stats:?}");
+    }
+    let link = node
+        .node_netns()
+        .ip(&["-d", "link", "show", "kube-ipvs0"])
+        .unwrap();
+    assert!(link.contains("dummy"), "{link}");
+    let addrs = node
+        .node_netns()
+        .ip(&["addr", "show", "dev", "kube-ipvs0"])
+        .unwrap();
+    for ip in ["10.96.0.10/32", "10.96.0.11/32", "fd00:10:96::a/128"] {
+        assert!(addrs.contains(ip), "{ip} not on kube-ipvs0: {addrs}");
+    }
+
+    // Back to iptables mode on the live node: the IPVS state goes with it.
+    let mut node = node;
+    node.set_kube_proxy_mode(KubeProxyMode::Iptables).unwrap();
+    let rules = node.kube_proxy_rules().unwrap();
+    assert!(
+        rules.contains("KUBE-SERVICES") && !rules.contains("10.96.0.10:53"),
+        "{rules}"
+    );
+    assert!(node
+        .node_netns()
+        .ip(&["link", "show", "kube-ipvs0"])
+        .is_err());
+    let out = node.dig(0, &[KUBE_DNS, names::KUBE_DNS, "A"]).unwrap();
+    assert_eq!(out.answer_data("A"), ["10.96.0.10"], "{}", out.raw);
 }
 
 #[test]

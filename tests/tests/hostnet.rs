@@ -581,3 +581,75 @@ fn socket_lb_of_other_dataplanes_is_reported_and_leftovers_are_cleaned() {
         "{text}"
     );
 }
+
+/// The kernel's complexity limit (BPF_COMPLEXITY_LIMIT_INSNS): a program whose
+/// verification processes more instructions is rejected.
+const VERIFIER_LIMIT: u32 = 1_000_000;
+
+#[test]
+fn every_program_passes_the_verifier_and_its_work_is_recorded() {
+    if !require_root("every_program_passes_the_verifier_and_its_work_is_recorded") {
+        return;
+    }
+    let node = node();
+    let _agent = start_agent(&node, &[]);
+    let status = nldns_status(&node);
+    // The TC programs on the pod's interface and every cgroup socket hook.
+    let mut programs: Vec<(String, u64)> = Vec::new();
+    for attachment in status["attachments"].as_array().unwrap() {
+        programs.push((
+            format!("tc-{}", attachment["direction"].as_str().unwrap()),
+            attachment["program_id"].as_u64().unwrap(),
+        ));
+    }
+    for hook in status["cgroup_attachments"].as_array().unwrap() {
+        programs.push((
+            format!("cgroup-{}", hook["hook"].as_str().unwrap()),
+            hook["program_id"].as_u64().unwrap(),
+        ));
+    }
+    programs.sort();
+    programs.dedup();
+    assert!(
+        programs.iter().any(|p| p.0 == "tc-ingress") && programs.iter().any(|p| p.0 == "tc-egress"),
+        "{status}"
+    );
+    assert!(programs.len() >= 10, "TC and 8 socket hooks: {programs:?}");
+    let release = nldns_tests::kernel::release();
+    let arch = std::env::consts::ARCH;
+    let mut lines = String::new();
+    for (hook, id) in &programs {
+        let info = nldns_tests::raw_bpf::Program::open(*id as u32)
+            .and_then(|p| p.info())
+            .unwrap_or_else(|e| panic!("program {id} ({hook}): {e:#}"));
+        assert_eq!(u64::from(info.id), *id);
+        // Half the limit: growth shows up here long before a kernel rejects a program.
+        assert!(
+            info.verified_insns > 0 && info.verified_insns < VERIFIER_LIMIT / 2,
+            "{hook} {}: the verifier processed {} insns (limit {VERIFIER_LIMIT})",
+            info.name,
+            info.verified_insns
+        );
+        eprintln!(
+            "verifier: {hook} {} processed {} insns ({} after rewrites, {} bytes JITed)",
+            info.name, info.verified_insns, info.xlated_insns, info.jited_bytes
+        );
+        lines.push_str(
+            &serde_json::json!({
+                "kernel": release,
+                "arch": arch,
+                "hook": hook,
+                "program": info.name,
+                "verified_insns": info.verified_insns,
+                "xlated_insns": info.xlated_insns,
+                "jited_bytes": info.jited_bytes,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    // `cargo xtask test` (and the kernel VMs) collect this for the bench report.
+    if let Some(path) = std::env::var_os("NLDNS_VERIFIER_STATS") {
+        std::fs::write(&path, lines).unwrap();
+    }
+}

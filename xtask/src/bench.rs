@@ -188,6 +188,12 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         .to_string();
     let out = root.join(&args.out);
     let md = report::write(&out, &machine, args, &results, started.elapsed())?;
+    // Verifier work per program and kernel, as the last `cargo xtask test` recorded it.
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&md)?;
+        file.write_all(crate::vm::verifier::markdown(root).as_bytes())?;
+    }
     if !args.no_plots {
         if let Err(error) = report::plot(root, &out, &md) {
             eprintln!("bench: plots failed: {error:#}");

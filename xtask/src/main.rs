@@ -11,6 +11,7 @@ mod fuzz;
 mod image;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 

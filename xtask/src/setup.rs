@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: install, idempotently and only what is missing, everything the
-//! project needs on a fresh Debian 12 machine. The measured recipe and its pitfalls are in
-//! docs/testing.md ("Toolchain"); the short version:
+//! project needs on a fresh Debian 12 machine (the kernel VMs' QEMU, kernel and tools too).
+//! The measured recipe and its pitfalls are in docs/testing.md ("Toolchain"); in short:
 //! - the eBPF crate is compiled by a pinned nightly and linked by bpf-linker, and the two
 //!   must be on the same LLVM major, or linking fails with "Invalid record";
 //! - bpf-linker must be built against Debian's LLVM 22 (`LLVM_PREFIX`), not the default
@@ -49,9 +49,11 @@ pub fn run() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
+    // The kernel VMs of `cargo xtask test` (QEMU, Debian's kernel, busybox, ipvsadm).
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
+        .chain(crate::vm::apt_packages())
         .filter(|pkg| !dpkg_installed(pkg))
         .collect();
     if missing.is_empty() {

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{cmd, deploy_checks, fuzz, image, setup::NIGHTLY};
+use crate::{cmd, deploy_checks, fuzz, image, setup::NIGHTLY, vm};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -19,9 +19,23 @@ pub struct TestArgs {
     /// Seconds each fuzz target runs after the unit tests (0: skip fuzzing).
     #[arg(long, default_value_t = 30)]
     fuzz_seconds: u64,
+    /// Only the kernel VM part, on this kernel (e.g. `6.1`; repeatable): the project's
+    /// integration tests booted in QEMU on Debian's kernel. `--filter` narrows it too.
+    #[arg(long)]
+    kernel: Vec<String>,
+    /// Skip the kernel VM part of a full run.
+    #[arg(long)]
+    no_vm: bool,
 }
 
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
+    if !args.kernel.is_empty() {
+        for name in &args.kernel {
+            let kernel = vm::plan_kernel(name)?;
+            vm::run(root, kernel, args.filter.as_deref())?;
+        }
+        return Ok(());
+    }
     if !args.no_lint {
         lint(root)?;
     }
@@ -54,8 +68,14 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     cmd::run(cargo().args(["build", "-p", "nldns-userspace", "--bin", "nldns"]))?;
     let bin = root.join("target/debug/nldns");
     let mut integration = cargo();
+    // The verifier-work test records this kernel's numbers for the bench report.
+    std::fs::create_dir_all(vm::verifier_dir(root))?;
     integration
         .env("NLDNS_BIN", &bin)
+        .env(
+            "NLDNS_VERIFIER_STATS",
+            vm::verifier_dir(root).join(format!("{}.jsonl", host_kernel_label())),
+        )
         .args(["test", "-p", "nldns-tests", "--"]);
     // One at a time: several tests time fail-open bounds; two cores are shared.
     integration.arg("--test-threads=1");
@@ -66,10 +86,26 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     if args.filter.is_some() {
         return Ok(());
     }
+    // The same tests on the kernels of the matrix, in QEMU (docs/testing.md).
+    if !args.no_vm {
+        for kernel in vm::KERNELS {
+            vm::run(root, kernel, None)?;
+        }
+    }
     deploy_checks::run(root)?;
     // Builds the static image and runs `nldns --version` from inside the unpacked archive.
     image::build(root)?;
     Ok(())
+}
+
+/// `<uname -m>-<uname -r>`, the name of this kernel's verifier-work file.
+fn host_kernel_label() -> String {
+    let field = |flag: &str| {
+        cmd::output(Command::new("uname").arg(flag))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    format!("{}-{}", field("-m"), field("-r"))
 }
 
 fn lint(root: &Path) -> Result<()> {

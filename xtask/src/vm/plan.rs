@@ -1,0 +1,228 @@
+//! What the kernel VMs run: the kernels, and which of the project's integration tests run
+//! on each (by test binary and exact test name).
+//!
+//! The TCX tests are left out on purpose: TCX came in Linux 6.6, so on 6.1 the agent's
+//! auto mode takes the netlink path, and every datapath test below exercises that path.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+        }
+    }
+
+    /// `uname -m` in the guest.
+    pub fn uname(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+        }
+    }
+
+    /// The Debian multiarch triplet (library directories).
+    pub fn multiarch(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+        }
+    }
+
+    /// The cargo target to build for, None for the host's own.
+    pub fn cargo_target(self) -> Option<&'static str> {
+        match self {
+            Arch::Amd64 => None,
+        }
+    }
+
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "qemu-system-x86_64",
+        }
+    }
+
+    /// TCG: KVM aborts or hangs on these machines (they are VMs themselves).
+    pub fn machine_args(self) -> &'static [&'static str] {
+        match self {
+            Arch::Amd64 => &["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+
+    pub fn console(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "ttyS0",
+        }
+    }
+}
+
+/// A Debian kernel package the tests boot.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// The name `cargo xtask test --kernel` takes.
+    pub name: &'static str,
+    pub arch: Arch,
+    pub package: &'static str,
+    /// Its `uname -r`.
+    pub release: &'static str,
+}
+
+impl Kernel {
+    pub fn vmlinuz(&self) -> PathBuf {
+        PathBuf::from(format!("/boot/vmlinuz-{}", self.release))
+    }
+
+    pub fn modules_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/lib/modules/{}", self.release))
+    }
+}
+
+/// Debian 12's kernel (EKS AL2023, GKE COS 109+ and Debian 12 nodes are on 6.1 too).
+pub const KERNELS: &[Kernel] = &[Kernel {
+    name: "6.1",
+    arch: Arch::Amd64,
+    package: "linux-image-6.1.0-47-cloud-amd64-unsigned",
+    release: "6.1.0-47-cloud-amd64",
+}];
+
+/// Loaded at boot with their dependencies (the rest of kernel/net is in the image too, for
+/// on-demand loading): the datapath's (veth, clsact, cls_bpf, dummy), kube-proxy's
+/// iptables-nft and nftables modes, and IPVS mode.
+pub const MODULES: &[&str] = &[
+    "veth",
+    "dummy",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_ct",
+    "nft_nat",
+    "xt_comment",
+    "xt_statistic",
+    "xt_conntrack",
+    "xt_nat",
+    "xt_CT",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_tcpudp",
+    "xt_addrtype",
+    "ip_vs",
+    "ip_vs_rr",
+];
+
+/// What the harness and the agent execute, copied with their libraries.
+pub const GUEST_TOOLS: &[&str] = &[
+    "busybox",
+    "sh",
+    "dash",
+    "cat",
+    "sleep",
+    "env",
+    "true",
+    "modprobe",
+    "ip",
+    "tc",
+    "nsenter",
+    "iptables",
+    "ip6tables",
+    "iptables-save",
+    "ip6tables-save",
+    "iptables-restore",
+    "ip6tables-restore",
+    "iptables-nft",
+    "nft",
+    "ipvsadm",
+    "knotd",
+    "knotc",
+    "dig",
+    "bpftool",
+];
+
+/// One test binary and the tests of it that run in the guest.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub package: &'static str,
+    /// The test target (file name under tests/).
+    pub name: String,
+    pub tests: Vec<&'static str>,
+}
+
+const PLAN: &[(&str, &str, &[&str])] = &[
+    (
+        "nldns-userspace",
+        "packets",
+        &[
+            "queries_are_redirected_and_replies_restored_with_valid_checksums",
+            "ipv4_udp_without_checksum_keeps_zero",
+            "vlan_tags_ip_options_and_ipv6_extension_headers_are_followed",
+            "fragments_malformed_and_foreign_packets_pass_byte_for_byte",
+            "stale_heartbeat_passes_queries_untouched",
+            "queries_pass_untouched_once_the_agent_sockets_are_gone",
+        ],
+    ),
+    (
+        "nldns-tests",
+        "harness",
+        &[
+            "kube_dns_answers_through_kube_proxy_nat",
+            "ipvs_kube_proxy_mode_answers_too",
+        ],
+    ),
+    (
+        "nldns-tests",
+        "datapath",
+        &[
+            "pods_are_answered_by_the_cache_over_udp_and_tcp_on_ipv4_and_ipv6",
+            "interception_wins_against_kube_proxy_in_ipvs_mode",
+            "interception_wins_against_kube_proxy_in_nftables_mode_too",
+            "the_intercept_endpoint_is_on_the_nldns0_dummy_where_the_kernel_has_one",
+            "kill9_in_netlink_mode_falls_back_at_once_and_leftovers_are_removed",
+            "a_hung_agent_fails_open_within_a_second_and_recovers_on_sigcont",
+            "sigterm_detaches_drains_and_exits_zero",
+            "an_interface_added_while_the_agent_runs_is_covered",
+            "malformed_frames_on_a_live_interface_break_nothing",
+            "classic_node_local_dns_on_the_same_ip_is_refused",
+        ],
+    ),
+    ("nldns-tests", "faults", &["kill_restart_cycles_netlink"]),
+    (
+        "nldns-tests",
+        "hostnet",
+        &[
+            "every_program_passes_the_verifier_and_its_work_is_recorded",
+            "host_network_queries_in_the_cgroup_are_answered_by_the_cache",
+            "killed_agent_leaves_host_queries_to_kube_proxy",
+            "stopped_agent_fails_open_within_a_second_and_recovers",
+        ],
+    ),
+];
+
+/// The suites for `kernel`, keeping only tests whose name contains `filter` (or one of
+/// its comma-separated parts).
+pub fn suites(_kernel: &Kernel, filter: Option<&str>) -> Vec<Suite> {
+    PLAN.iter()
+        .filter_map(|(package, name, tests)| {
+            let tests: Vec<&'static str> = tests
+                .iter()
+                .copied()
+                .filter(|t| filter.is_none_or(|f| f.split(',').any(|f| t.contains(f))))
+                .collect();
+            (!tests.is_empty()).then(|| Suite {
+                package,
+                name: name.to_string(),
+                tests,
+            })
+        })
+        .collect()
+}
+
+/// The kernel `--kernel NAME` names.
+pub fn find(name: &str) -> Option<&'static Kernel> {
+    KERNELS.iter().find(|k| k.name == name)
+}
