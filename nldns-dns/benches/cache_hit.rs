@@ -3,6 +3,10 @@
 //! case and TTLs) against full decoding with hickory-proto (decode the query,
 //! look up, decode the stored answer, edit, re-encode). Same cache, same answer.
 //!
+//! `service/hit` is the whole hit path the UDP serving threads run: `DnsService::handle`
+//! with a serving thread's scratch (metrics included), then the per-batch send-time
+//! bookkeeping, for one query.
+//!
 //! Run: `cargo bench -p nldns-dns --bench cache_hit`
 
 use std::hint::black_box;
@@ -16,7 +20,9 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use nldns_dns::answer::{prepare, TtlPolicy};
 use nldns_dns::cache::{Cache, CacheKey, CachePolicy, Lookup};
+use nldns_dns::metrics::Metrics;
 use nldns_dns::wire::{self, TtlPatch};
+use nldns_dns::{DnsConfig, DnsService, Handling, Protocol};
 
 const NAME: &str = "kubernetes.default.svc.cluster.local.";
 
@@ -77,6 +83,7 @@ fn filled_cache() -> (Mutex<Cache>, Instant) {
             flags: 0,
         },
         prepared.answer,
+        0,
     );
     (Mutex::new(cache), now)
 }
@@ -133,6 +140,33 @@ fn decode_path(cache: &Mutex<Cache>, query: &[u8], now: Instant) -> Vec<u8> {
     reply.to_vec().unwrap()
 }
 
+/// A service whose cache holds NAME, filled through the real miss path from a DNS
+/// responder on 127.0.0.1 (a thread answering every query with `upstream_reply`).
+fn filled_service(runtime: &tokio::runtime::Runtime) -> std::sync::Arc<DnsService> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut reply = upstream_reply();
+            reply.metadata.id = query.metadata.id;
+            let _ = socket.send_to(&reply.to_vec().unwrap(), peer);
+        }
+    });
+    let mut config = DnsConfig::for_cluster_domain("cluster.local");
+    config.cluster_upstreams = vec![upstream];
+    config.prefetch_percent = 0;
+    let svc = DnsService::new(config, Metrics::new()).unwrap();
+    let reply = runtime
+        .block_on(svc.answer(&client_query(), Protocol::Udp))
+        .unwrap();
+    assert_eq!(Message::from_vec(&reply).unwrap().answers.len(), 2);
+    svc
+}
+
 fn bench(c: &mut Criterion) {
     let (cache, now) = filled_cache();
     let query = client_query();
@@ -152,6 +186,31 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("full_decode", |b| {
         b.iter(|| black_box(decode_path(&cache, black_box(&query), now)))
+    });
+    group.finish();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let svc = filled_service(&runtime);
+    let mut group = c.benchmark_group("service");
+    group.bench_function("hit", |b| {
+        let mut scratch = svc.scratch("dns://10.96.0.10:53", false);
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            let now = Instant::now();
+            let handled = svc.handle(
+                black_box(&query),
+                Protocol::Udp,
+                now,
+                &mut scratch,
+                &mut out,
+            );
+            assert!(matches!(handled, Handling::Reply));
+            scratch.sent(now);
+            black_box(&out);
+        })
     });
     group.finish();
 }

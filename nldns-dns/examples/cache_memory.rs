@@ -253,7 +253,7 @@ fn cache_only(args: &Args) -> Result<()> {
             qclass: info.qclass,
             flags: 0,
         };
-        cache.insert(key, prepared.answer);
+        cache.insert(key, prepared.answer, 0);
     }
     let after = snapshot();
     let stats = cache.stats();

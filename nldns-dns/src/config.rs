@@ -123,7 +123,7 @@ impl DnsConfig {
     }
 
     /// Routing table: stub domains, then cluster zones (longest zone wins anyway).
-    pub(crate) fn router(&self) -> anyhow::Result<Router> {
+    pub(crate) fn router(&self, zone_label: &dyn Fn(&str) -> u8) -> anyhow::Result<Router> {
         let mut rules: Vec<ZoneRule> = self
             .stub_domains
             .iter()
@@ -147,6 +147,7 @@ impl DnsConfig {
             self.default_upstreams.clone(),
             self.max_ttl,
             &self.force_tcp_zones,
+            zone_label,
         )
     }
 

@@ -18,9 +18,10 @@ use tokio::sync::watch;
 use crate::answer::{self, TtlPolicy};
 use crate::cache::{AnswerKind, CacheKey, CachedAnswer, KEY_CD, KEY_DO};
 use crate::config::DnsConfig;
+use crate::metrics::{CacheZoneLabels, Plugin, QueryLabels, StatsWriter};
 #[cfg(feature = "fuzzing")]
-use crate::service::{cache_key, Handling, Scratch};
-use crate::service::{DnsService, Protocol};
+use crate::service::{cache_key, Handling};
+use crate::service::{DnsService, Protocol, Tally};
 #[cfg(feature = "fuzzing")]
 use crate::upstream;
 use crate::upstream::{ExchangeOptions, UpstreamError, UpstreamQuery};
@@ -73,6 +74,9 @@ impl DnsService {
         key: CacheKey,
         stale: Option<Arc<CachedAnswer>>,
         protocol: Protocol,
+        stats: StatsWriter,
+        labels: QueryLabels,
+        received: Instant,
     ) -> Result<PendingQuery, (QueryInfo, Option<Arc<CachedAnswer>>)> {
         let max_waiting = self.settings().config.max_waiting_queries;
         let Some(slot) = take_slot(&self.misses.waiting_queries, max_waiting) else {
@@ -87,11 +91,22 @@ impl DnsService {
             key,
             stale,
             protocol,
+            stats,
+            labels,
+            received,
         })
     }
 
-    pub(crate) fn prefetch(self: &Arc<Self>, key: CacheKey) {
+    pub(crate) fn prefetch(self: &Arc<Self>, key: CacheKey, zone: u8) {
         self.metrics.prefetches.inc();
+        self.metrics
+            .coredns
+            .cache_prefetch
+            .get_or_create(&CacheZoneLabels {
+                server: String::new(),
+                zones: self.metrics.zones.name(usize::from(zone)),
+            })
+            .inc();
         // Nobody waits for it: the refreshed answer simply replaces the entry.
         let _ = self.join_or_start(&key);
     }
@@ -111,6 +126,7 @@ impl DnsService {
         let limit = self.settings().config.max_upstream_in_flight;
         let Some(slot) = take_slot(&self.misses.upstream_in_flight, limit) else {
             self.metrics.upstream_overload.inc();
+            self.metrics.coredns.max_concurrent_rejects.inc();
             return None;
         };
         // The task owns the slot; forget the borrow and release it there.
@@ -158,7 +174,7 @@ impl DnsService {
             .exchanger
             .exchange(&route.upstreams, &question, &opts)
             .await;
-        self.store_outcome(key, &question, result, &policy)
+        self.store_outcome(key, &question, result, &policy, route.label)
     }
 
     /// What the miss path does with an upstream's reply (or failure): classify it,
@@ -169,6 +185,7 @@ impl DnsService {
         question: &UpstreamQuery,
         result: Result<Message, UpstreamError>,
         policy: &TtlPolicy,
+        zone: u8,
     ) -> Outcome {
         let now = Instant::now();
         let prepared = match result {
@@ -182,7 +199,8 @@ impl DnsService {
         let outcome = match prepared {
             Ok(p) if p.answer.kind() != AnswerKind::ServFail => {
                 if p.cacheable {
-                    self.lock_cache().insert(key.clone(), p.answer.clone());
+                    self.lock_cache()
+                        .insert(key.clone(), p.answer.clone(), zone);
                 }
                 Outcome::Answer(p.answer)
             }
@@ -203,7 +221,7 @@ impl DnsService {
                     match servfail {
                         Some(answer) => {
                             if answer.ttl() > 0 {
-                                self.lock_cache().insert(key.clone(), answer.clone());
+                                self.lock_cache().insert(key.clone(), answer.clone(), zone);
                             }
                             Outcome::Answer(answer)
                         }
@@ -248,19 +266,33 @@ impl DnsService {
             config.negative_max_ttl,
             config.servfail_ttl,
         );
-        let waiter = match self.store_outcome(&key, &question, Ok(decoded), &policy) {
+        let mut scratch = self.shared_scratch("fuzz", false);
+        let stats = self.metrics.shared_stats("fuzz");
+        let tally = Tally {
+            stats: &stats,
+            labels: QueryLabels::default(),
+        };
+        let outcome = self.store_outcome(&key, &question, Ok(decoded), &policy, route.label);
+        let waiter = match outcome {
             Outcome::Answer(answer) => {
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                self.render_vec(query, &info, &answer, ttls, Protocol::Udp)
+                self.render_vec(
+                    query,
+                    &info,
+                    &answer,
+                    ttls,
+                    Protocol::Udp,
+                    &tally,
+                    Plugin::Forward,
+                )
             }
             Outcome::Failed => {
                 let stale = self.lock_cache().peek_servable(&key, Instant::now());
-                self.fail_vec(query, &info, stale.as_deref(), Protocol::Udp)
+                self.fail_vec(query, &info, stale.as_deref(), Protocol::Udp, &tally)
             }
         };
         let mut answers = vec![waiter];
         let mut hit = Vec::new();
-        let mut scratch = Scratch::default();
         if let Handling::Reply =
             self.handle(query, Protocol::Udp, Instant::now(), &mut scratch, &mut hit)
         {
@@ -317,6 +349,11 @@ pub struct PendingQuery {
     key: CacheKey,
     stale: Option<Arc<CachedAnswer>>,
     protocol: Protocol,
+    /// Where its answer is counted (the server's shared shard), by what labels, and
+    /// since when (the receive time, for the request duration).
+    stats: StatsWriter,
+    labels: QueryLabels,
+    received: Instant,
 }
 
 impl Drop for PendingQuery {
@@ -329,16 +366,28 @@ impl Drop for PendingQuery {
 }
 
 impl PendingQuery {
-    /// Waits for the (possibly shared) upstream outcome and renders the answer.
+    /// Waits for the (possibly shared) upstream outcome and renders the answer; the
+    /// caller sends it at once (its receive-to-send time is counted here).
     pub async fn resolve(self) -> Vec<u8> {
+        let answer = self.outcome().await;
+        self.stats.duration(self.labels, self.received.elapsed());
+        answer
+    }
+
+    async fn outcome(&self) -> Vec<u8> {
         let svc = &self.svc;
         let settings = svc.settings();
+        let tally = Tally {
+            stats: &self.stats,
+            labels: self.labels,
+        };
         let Some(mut rx) = svc.join_or_start(&self.key) else {
             return svc.fail_vec(
                 &self.query,
                 &self.info,
                 self.stale.as_deref(),
                 self.protocol,
+                &tally,
             );
         };
         // With a stale answer at hand, the client waits only `stale_client_timeout`
@@ -354,14 +403,28 @@ impl PendingQuery {
         match outcome {
             Outcome::Answer(answer) => {
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                svc.render_vec(&self.query, &self.info, &answer, ttls, self.protocol)
+                svc.render_vec(
+                    &self.query,
+                    &self.info,
+                    &answer,
+                    ttls,
+                    self.protocol,
+                    &tally,
+                    Plugin::Forward,
+                )
             }
             Outcome::Failed => {
                 let stale = self
                     .stale
                     .clone()
                     .or_else(|| svc.lock_cache().peek_servable(&self.key, Instant::now()));
-                svc.fail_vec(&self.query, &self.info, stale.as_deref(), self.protocol)
+                svc.fail_vec(
+                    &self.query,
+                    &self.info,
+                    stale.as_deref(),
+                    self.protocol,
+                    &tally,
+                )
             }
         }
     }

@@ -16,6 +16,8 @@ pub struct Route {
     /// Cap on positive TTLs for answers from this route.
     pub max_ttl: Duration,
     pub force_tcp: bool,
+    /// The metrics label index of this zone (CoreDNS's `zone`).
+    pub label: u8,
 }
 
 /// Longest-suffix zone matching over lowercased wire-format names.
@@ -35,31 +37,40 @@ pub struct ZoneRule {
 
 impl Router {
     /// `rules` may overlap: the longest zone wins, and for equal zones the first one.
+    /// `zone_label` gives each zone ("cluster.local." form) its metrics label index.
     pub fn new(
         rules: Vec<ZoneRule>,
         default_upstreams: Vec<SocketAddr>,
         default_max_ttl: Duration,
         force_tcp_zones: &[String],
+        zone_label: &dyn Fn(&str) -> u8,
     ) -> anyhow::Result<Self> {
         let force_tcp_zones = force_tcp_zones
             .iter()
             .map(|z| zone_to_wire(z))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let make = |zone: Box<[u8]>, upstreams, max_ttl| {
+        let make = |zone: Box<[u8]>, label: u8, upstreams, max_ttl| {
             let force_tcp = force_tcp_zones.iter().any(|z| is_within(&zone, z));
             Arc::new(Route {
                 zone,
                 upstreams,
                 max_ttl,
                 force_tcp,
+                label,
             })
         };
         let mut routes = Vec::with_capacity(rules.len());
         for rule in rules {
             let zone = zone_to_wire(&rule.zone)?;
-            routes.push(make(zone, rule.upstreams, rule.max_ttl));
+            let label = zone_label(&zone_text(&rule.zone));
+            routes.push(make(zone, label, rule.upstreams, rule.max_ttl));
         }
-        let default = make(Box::new([0]), default_upstreams, default_max_ttl);
+        let default = make(
+            Box::new([0]),
+            zone_label("."),
+            default_upstreams,
+            default_max_ttl,
+        );
         Ok(Router {
             routes,
             default,
@@ -115,6 +126,16 @@ pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
     false
 }
 
+/// "Example.COM" -> "example.com." (how CoreDNS names zones in its metrics).
+pub fn zone_text(zone: &str) -> String {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    if zone.is_empty() {
+        ".".to_string()
+    } else {
+        format!("{zone}.")
+    }
+}
+
 /// "Example.COM." or "example.com" -> lowercased wire form; "." -> root.
 pub fn zone_to_wire(zone: &str) -> anyhow::Result<Box<[u8]>> {
     let mut wire = Vec::with_capacity(zone.len() + 2);
@@ -168,9 +189,17 @@ mod tests {
             vec![d],
             Duration::from_secs(3600),
             &["acme.cluster.local".into()],
+            &|zone| match zone {
+                "cluster.local." => 1,
+                "acme.cluster.local." => 2,
+                "." => 3,
+                _ => 9,
+            },
         )
         .unwrap();
         let r = router.route(&w("kubernetes.default.svc.cluster.local"));
+        assert_eq!(r.label, 1, "zones are labelled in CoreDNS's form");
+        assert_eq!(router.route(&w("example.com")).label, 3);
         assert_eq!(
             (r.upstreams.clone(), r.max_ttl, r.force_tcp),
             (vec![a], Duration::from_secs(30), false)

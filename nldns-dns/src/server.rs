@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::service::{DnsService, Handling, Protocol, Scratch};
+use super::service::{DnsService, Handling, Protocol};
 use super::udp_loop;
 
 /// After shutdown fires, queries in flight get this long to be answered.
@@ -137,6 +137,9 @@ async fn serve_connection(
     pipeline: usize,
     idle: Duration,
 ) {
+    let local = stream.local_addr().ok();
+    let server = svc.metrics.server_label(local);
+    let ipv6 = local.is_some_and(|a| a.is_ipv6());
     let (mut reader, mut writer) = stream.into_split();
     let (answers, mut outbox) = mpsc::channel::<Vec<u8>>(pipeline.max(1));
     // One writer, so answers finishing at once never interleave their bytes.
@@ -157,7 +160,8 @@ async fn serve_connection(
     });
     let slots = Arc::new(Semaphore::new(pipeline.max(1)));
     let mut pending = JoinSet::new();
-    let mut scratch = Scratch::default();
+    // TCP connections are many and short: they count into the server's shared shard.
+    let mut scratch = svc.shared_scratch(&server, ipv6);
     loop {
         let frame = tokio::select! {
             biased;

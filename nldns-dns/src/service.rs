@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 
-use crate::cache::{Cache, CacheKey, CachedAnswer, Lookup, KEY_CD, KEY_DO};
+use crate::cache::{AnswerKind, Cache, CacheKey, CachedAnswer, Lookup, KEY_CD, KEY_DO};
 use crate::config::DnsConfig;
-use crate::metrics::Metrics;
+use crate::metrics::shard::{type_index, ZONE_DROPPED};
+use crate::metrics::{CacheTypeLabels, Metrics, Plugin, QueryLabels, StatsWriter};
 use crate::miss::{Misses, PendingQuery};
 use crate::router::Router;
 use crate::upstream::{ExchangeOptions, Exchanger, UpstreamQuery};
@@ -46,11 +47,39 @@ pub enum Handling {
     Resolve(PendingQuery),
 }
 
-/// Buffers a serving loop keeps across queries so a hit allocates nothing for them.
-#[derive(Default)]
+/// What a serving loop keeps across queries: buffers, so a hit allocates nothing, and
+/// its writer of the per-query metrics. Made by [`DnsService::scratch`] (one serving
+/// thread's own) or [`DnsService::shared_scratch`] (any thread).
 pub struct Scratch {
     /// The lowercased question name of the query being handled.
     name: Vec<u8>,
+    stats: StatsWriter,
+    /// For the misses this loop hands to tasks.
+    shared: StatsWriter,
+    /// CoreDNS's `family` label of this loop's socket (0: IPv4, 1: IPv6).
+    family: u8,
+    /// Answers given since the last [`Scratch::sent`], waiting for their send time.
+    answered: Vec<QueryLabels>,
+}
+
+impl Scratch {
+    /// The answers given since the last call were sent now (or are about to be): their
+    /// receive-to-send time is counted from `received`, the loop's clock for them.
+    pub fn sent(&mut self, received: Instant) {
+        if self.answered.is_empty() {
+            return;
+        }
+        let took = received.elapsed();
+        for labels in self.answered.drain(..) {
+            self.stats.duration(labels, took);
+        }
+    }
+}
+
+/// Where the answer to one query is counted.
+pub(crate) struct Tally<'a> {
+    pub stats: &'a StatsWriter,
+    pub labels: QueryLabels,
 }
 
 /// Routing and limits of the current configuration, swapped whole on reload.
@@ -71,7 +100,7 @@ pub struct DnsService {
 
 impl DnsService {
     pub fn new(config: DnsConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
-        let router = config.router()?;
+        let router = config.router(&|zone| metrics.zone_index(zone))?;
         Ok(Arc::new(DnsService {
             cache: Mutex::new(Cache::new(config.cache_policy())),
             settings: RwLock::new(Arc::new(Settings { config, router })),
@@ -84,7 +113,7 @@ impl DnsService {
     /// Applies new routing and limits; cached answers are kept (an invalid config is
     /// logged and ignored, keeping the old one).
     pub fn reload(&self, config: DnsConfig) {
-        let router = match config.router() {
+        let router = match config.router(&|zone| self.metrics.zone_index(zone)) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("DNS config rejected, keeping the previous one: {e:#}");
@@ -167,14 +196,56 @@ impl DnsService {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A scratch for one serving thread, counting as `server` (see
+    /// [`Metrics::server_label`]); IPv6 when `ipv6`.
+    pub fn scratch(&self, server: &str, ipv6: bool) -> Scratch {
+        self.make_scratch(self.metrics.owned_stats(server), server, ipv6)
+    }
+
+    /// A scratch any thread may use at once with others (TCP connections, tools).
+    pub fn shared_scratch(&self, server: &str, ipv6: bool) -> Scratch {
+        self.make_scratch(self.metrics.shared_stats(server), server, ipv6)
+    }
+
+    fn make_scratch(&self, stats: StatsWriter, server: &str, ipv6: bool) -> Scratch {
+        Scratch {
+            name: Vec::new(),
+            stats,
+            shared: self.metrics.shared_stats(server),
+            family: u8::from(ipv6),
+            answered: Vec::new(),
+        }
+    }
+
     pub(crate) fn update_cache_gauges(&self) {
-        let (stats, evicted) = {
+        let (stats, (evicted, denial_evicted)) = {
             let mut cache = self.lock_cache();
             (cache.stats(), cache.take_new_evictions())
         };
         let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.metrics.cache_entries.set(gauge(stats.entries));
         self.metrics.cache_bytes.set(gauge(stats.bytes));
+        let coredns = &self.metrics.coredns;
+        for (ty, entries, evictions) in [
+            (
+                "success",
+                stats.entries - stats.denials,
+                evicted - denial_evicted,
+            ),
+            ("denial", stats.denials, denial_evicted),
+        ] {
+            let labels = cache_type_labels(ty);
+            coredns
+                .cache_entries
+                .get_or_create(&labels)
+                .set(gauge(entries));
+            if evictions > 0 {
+                coredns
+                    .cache_evictions
+                    .get_or_create(&labels)
+                    .inc_by(evictions);
+            }
+        }
         if evicted > 0 {
             self.metrics.cache_evictions.inc_by(evicted);
         }
@@ -185,8 +256,12 @@ impl DnsService {
     pub async fn answer(self: &Arc<Self>, query: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         let now = Instant::now();
-        match self.handle(query, protocol, now, &mut Scratch::default(), &mut out) {
-            Handling::Reply => Some(out),
+        let mut scratch = self.shared_scratch("dns://:53", false);
+        match self.handle(query, protocol, now, &mut scratch, &mut out) {
+            Handling::Reply => {
+                scratch.sent(now);
+                Some(out)
+            }
             Handling::Drop => None,
             Handling::Resolve(pending) => Some(pending.resolve().await),
         }
@@ -206,8 +281,8 @@ impl DnsService {
         out: &mut Vec<u8>,
     ) -> Handling {
         out.clear();
-        let name = &mut scratch.name;
-        let info = match wire::parse_query(query, name) {
+        let proto = protocol as u8;
+        let info = match wire::parse_query(query, &mut scratch.name) {
             Ok(info) => info,
             Err(QueryError::Drop) => return Handling::Drop,
             Err(e) => {
@@ -217,12 +292,19 @@ impl DnsService {
                     _ => u16::from(wire::RCODE_FORMERR),
                 };
                 *out = wire::synthesize(query, None, rcode, 0);
-                self.metrics
-                    .count_request(0, wire::rcode(out), protocol.label());
+                let labels = scratch.labels(ZONE_DROPPED, proto, 0);
+                scratch.stats.query(labels, query.len(), false);
+                let tally = Tally {
+                    stats: &scratch.stats,
+                    labels,
+                };
+                self.count_answer(0, out, protocol, &tally, Plugin::Server);
+                scratch.answered.push(labels);
                 return Handling::Reply;
             }
         };
-        if name.as_slice() == HEARTBEAT_WIRE {
+        let name = scratch.name.as_slice();
+        if name == HEARTBEAT_WIRE {
             // Liveness probe: answered locally, not cached, not counted.
             *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NXDOMAIN), 0);
             return Handling::Reply;
@@ -230,32 +312,57 @@ impl DnsService {
         if matches!(info.qtype, 251 | 252) {
             // IXFR/AXFR make no sense through a cache.
             *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
-            self.metrics
-                .count_request(info.qtype, wire::RCODE_NOTIMP, protocol.label());
+            let zone = self.settings().router.route(name).label;
+            let labels = scratch.labels(zone, proto, info.qtype);
+            scratch.stats.query(labels, query.len(), info.dnssec_ok());
+            let tally = Tally {
+                stats: &scratch.stats,
+                labels,
+            };
+            self.count_answer(info.qtype, out, protocol, &tally, Plugin::Server);
+            scratch.answered.push(labels);
             return Handling::Reply;
         }
         let key = cache_key(name, &info);
         let lookup = self.lock_cache().lookup(&key, now);
         let stale = match lookup {
-            Lookup::Fresh { answer, prefetch } => {
+            Lookup::Fresh {
+                answer,
+                prefetch,
+                zone,
+            } => {
                 self.metrics.cache_hits.inc();
+                let labels = scratch.labels(zone, proto, info.qtype);
+                let stats = &scratch.stats;
+                stats.query(labels, query.len(), info.dnssec_ok());
+                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
                 if prefetch {
-                    self.prefetch(key);
+                    self.prefetch(key, zone);
                 }
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
-                self.render(out, query, &info, &answer, ttls, protocol);
+                let tally = Tally { stats, labels };
+                self.render(out, query, &info, &answer, ttls, protocol, &tally);
+                scratch.answered.push(labels);
                 return Handling::Reply;
             }
             Lookup::Stale {
                 answer,
                 ask_upstream: false,
+                zone,
             } => {
-                self.render_stale(out, query, &info, &answer, protocol);
+                let labels = scratch.labels(zone, proto, info.qtype);
+                let stats = &scratch.stats;
+                stats.query(labels, query.len(), info.dnssec_ok());
+                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
+                let tally = Tally { stats, labels };
+                self.render_stale(out, query, &info, &answer, protocol, &tally);
+                scratch.answered.push(labels);
                 return Handling::Reply;
             }
             Lookup::Stale {
                 answer,
                 ask_upstream: true,
+                ..
             } => Some(answer),
             Lookup::Miss => {
                 self.update_cache_gauges(); // the lookup may have dropped a dead entry
@@ -263,14 +370,40 @@ impl DnsService {
             }
         };
         self.metrics.cache_misses.inc();
-        match self.start_miss(query, info, key, stale, protocol) {
+        let zone = self.settings().router.route(name).label;
+        let labels = scratch.labels(zone, proto, info.qtype);
+        scratch.stats.query(labels, query.len(), info.dnssec_ok());
+        scratch.stats.cache_lookup(zone, None);
+        let stats = scratch.shared.fork();
+        match self.start_miss(query, info, key, stale, protocol, stats, labels, now) {
             Ok(pending) => Handling::Resolve(pending),
             Err((info, stale)) => {
                 self.metrics.upstream_overload.inc();
-                self.fail(out, query, &info, stale.as_deref(), protocol);
+                self.metrics.coredns.max_concurrent_rejects.inc();
+                let tally = Tally {
+                    stats: &scratch.stats,
+                    labels,
+                };
+                self.fail(out, query, &info, stale.as_deref(), protocol, &tally);
+                scratch.answered.push(labels);
                 Handling::Reply
             }
         }
+    }
+
+    /// Counts an answer about to be sent: nldns's request counter and CoreDNS's
+    /// responses and response size.
+    pub(crate) fn count_answer(
+        &self,
+        qtype: u16,
+        out: &[u8],
+        protocol: Protocol,
+        tally: &Tally,
+        plugin: Plugin,
+    ) {
+        let rcode = wire::rcode(out);
+        self.metrics.count_request(qtype, rcode, protocol.label());
+        tally.stats.answer(tally.labels, rcode, plugin, out.len());
     }
 
     /// The stored answer made into the client's answer, TC=1 if it does not fit.
@@ -282,6 +415,32 @@ impl DnsService {
         answer: &CachedAnswer,
         ttls: TtlPatch,
         protocol: Protocol,
+        tally: &Tally,
+    ) {
+        self.render_by(
+            out,
+            query,
+            info,
+            answer,
+            ttls,
+            protocol,
+            tally,
+            Plugin::Cache,
+        )
+    }
+
+    /// [`Self::render`], counted as written by `plugin`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn render_by(
+        &self,
+        out: &mut Vec<u8>,
+        query: &[u8],
+        info: &QueryInfo,
+        answer: &CachedAnswer,
+        ttls: TtlPatch,
+        protocol: Protocol,
+        tally: &Tally,
+        plugin: Plugin,
     ) {
         wire::render_answer(out, answer.wire(), answer.ttl_offsets(), query, info, ttls);
         let limit = match protocol {
@@ -296,8 +455,7 @@ impl DnsService {
                 wire::FLAG_TC,
             );
         }
-        self.metrics
-            .count_request(info.qtype, wire::rcode(out), protocol.label());
+        self.count_answer(info.qtype, out, protocol, tally, plugin);
     }
 
     pub(crate) fn render_stale(
@@ -307,10 +465,20 @@ impl DnsService {
         info: &QueryInfo,
         answer: &CachedAnswer,
         protocol: Protocol,
+        tally: &Tally,
     ) {
         self.metrics.stale_answers.inc();
+        tally.stats.served_stale(tally.labels.zone);
         let ttl = self.settings().config.stale_answer_ttl;
-        self.render(out, query, info, answer, TtlPatch::Fixed(ttl), protocol)
+        self.render(
+            out,
+            query,
+            info,
+            answer,
+            TtlPatch::Fixed(ttl),
+            protocol,
+            tally,
+        )
     }
 
     /// Stale if we have it, SERVFAIL otherwise.
@@ -321,13 +489,13 @@ impl DnsService {
         info: &QueryInfo,
         stale: Option<&CachedAnswer>,
         protocol: Protocol,
+        tally: &Tally,
     ) {
         match stale {
-            Some(answer) => self.render_stale(out, query, info, answer, protocol),
+            Some(answer) => self.render_stale(out, query, info, answer, protocol, tally),
             None => {
                 *out = wire::synthesize(query, Some(info), u16::from(wire::RCODE_SERVFAIL), 0);
-                self.metrics
-                    .count_request(info.qtype, wire::RCODE_SERVFAIL, protocol.label());
+                self.count_answer(info.qtype, out, protocol, tally, Plugin::Forward);
             }
         }
     }
@@ -339,9 +507,10 @@ impl DnsService {
         info: &QueryInfo,
         stale: Option<&CachedAnswer>,
         protocol: Protocol,
+        tally: &Tally,
     ) -> Vec<u8> {
         let mut out = Vec::new();
-        self.fail(&mut out, query, info, stale, protocol);
+        self.fail(&mut out, query, info, stale, protocol, tally);
         out
     }
 
@@ -353,10 +522,32 @@ impl DnsService {
         answer: &CachedAnswer,
         ttls: TtlPatch,
         protocol: Protocol,
+        tally: &Tally,
+        plugin: Plugin,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(answer.wire().len() + 11);
-        self.render(&mut out, query, info, answer, ttls, protocol);
+        self.render_by(&mut out, query, info, answer, ttls, protocol, tally, plugin);
         out
+    }
+}
+
+/// Service-wide cache series: one cache for every server and zone.
+fn cache_type_labels(ty: &'static str) -> CacheTypeLabels {
+    CacheTypeLabels {
+        server: String::new(),
+        r#type: ty,
+        zones: ".".to_string(),
+    }
+}
+
+impl Scratch {
+    fn labels(&self, zone: u8, proto: u8, qtype: u16) -> QueryLabels {
+        QueryLabels {
+            zone,
+            proto,
+            family: self.family,
+            qtype: type_index(qtype),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::testing::{Mode, TestUpstream};
-use super::{server, DnsConfig, DnsService, Handling, Protocol, Scratch, HEARTBEAT_NAME};
+use super::{server, DnsConfig, DnsService, Handling, Protocol, HEARTBEAT_NAME};
 use crate::metrics::Metrics;
 
 /// Functional bound for any single wait in these tests (never a performance check).
@@ -937,7 +937,7 @@ async fn waiting_queries_are_bounded_during_an_outage() {
             q,
             Protocol::Udp,
             Instant::now(),
-            &mut Scratch::default(),
+            &mut svc.shared_scratch("test", false),
             out,
         )
     };
@@ -966,4 +966,133 @@ async fn waiting_queries_are_bounded_during_an_outage() {
         ),
         Handling::Resolve(_)
     ));
+}
+
+/// The value of the exposition line that starts with `series` (labels included).
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The CoreDNS series count what a serving thread did, with CoreDNS's names and labels:
+/// two misses (the second with DO set, another cache key) answered by the forwarder, a
+/// hit answered by the cache, one FORMERR answered by the server itself.
+#[tokio::test]
+async fn coredns_series_count_udp_tcp_hits_misses_and_errors() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 300,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.prefetch_percent = 0;
+    let (svc, metrics) = service(cfg);
+    let (addr, shutdown, server) = start_udp_threads(svc.clone(), 1);
+    metrics.set_server_label(addr, "dns://10.96.0.10:53");
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for (id, q) in [
+        (1, query("www.example.com.", RecordType::A, 1, None)),
+        (
+            2,
+            query("www.example.com.", RecordType::A, 2, Some((1232, true))),
+        ),
+        (3, query("www.example.com.", RecordType::A, 3, None)),
+    ] {
+        client.send_to(&q, addr).await.unwrap();
+        let (len, _) = tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(Message::from_vec(&buf[..len]).unwrap().metadata.id, id);
+    }
+    // A FORMERR: a header claiming a question that is not there.
+    let mut bad = query("x.example.com.", RecordType::A, 4, None);
+    bad.truncate(14);
+    client.send_to(&bad, addr).await.unwrap();
+    tokio::time::timeout(PATIENCE, client.recv_from(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    shutdown.cancel();
+    server_ended(server).await;
+    let text = metrics.encode();
+    let s = r#"server="dns://10.96.0.10:53""#;
+    let value = |series: String| series_value(&text, &series);
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_requests_total{{{s},zone=".",proto="udp",family="1",type="A"}}"#
+        )),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(format!(r#"coredns_dns_do_requests_total{{{s},zone="."}}"#)),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_responses_total{{{s},zone=".",rcode="NOERROR",plugin="forward"}}"#
+        )),
+        Some(2.0),
+        "the misses were answered by the forwarder: {text}"
+    );
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_responses_total{{{s},zone=".",rcode="NOERROR",plugin="cache"}}"#
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_responses_total{{{s},zone="dropped",rcode="FORMERR",plugin=""}}"#
+        )),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(format!(
+            r#"coredns_cache_hits_total{{{s},type="success",zones="."}}"#
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(format!(r#"coredns_cache_misses_total{{{s},zones="."}}"#)),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(format!(r#"coredns_cache_requests_total{{{s},zones="."}}"#)),
+        Some(3.0)
+    );
+    // Every answered query has a duration, CoreDNS's buckets, and a size.
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_request_duration_seconds_count{{{s},zone=".",type="A"}}"#
+        )),
+        Some(3.0),
+        "{text}"
+    );
+    let bucket = |le: &str| {
+        format!(r#"coredns_dns_request_duration_seconds_bucket{{le="{le}",{s},zone=".",type="A"}}"#)
+    };
+    assert!(value(bucket("0.00025")).is_some(), "{text}");
+    assert_eq!(value(bucket("+Inf")), Some(3.0), "{text}");
+    assert_eq!(
+        value(format!(
+            r#"coredns_dns_response_size_bytes_count{{{s},zone=".",proto="udp"}}"#
+        )),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(r#"coredns_cache_entries{server="",type="success",zones="."}"#.into()),
+        Some(2.0)
+    );
+    assert!(text.contains("coredns_build_info{version="), "{text}");
+    assert!(
+        text.contains(r#"coredns_proxy_request_duration_seconds_count{server="",to="127.0.0.1:"#)
+    );
+    assert!(
+        !text.contains(".."),
+        "no HELP text ends in two periods: {text}"
+    );
 }

@@ -25,7 +25,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use super::service::{DnsService, Handling, Protocol, Scratch};
+use super::service::{DnsService, Handling, Protocol};
 
 /// Datagrams taken per recvmmsg call at most.
 pub const BATCH: usize = 32;
@@ -63,7 +63,11 @@ pub fn serve(shared: &Shared) {
     // tokio::spawn: without the runtime's context that panics, killing this thread.
     let _runtime = shared.runtime.enter();
     let mut batch = Batch::new();
-    let mut scratch = Scratch::default();
+    let local = shared.socket.local_addr().ok();
+    let server = shared.svc.metrics.server_label(local);
+    let ipv6 = local.is_some_and(|a| a.is_ipv6());
+    // This thread's own shard of the per-query metrics (see metrics/shard.rs).
+    let mut scratch = shared.svc.scratch(&server, ipv6);
     let mut drained = 0usize;
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
@@ -116,6 +120,8 @@ pub fn serve(shared: &Shared) {
             }
         }
         batch.send(&shared.socket, replies);
+        // One more clock read per batch: the hits' receive-to-send time.
+        scratch.sent(now);
         if stopping {
             drained += received;
             if received == 0 || drained >= DRAIN_MAX {

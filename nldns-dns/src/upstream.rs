@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::wire::OUR_EDNS_UDP_SIZE;
-use crate::metrics::{Metrics, UpstreamErrorLabels, UpstreamLabels};
+use crate::metrics::{Metrics, ProxyLabels, UpstreamErrorLabels, UpstreamLabels};
 
 /// The question sent upstream. The name is the lowercased form of the client's.
 #[derive(Debug, Clone)]
@@ -146,6 +146,16 @@ impl Exchanger {
                         })
                         .observe(started.elapsed().as_secs_f64());
                     let code = reply.metadata.response_code;
+                    self.metrics
+                        .coredns
+                        .proxy_duration
+                        .get_or_create(&ProxyLabels {
+                            server: String::new(),
+                            to: server.to_string(),
+                            rcode: rcode_name(u16::from(code)),
+                            proxy_name: "forward",
+                        })
+                        .observe(started.elapsed().as_secs_f64());
                     if code != ResponseCode::ServFail && code != ResponseCode::Refused {
                         return Ok(reply);
                     }
@@ -193,6 +203,10 @@ impl Exchanger {
         let now = Instant::now();
         // Stable: keeps the rotation within each group.
         order.sort_by_key(|s| !self.health.is_healthy(s, now));
+        if !self.health.is_healthy(&order[0], now) {
+            // Every upstream of the route is marked down: asked anyway, in turn.
+            self.metrics.coredns.healthcheck_broken.inc();
+        }
         order
     }
 
@@ -347,4 +361,22 @@ async fn exchange_tcp(
         Ok(Ok(reply)) => reply,
     };
     decode_reply(&reply, id, query).ok_or(UpstreamError::BadReply(server))
+}
+
+/// RCODE names as CoreDNS's `rcode` label prints them.
+fn rcode_name(rcode: u16) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        _ => "other",
+    }
 }

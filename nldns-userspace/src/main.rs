@@ -17,6 +17,8 @@ fn main() -> Result<()> {
         env_logger::Env::default().default_filter_or("info,netlink_proto=error,nldns_tc=trace"),
     )
     .init();
+    // coredns_panics_total counts every panic of the process.
+    nldns_dns::metrics::count_panics();
     let cli = Cli::parse();
     // A probe runs every few seconds in the container: no runtime, no threads.
     if let Command::Probe {

@@ -73,6 +73,8 @@ struct Slot {
     flags: u8,
     name_len: u8,
     prefetch_started: bool,
+    /// The metrics label index of the zone the answer was routed by.
+    zone: u8,
 }
 
 impl Slot {
@@ -104,12 +106,14 @@ pub enum Lookup {
     Fresh {
         answer: Arc<CachedAnswer>,
         prefetch: bool,
+        zone: u8,
     },
     /// Expired but within the serve-stale bound. `ask_upstream` is false while the
     /// failure recheck timer runs: answer stale straight away.
     Stale {
         answer: Arc<CachedAnswer>,
         ask_upstream: bool,
+        zone: u8,
     },
     Miss,
 }
@@ -118,6 +122,8 @@ pub enum Lookup {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
     pub entries: usize,
+    /// Of `entries`, the negative ones (NXDOMAIN, NODATA, SERVFAIL): CoreDNS's "denial".
+    pub denials: usize,
     pub bytes: usize,
     pub evictions: u64,
 }
@@ -134,6 +140,13 @@ pub struct Cache {
     bytes: usize,
     evictions: u64,
     unreported_evictions: u64,
+    unreported_denial_evictions: u64,
+    denials: usize,
+}
+
+/// CoreDNS's "denial" cache type: everything but a positive answer.
+fn is_denial(answer: &CachedAnswer) -> bool {
+    answer.kind() != AnswerKind::Positive
 }
 
 impl Cache {
@@ -146,6 +159,8 @@ impl Cache {
             bytes: 0,
             evictions: 0,
             unreported_evictions: 0,
+            unreported_denial_evictions: 0,
+            denials: 0,
         }
     }
 
@@ -157,13 +172,18 @@ impl Cache {
 
     /// Evictions since the last call (for a metrics counter that must not double
     /// count when several callers report at once).
-    pub fn take_new_evictions(&mut self) -> u64 {
-        std::mem::take(&mut self.unreported_evictions)
+    /// (all, denial) evictions since the last call.
+    pub fn take_new_evictions(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.unreported_evictions),
+            std::mem::take(&mut self.unreported_denial_evictions),
+        )
     }
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             entries: self.slots.len(),
+            denials: self.denials,
             bytes: self.bytes,
             evictions: self.evictions,
         }
@@ -193,6 +213,7 @@ impl Cache {
             return Lookup::Fresh {
                 answer: slot.answer.clone(),
                 prefetch,
+                zone: slot.zone,
             };
         }
         let stale_ok = slot.answer.kind() != AnswerKind::ServFail
@@ -200,6 +221,7 @@ impl Cache {
             && !policy.stale_max.is_zero();
         if stale_ok {
             return Lookup::Stale {
+                zone: slot.zone,
                 answer: slot.answer.clone(),
                 ask_upstream: slot.retry_after == 0
                     || now
@@ -213,7 +235,8 @@ impl Cache {
 
     /// Stores (or replaces) an answer, then evicts least-recently-used entries until
     /// both budgets hold. An answer larger than the whole byte budget is not stored.
-    pub fn insert(&mut self, key: CacheKey, answer: Arc<CachedAnswer>) {
+    /// `zone` is the metrics label index of the route the answer came by.
+    pub fn insert(&mut self, key: CacheKey, answer: Arc<CachedAnswer>, zone: u8) {
         if self.policy.max_entries == 0 || key.name.len() > 255 {
             return;
         }
@@ -235,14 +258,17 @@ impl Cache {
             flags: key.flags,
             name_len: key.name.len() as u8,
             prefetch_started: false,
+            zone,
         };
         let charged = charge(&slot.answer);
+        let denial = is_denial(&slot.answer);
         // Indices are u32; max_entries far below that keeps the slab from ever
         // running out, but refuse rather than wrap.
         let Ok(at) = self.slots.insert(slot) else {
             return;
         };
         self.bytes += charged;
+        self.denials += usize::from(denial);
         let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, at, |&i| {
@@ -321,6 +347,7 @@ impl Cache {
             entry.remove();
         }
         self.bytes -= charge(&slot.answer);
+        self.denials -= usize::from(is_denial(&slot.answer));
     }
 
     fn evict_to_fit(&mut self) {
@@ -328,6 +355,9 @@ impl Cache {
             let Some(oldest) = self.slots.oldest() else {
                 break;
             };
+            if self.slots.get(oldest).is_some_and(|s| is_denial(&s.answer)) {
+                self.unreported_denial_evictions += 1;
+            }
             self.remove_at(oldest);
             self.evictions += 1;
             self.unreported_evictions += 1;
@@ -393,7 +423,7 @@ mod tests {
     fn fresh_then_stale_then_gone() {
         let t0 = Instant::now();
         let mut cache = Cache::new(policy());
-        cache.insert(key("a"), answer(AnswerKind::Positive, 30, 50, t0));
+        cache.insert(key("a"), answer(AnswerKind::Positive, 30, 50, t0), 0);
         let at = |s| t0 + Duration::from_secs(s);
         match cache.lookup(&key("a"), at(29)) {
             Lookup::Fresh { answer, .. } => assert_eq!(answer.elapsed_secs(at(29)), 29),
@@ -433,7 +463,7 @@ mod tests {
     fn servfail_is_never_stale() {
         let t0 = Instant::now();
         let mut cache = Cache::new(policy());
-        cache.insert(key("a"), answer(AnswerKind::ServFail, 2, 20, t0));
+        cache.insert(key("a"), answer(AnswerKind::ServFail, 2, 20, t0), 0);
         assert!(matches!(
             cache.lookup(&key("a"), t0 + Duration::from_secs(1)),
             Lookup::Fresh { .. }
@@ -448,7 +478,7 @@ mod tests {
     fn prefetch_marks_popular_entries_once_near_expiry() {
         let t0 = Instant::now();
         let mut cache = Cache::new(policy());
-        cache.insert(key("a"), answer(AnswerKind::Positive, 100, 50, t0));
+        cache.insert(key("a"), answer(AnswerKind::Positive, 100, 50, t0), 0);
         let prefetch = |c: &mut Cache, s| match c.lookup(&key("a"), t0 + Duration::from_secs(s)) {
             Lookup::Fresh { prefetch, .. } => prefetch,
             other => panic!("{other:?}"),
@@ -467,10 +497,10 @@ mod tests {
             max_entries: 2,
             ..policy()
         });
-        cache.insert(key("a"), answer(AnswerKind::Positive, 30, 10, t0));
-        cache.insert(key("b"), answer(AnswerKind::Positive, 30, 10, t0));
+        cache.insert(key("a"), answer(AnswerKind::Positive, 30, 10, t0), 0);
+        cache.insert(key("b"), answer(AnswerKind::Positive, 30, 10, t0), 0);
         let _ = cache.lookup(&key("a"), t0); // a is now the most recent
-        cache.insert(key("c"), answer(AnswerKind::Positive, 30, 10, t0));
+        cache.insert(key("c"), answer(AnswerKind::Positive, 30, 10, t0), 0);
         assert!(matches!(cache.lookup(&key("b"), t0), Lookup::Miss));
         assert!(matches!(cache.lookup(&key("a"), t0), Lookup::Fresh { .. }));
         assert!(matches!(cache.lookup(&key("c"), t0), Lookup::Fresh { .. }));
@@ -484,7 +514,7 @@ mod tests {
         // What one such entry is charged, stored under a name of the same length.
         let one = {
             let mut scratch = Cache::new(policy());
-            scratch.insert(key("z"), answer(AnswerKind::Positive, 30, 1000, t0));
+            scratch.insert(key("z"), answer(AnswerKind::Positive, 30, 1000, t0), 0);
             scratch.stats().bytes
         };
         let mut cache = Cache::new(CachePolicy {
@@ -492,16 +522,16 @@ mod tests {
             ..policy()
         });
         for name in ["a", "b", "c", "d", "e"] {
-            cache.insert(key(name), answer(AnswerKind::Positive, 30, 1000, t0));
+            cache.insert(key(name), answer(AnswerKind::Positive, 30, 1000, t0), 0);
         }
         assert_eq!(cache.stats().entries, 3);
         assert_eq!(cache.stats().bytes, one * 3);
         assert_eq!(cache.stats().evictions, 2);
         // Replacing an entry re-charges it instead of adding.
-        cache.insert(key("e"), answer(AnswerKind::Positive, 30, 1000, t0));
+        cache.insert(key("e"), answer(AnswerKind::Positive, 30, 1000, t0), 0);
         assert_eq!(cache.stats().bytes, one * 3);
         // Larger than the whole budget: not stored, nothing evicted for it.
-        cache.insert(key("big"), answer(AnswerKind::Positive, 30, one * 4, t0));
+        cache.insert(key("big"), answer(AnswerKind::Positive, 30, one * 4, t0), 0);
         assert_eq!(cache.stats().entries, 3);
         // Shrinking the limits evicts at once.
         cache.set_policy(CachePolicy {

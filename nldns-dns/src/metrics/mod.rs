@@ -1,8 +1,22 @@
-//! The DNS engine's Prometheus metrics (OpenMetrics text via prometheus-client), all
-//! prefixed `nldns_`. The service updates them; the agent's `/metrics` encodes them
-//! with the collectors it adds at construction (the datapath's counters).
+//! The DNS engine's Prometheus metrics (OpenMetrics text via prometheus-client): its own
+//! `nldns_*` series, and beside them the CoreDNS series that node-local-dns dashboards
+//! and alerts read (`coredns.rs`), with CoreDNS's names, types, labels and buckets. The
+//! per-query ones are counted in per-thread shards (`shard.rs`) and summed at scrape
+//! time, so the hit path touches no shared cache line for them. The agent's `/metrics`
+//! encodes the registry with the collectors it adds at construction (the datapath's
+//! counters, the process's).
+//!
+//! HELP texts are given without a final period: prometheus-client adds one.
 
-use std::sync::{Arc, OnceLock};
+mod coredns;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use coredns::{count_panics, CacheTypeLabels, CacheZoneLabels, ProxyLabels, SetupErrorLabels};
+pub use shard::{Plugin, QueryLabels, StatsWriter};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,6 +50,13 @@ pub struct UpstreamErrorLabels {
 /// Every metric of the engine, and the registry the agent encodes.
 pub struct Metrics {
     registry: Registry,
+    /// The per-query CoreDNS series, by serving thread.
+    pub(crate) shards: Arc<shard::Shards>,
+    pub(crate) zones: Arc<shard::ZoneNames>,
+    /// `server` label per listening address (default `dns://ADDR`).
+    server_labels: Mutex<HashMap<SocketAddr, String>>,
+    /// The CoreDNS series counted off the hot path.
+    pub coredns: coredns::CoreDns,
     pub requests: Family<RequestLabels, Counter>,
     /// `requests`' counters by (protocol, qtype, rcode) index, each taken from the
     /// family on first use: the hot path then skips the family's lock and label hash.
@@ -56,71 +77,86 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        Self::with_collectors(Vec::new())
+        Self::with_collectors(Vec::new(), Vec::new())
     }
 
     /// The engine's metrics plus `collectors`, encoded with them under the same
-    /// `nldns_` prefix (the agent's datapath counters are one).
-    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Arc<Self> {
-        let mut registry = Registry::with_prefix("nldns");
+    /// `nldns_` prefix (the agent's datapath counters are one), and `unprefixed` ones
+    /// that name themselves (the process's `process_*`).
+    pub fn with_collectors(
+        collectors: Vec<Box<dyn Collector>>,
+        unprefixed: Vec<Box<dyn Collector>>,
+    ) -> Arc<Self> {
+        let mut root = Registry::default();
+        for collector in unprefixed {
+            root.register_collector(collector);
+        }
+        let shards = Arc::new(shard::Shards::default());
+        let zones = Arc::new(shard::ZoneNames::default());
+        let coredns = coredns::CoreDns::register(
+            root.sub_registry_with_prefix("coredns"),
+            shards.clone(),
+            zones.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("nldns");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "DNS requests answered, by query type, response code and protocol.",
+            "DNS requests answered, by query type, response code and protocol",
             requests.clone(),
         );
         let cache_hits = Counter::default();
         registry.register(
             "cache_hits",
-            "Queries answered from fresh cache entries.",
+            "Queries answered from fresh cache entries",
             cache_hits.clone(),
         );
         let cache_misses = Counter::default();
         registry.register(
             "cache_misses",
-            "Queries that needed an upstream answer.",
+            "Queries that needed an upstream answer",
             cache_misses.clone(),
         );
         let cache_entries = Gauge::default();
         registry.register(
             "cache_entries",
-            "Answers in the cache.",
+            "Answers in the cache",
             cache_entries.clone(),
         );
         let cache_bytes = Gauge::default();
         registry.register(
             "cache_bytes",
-            "Bytes charged to the cache's budget.",
+            "Bytes charged to the cache's budget",
             cache_bytes.clone(),
         );
         let cache_evictions = Counter::default();
         registry.register(
             "cache_evictions",
-            "Cache entries evicted to respect the entry or byte bound.",
+            "Cache entries evicted to respect the entry or byte bound",
             cache_evictions.clone(),
         );
         let prefetches = Counter::default();
         registry.register(
             "prefetches",
-            "Popular entries refreshed before expiry.",
+            "Popular entries refreshed before expiry",
             prefetches.clone(),
         );
         let stale_answers = Counter::default();
         registry.register(
             "stale_answers",
-            "Expired answers served because upstreams failed (RFC 8767).",
+            "Expired answers served because upstreams failed (RFC 8767)",
             stale_answers.clone(),
         );
         let coalesced = Counter::default();
         registry.register(
             "coalesced_queries",
-            "Cache misses that joined an identical upstream query already in flight.",
+            "Cache misses that joined an identical upstream query already in flight",
             coalesced.clone(),
         );
         let upstream_overload = Counter::default();
         registry.register(
             "upstream_overload",
-            "Queries answered SERVFAIL because too many upstream queries were in flight.",
+            "Queries answered SERVFAIL because too many upstream queries were in flight",
             upstream_overload.clone(),
         );
         let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
@@ -129,20 +165,24 @@ impl Metrics {
         });
         registry.register(
             "upstream_latency_seconds",
-            "Time for an upstream to answer, per upstream.",
+            "Time for an upstream to answer, per upstream",
             upstream_latency.clone(),
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Failed upstream exchanges, per upstream and kind.",
+            "Failed upstream exchanges, per upstream and kind",
             upstream_errors.clone(),
         );
         for collector in collectors {
             registry.register_collector(collector);
         }
         Arc::new(Metrics {
-            registry,
+            registry: root,
+            shards,
+            zones,
+            server_labels: Mutex::new(HashMap::new()),
+            coredns,
             requests,
             request_counters: (0..PROTOCOLS.len() * QTYPES.len() * RCODES.len())
                 .map(|_| OnceLock::new())
@@ -159,6 +199,43 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
         })
+    }
+
+    /// Names the `server` label of queries received on `local` (the agent names its
+    /// intercept sockets after the Service IP the pods asked: `dns://10.96.0.10:53`).
+    pub fn set_server_label(&self, local: SocketAddr, label: impl Into<String>) {
+        self.server_labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(local, label.into());
+    }
+
+    /// The `server` label for queries received on `local`.
+    pub fn server_label(&self, local: Option<SocketAddr>) -> String {
+        let Some(local) = local else {
+            return "dns://:53".to_string();
+        };
+        self.server_labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&local)
+            .cloned()
+            .unwrap_or_else(|| format!("dns://{local}"))
+    }
+
+    /// A writer of the per-query series that only the calling thread uses.
+    pub fn owned_stats(&self, server: &str) -> StatsWriter {
+        self.shards.owned(server)
+    }
+
+    /// A writer of the per-query series any thread may use (TCP, the miss path).
+    pub fn shared_stats(&self, server: &str) -> StatsWriter {
+        self.shards.shared(server)
+    }
+
+    /// The label index of a zone name ("cluster.local." form).
+    pub fn zone_index(&self, zone: &str) -> u8 {
+        self.zones.intern(zone)
     }
 
     /// Everything in the OpenMetrics text format.
@@ -266,7 +343,7 @@ mod tests {
                 counter.encode(metric)
             }
         }
-        let metrics = Metrics::with_collectors(vec![Box::new(Fixed)]);
+        let metrics = Metrics::with_collectors(vec![Box::new(Fixed)], Vec::new());
         metrics.count_request(28, 3, "udp");
         metrics.cache_hits.inc();
         metrics
