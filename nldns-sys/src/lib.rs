@@ -16,8 +16,8 @@ pub mod prog;
 use std::{io, os::fd::OwnedFd};
 
 pub use prog::{
-    link_create, prog_attach, prog_detach, prog_get_fd_by_id, prog_load, prog_query,
-    prog_test_run, Target, TestRun,
+    link_create, prog_attach, prog_detach, prog_get_fd_by_id, prog_load, prog_query, prog_test_run,
+    Target, TestRun,
 };
 
 /// `enum bpf_cmd`: the commands this crate issues.

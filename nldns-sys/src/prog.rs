@@ -101,11 +101,7 @@ pub fn prog_detach(
 
 /// BPF_PROG_QUERY: the ids of the programs on `target`'s hook `attach_type`, links and
 /// legacy attachments alike (`flags`: e.g. [`crate::BPF_F_QUERY_EFFECTIVE`]).
-pub fn prog_query(
-    target: Target<'_>,
-    attach_type: AttachType,
-    flags: u32,
-) -> io::Result<Vec<u32>> {
+pub fn prog_query(target: Target<'_>, attach_type: AttachType, flags: u32) -> io::Result<Vec<u32>> {
     let mut ids = vec![0u32; MAX_QUERY_IDS];
     let mut attr = attr::ProgQuery {
         target: target.raw(),
