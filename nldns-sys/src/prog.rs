@@ -7,7 +7,11 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, OwnedFd},
 };
 
-use crate::{attr, owned_fd, sys_bpf, AttachType, Cmd, ProgType};
+use crate::{
+    attr,
+    syscall::{owned_fd, sys_bpf},
+    types::{AttachType, Cmd, ProgType},
+};
 
 /// What a hook hangs on: a cgroup directory (or other object) by descriptor, or an
 /// interface by index (TCX). The kernel reads both from the same attr field.

@@ -5,12 +5,12 @@
 //!
 //! 1. **Nothing redirects before the cache answers.** The programs redirect only while
 //!    the heartbeat in their map is fresh and the agent's intercept socket exists. The
-//!    cache serves on the intercept sockets ([`start_serving`]) before the programs are
+//!    cache serves on the intercept sockets (`start_serving`) before the programs are
 //!    loaded, the first heartbeat is written only after a real query through the
-//!    intercept socket was answered ([`prove_serving_path`]), and nothing is attached to
+//!    intercept socket was answered (`prove_serving_path`), and nothing is attached to
 //!    an interface or a cgroup before that.
 //! 2. **A hung agent stops intercepting by itself.** The heartbeat is refreshed only by
-//!    a probe through the intercept socket ([`keep_beating`]); when the serving path
+//!    a probe through the intercept socket (`keep_beating`); when the serving path
 //!    wedges the beats stop and, within `--heartbeat-max-age-ms`, the programs pass
 //!    every query to kube-dns. A dead agent's intercept socket is gone: its programs
 //!    pass everything at once.
@@ -18,16 +18,16 @@
 //!    ingress (`Attachments::attach`): a redirected query's reply always has its source
 //!    rewritten back to the Service IP.
 //! 4. **No query is lost at shutdown.** The heartbeat is cleared and ingress detached
-//!    first ([`stop_beating_and_detach_ingress`]: new queries go to kube-dns at once),
-//!    queries in flight are answered ([`drain`]), and egress goes last ([`detach_egress`])
+//!    first (`stop_beating_and_detach_ingress`: new queries go to kube-dns at once),
+//!    queries in flight are answered (`drain`), and egress goes last (`detach_egress`)
 //!    so their replies still carry the Service IP. The socket hooks stay until the
 //!    process exits: with the heartbeat cleared they pass every call already.
 //! 5. **Nothing outlives the agent.** TCX links and cgroup links die with the process.
 //!    Netlink filters do not: those of dead agents are removed at start
-//!    ([`refuse_conflicts`]), swept while running (`tasks::sweep_dead_filters`) and at
-//!    shutdown ([`sweep`]).
+//!    (`refuse_conflicts`), swept while running (`tasks::sweep_dead_filters`) and at
+//!    shutdown (`sweep`).
 //! 6. **Never beside another interceptor of the same Service IP.** The classic
-//!    node-local-dns is refused before any state is created ([`refuse_conflicts`]).
+//!    node-local-dns is refused before any state is created (`refuse_conflicts`).
 
 use std::{
     net::{IpAddr, SocketAddr},
