@@ -1,4 +1,4 @@
-//! nldns TC datapath: program entry points only.
+//! nldns datapath (TC programs and cgroup socket hooks): program entry points only.
 //!
 //! `nldns_ingress` runs on the host side of each pod-facing interface, on packets coming
 //! FROM pods: a DNS query to an intercepted Service IP (the kube-dns ClusterIP) on port 53

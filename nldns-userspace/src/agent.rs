@@ -1,10 +1,33 @@
-//! `nldns run`: start, attach, serve, shut down.
+//! `nldns run`: the agent's start-up and shutdown, as phases called in order.
 //!
-//! Order matters for fail-open. At start the cache serves before anything is attached,
-//! and the first heartbeat is written only after a query through the intercept socket
-//! succeeded. At shutdown the heartbeat is cleared and ingress detached first (new
-//! queries go to kube-dns at once), queries in flight drain, and egress goes last so
-//! their replies still carry the Service IP.
+//! The order is the fail-open story. These invariants hold at every point, including
+//! when a phase fails and the agent exits with an error:
+//!
+//! 1. **Nothing redirects before the cache answers.** The programs redirect only while
+//!    the heartbeat in their map is fresh and the agent's intercept socket exists. The
+//!    cache serves on the intercept sockets (`start_serving`) before the programs are
+//!    loaded, the first heartbeat is written only after a real query through the
+//!    intercept socket was answered (`prove_serving_path`), and nothing is attached to
+//!    an interface or a cgroup before that.
+//! 2. **A hung agent stops intercepting by itself.** The heartbeat is refreshed only by
+//!    a probe through the intercept socket (`keep_beating`); when the serving path
+//!    wedges the beats stop and, within `--heartbeat-max-age-ms`, the programs pass
+//!    every query to kube-dns. A dead agent's intercept socket is gone: its programs
+//!    pass everything at once.
+//! 3. **No query is lost at attach.** On each interface egress is attached before
+//!    ingress (`Attachments::attach`): a redirected query's reply always has its source
+//!    rewritten back to the Service IP.
+//! 4. **No query is lost at shutdown.** The heartbeat is cleared and ingress detached
+//!    first (`stop_beating_and_detach_ingress`: new queries go to kube-dns at once),
+//!    queries in flight are answered (`drain`), and egress goes last (`detach_egress`)
+//!    so their replies still carry the Service IP. The socket hooks stay until the
+//!    process exits: with the heartbeat cleared they pass every call already.
+//! 5. **Nothing outlives the agent.** TCX links and cgroup links die with the process.
+//!    Netlink filters do not: those of dead agents are removed at start
+//!    (`refuse_conflicts`), swept while running (`tasks::sweep_dead_filters`) and at
+//!    shutdown (`sweep`).
+//! 6. **Never beside another interceptor of the same Service IP.** The classic
+//!    node-local-dns is refused before any state is created (`refuse_conflicts`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -19,7 +42,7 @@ use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     signal::unix::{signal, SignalKind},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -28,59 +51,104 @@ use crate::{
     config,
     datapath::{
         attach::{AttachMode, Attachments, Direction},
-        cgroup::{self, Cgroup, CgroupTarget},
         conflict, endpoint,
         endpoint::InterceptEndpoint,
         inspect,
+        interception::{lock, Interception},
         interfaces::InterfaceFilter,
         loader::{Datapath, DatapathSettings},
-        watcher::{self, LinkEvent},
+        sockhooks::{attach::netns_cookie, Cgroup, CgroupTarget},
+        tasks,
     },
-    heartbeat, http, intercept, probe,
+    heartbeat::{self, Beat},
+    http, intercept,
+    intercept::InterceptSockets,
+    metrics::DatapathCounters,
+    probe,
 };
-use nldns_dns::{memory, server, DnsConfig, DnsService};
-
-/// The loaded programs and where they are attached; one lock for both because attach
-/// and detach need the programs.
-pub struct Interception {
-    pub datapath: Datapath,
-    pub attachments: Attachments,
-}
-
-impl Interception {
-    fn detach(&mut self, direction: Direction) {
-        self.attachments
-            .detach_direction(&mut self.datapath, direction);
-    }
-}
-
-fn lock(interception: &Mutex<Interception>) -> Result<std::sync::MutexGuard<'_, Interception>> {
-    interception
-        .lock()
-        .map_err(|_| anyhow::anyhow!("interception lock poisoned"))
-}
+use nldns_dns::{memory, metrics::Metrics, server, DnsConfig, DnsService};
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    // Start-up: every phase before `attach_interfaces` leaves the node's DNS untouched.
+    let settings = read_settings(&args)?;
+    let hooks_cgroup = open_hooks_cgroup(&args, &settings.dns_config)?;
+    let netlink = refuse_conflicts(&args, settings.mode).await?;
+    let endpoint_device = prepare_endpoint(&netlink, &settings.endpoint).await?;
+    let sockets = bind_intercept_sockets(&args, &settings.endpoint, &endpoint_device)?;
+    let serving = start_serving(&args, settings.dns_config, sockets).await?;
+    let mut datapath = load_datapath(&args, serving.endpoint, hooks_cgroup.as_ref())?;
+    prove_serving_path(&serving, &mut datapath).await?;
+    let interception = share_interception(datapath, settings.mode, &serving.datapath_counters);
+    let background = CancellationToken::new();
+    let beating = keep_beating(&interception, &serving, &args, &background);
+    let following = attach_interfaces(&interception, settings.filter);
+    start_upkeep(&args, settings.mode, &serving, &background);
+    serve_health(&args, &serving, &following.watching, &background)?;
+    if let Some((cgroup, _)) = &hooks_cgroup {
+        tasks::attach_socket_hooks(&interception, cgroup)?;
+    }
+    log::info!(
+        "nldns intercepting {:?} in {:?} mode; cache upstreams {:?}",
+        args.service_ip,
+        settings.mode,
+        args.upstream
+    );
+
+    wait_for_stop(&args, &serving.dns).await?;
+
+    // Shutdown.
+    log::info!("stopping: interception off, draining");
+    stop_beating_and_detach_ingress(&interception, background, beating, following).await?;
+    drain(serving, Duration::from_millis(args.drain_timeout_ms)).await;
+    detach_egress(&interception)?;
+    if settings.mode == AttachMode::Netlink {
+        sweep(&netlink).await;
+    }
+    if let Some(path) = &args.probe_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// What `nldns run` was asked to do, checked before anything is touched.
+struct Settings {
+    mode: AttachMode,
+    filter: InterfaceFilter,
+    dns_config: DnsConfig,
+    endpoint: InterceptEndpoint,
+}
+
+/// Phase: parse and check the arguments and the DNS configuration. No side effects; an
+/// error here exits before the node is touched.
+fn read_settings(args: &RunArgs) -> Result<Settings> {
     let mode = args.attach_mode.resolve()?;
     let filter = InterfaceFilter::parse(&args.interfaces)?;
     let dns_config = config::dns_config(&args.dns_sources())?;
-    let requested_endpoint = InterceptEndpoint {
+    let endpoint = InterceptEndpoint {
         v4: args.intercept_v4,
         v6: args.intercept_v6,
         base_port: args.intercept_port,
     };
     for listen in &args.listen {
-        if listen.ip() == IpAddr::V4(requested_endpoint.v4)
-            || listen.ip() == IpAddr::V6(requested_endpoint.v6)
-        {
+        if listen.ip() == IpAddr::V4(endpoint.v4) || listen.ip() == IpAddr::V6(endpoint.v6) {
             bail!(
                 "--listen {listen} uses the intercept address, which belongs to the datapath alone"
             );
         }
     }
+    Ok(Settings {
+        mode,
+        filter,
+        dns_config,
+        endpoint,
+    })
+}
 
-    let hooks_cgroup = socket_hooks_cgroup(&args, &dns_config)?;
-
+/// Phase: refuse to run beside the classic node-local-dns on the same Service IP, and (in
+/// netlink mode) remove the filters of dead agents. Returns the rtnetlink handle the
+/// later phases use.
+async fn refuse_conflicts(args: &RunArgs, mode: AttachMode) -> Result<rtnetlink::Handle> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
     conflict::refuse_classic_node_local_dns(&handle, &args.service_ip).await?;
@@ -94,19 +162,59 @@ pub async fn run(args: RunArgs) -> Result<()> {
             );
         }
     }
-    let endpoint_device = endpoint::install(&handle, &requested_endpoint).await?;
+    Ok(handle)
+}
 
-    let intercept::InterceptSockets { endpoint, udp, tcp } =
-        intercept::bind(&requested_endpoint, &args.service_ip)?;
+/// Phase: the intercept addresses on a device of their own. Returns the device's name.
+async fn prepare_endpoint(
+    handle: &rtnetlink::Handle,
+    requested: &InterceptEndpoint,
+) -> Result<String> {
+    endpoint::install(handle, requested).await
+}
+
+/// Phase: bind the UDP and TCP intercept sockets for every Service IP's slot. From here
+/// on the programs would find the agent's socket (they are not loaded yet).
+fn bind_intercept_sockets(
+    args: &RunArgs,
+    requested: &InterceptEndpoint,
+    device: &str,
+) -> Result<InterceptSockets> {
+    let sockets = intercept::bind(requested, &args.service_ip)?;
+    let endpoint = &sockets.endpoint;
     log::info!(
-        "intercept endpoint {} / {} ports {}..{} on {endpoint_device}",
+        "intercept endpoint {} / {} ports {}..{} on {device}",
         endpoint.v4,
         endpoint.v6,
         endpoint.base_port,
         endpoint.base_port + args.service_ip.len() as u16 - 1
     );
-    let heartbeat_target = udp[0].local_addr()?;
+    Ok(sockets)
+}
 
+/// The cache and its servers, up before the datapath.
+struct Serving {
+    dns: Arc<DnsService>,
+    metrics: Arc<Metrics>,
+    datapath_counters: Arc<DatapathCounters>,
+    /// The endpoint the intercept sockets were bound on (their port block).
+    endpoint: InterceptEndpoint,
+    /// The first intercept socket: where the heartbeat probes.
+    heartbeat_target: SocketAddr,
+    servers: JoinSet<std::io::Result<()>>,
+    /// Stops the servers (after the drain starts).
+    shutdown: CancellationToken,
+}
+
+/// Phase: the cache serves on the intercept sockets and on every `--listen` address.
+/// Nothing is redirected to it yet.
+async fn start_serving(
+    args: &RunArgs,
+    dns_config: DnsConfig,
+    sockets: InterceptSockets,
+) -> Result<Serving> {
+    let InterceptSockets { endpoint, udp, tcp } = sockets;
+    let heartbeat_target = udp[0].local_addr()?;
     let (metrics, datapath_counters) = crate::metrics::with_datapath_counters();
     let dns = DnsService::new(dns_config, metrics.clone())?;
     let shutdown = CancellationToken::new();
@@ -144,69 +252,154 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ));
         servers.spawn(server::serve_tcp(tcp, dns.clone(), shutdown.clone()));
     }
+    Ok(Serving {
+        dns,
+        metrics,
+        datapath_counters,
+        endpoint,
+        heartbeat_target,
+        servers,
+        shutdown,
+    })
+}
 
-    let max_age = Duration::from_millis(args.heartbeat_max_age_ms);
+/// Phase: load the programs and write their configuration; their log is drained from
+/// now on. Loaded, not attached, and with no heartbeat: they would pass everything.
+fn load_datapath(
+    args: &RunArgs,
+    endpoint: InterceptEndpoint,
+    hooks_cgroup: Option<&(Cgroup, u64)>,
+) -> Result<Datapath> {
     let mut datapath = Datapath::load(&DatapathSettings {
         service_ips: args.service_ip.clone(),
         endpoint,
-        heartbeat_max_age: max_age,
+        heartbeat_max_age: Duration::from_millis(args.heartbeat_max_age_ms),
         log_level: args.datapath_log,
-        netns_cookie: hooks_cgroup.as_ref().map_or(0, |(_, cookie)| *cookie),
+        netns_cookie: hooks_cgroup.map_or(0, |(_, cookie)| *cookie),
     })?;
     if let Some(logger) = datapath.take_logger() {
-        tokio::spawn(poll_datapath_log(logger));
+        tokio::spawn(tasks::poll_datapath_log(logger));
     }
-    heartbeat::probe(heartbeat_target, Duration::from_secs(2))
+    Ok(datapath)
+}
+
+/// Phase: a real query through the intercept socket must be answered before the first
+/// heartbeat is written. Fails (and the agent exits, nothing attached) otherwise.
+async fn prove_serving_path(serving: &Serving, datapath: &mut Datapath) -> Result<()> {
+    heartbeat::probe(serving.heartbeat_target, Duration::from_secs(2))
         .await
         .context("the cache does not answer on its own intercept socket")?;
     datapath.beat()?;
     // Loading parsed the object and the kernel's BTF: give those pages back.
     memory::release_free_memory();
+    Ok(())
+}
+
+/// Phase: the datapath goes behind the lock its tasks share, and /metrics reads its
+/// counters from now on.
+fn share_interception(
+    datapath: Datapath,
+    mode: AttachMode,
+    counters: &DatapathCounters,
+) -> Arc<Mutex<Interception>> {
     let interception = Arc::new(Mutex::new(Interception {
         datapath,
         attachments: Attachments::new(mode),
     }));
-    {
-        let interception = interception.clone();
-        datapath_counters.set_source(Box::new(move || {
-            interception
-                .lock()
-                .map(|i| i.datapath.counters())
-                .unwrap_or_default()
-        }));
-    }
+    let source = interception.clone();
+    counters.set_source(Box::new(move || {
+        source
+            .lock()
+            .map(|i| i.datapath.counters())
+            .unwrap_or_default()
+    }));
+    interception
+}
 
-    let background = CancellationToken::new();
-    let heartbeat_task = tokio::spawn(heartbeat::run(
-        interception.clone(),
-        heartbeat_target,
-        max_age,
+/// The heartbeat writes the datapath's heartbeat map.
+struct DatapathBeat(Arc<Mutex<Interception>>);
+
+impl Beat for DatapathBeat {
+    fn beat(&self) -> Result<()> {
+        lock(&self.0)?.datapath.beat()
+    }
+}
+
+/// Phase: keep the heartbeat fresh for as long as probes through the intercept socket
+/// are answered, until `background` is cancelled.
+fn keep_beating(
+    interception: &Arc<Mutex<Interception>>,
+    serving: &Serving,
+    args: &RunArgs,
+    background: &CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(heartbeat::run(
+        DatapathBeat(interception.clone()),
+        serving.heartbeat_target,
+        Duration::from_millis(args.heartbeat_max_age_ms),
         background.clone(),
-    ));
+    ))
+}
+
+/// The interface follower and whether it is receiving link events (part of /ready).
+struct Following {
+    task: JoinHandle<()>,
+    watching: Arc<AtomicBool>,
+}
+
+/// Phase: attach the TC programs to the matching interfaces, now and as they appear.
+/// Interception starts here (the heartbeat is fresh).
+fn attach_interfaces(
+    interception: &Arc<Mutex<Interception>>,
+    filter: InterfaceFilter,
+) -> Following {
     let watching = Arc::new(AtomicBool::new(false));
-    let watcher_task = tokio::spawn(follow_interfaces(
+    let task = tokio::spawn(tasks::follow_interfaces(
         interception.clone(),
         filter,
         watching.clone(),
     ));
+    Following { task, watching }
+}
 
+/// Phase: the background jobs that keep the node tidy and the agent ready: the dead
+/// filter sweep (netlink mode), the upstream check (so /ready does not depend on client
+/// traffic having exercised the upstreams) and returning freed memory after misses.
+fn start_upkeep(
+    args: &RunArgs,
+    mode: AttachMode,
+    serving: &Serving,
+    background: &CancellationToken,
+) {
     if mode == AttachMode::Netlink {
-        tokio::spawn(sweep_dead_filters(max_age, background.clone()));
+        tokio::spawn(tasks::sweep_dead_filters(
+            Duration::from_millis(args.heartbeat_max_age_ms),
+            background.clone(),
+        ));
     }
-    // /ready must not depend on client traffic having exercised the upstreams.
-    tokio::spawn(probe_upstreams(dns.clone(), background.clone()));
+    tokio::spawn(probe_upstreams(serving.dns.clone(), background.clone()));
     tokio::spawn(memory::trim_after_misses(
-        metrics.clone(),
+        serving.metrics.clone(),
         Duration::from_secs(5),
         background.clone(),
     ));
+}
+
+/// Phase: /health, /ready and /metrics on their HTTP addresses and on the probe socket.
+/// Ready means interfaces are followed and an upstream answers.
+fn serve_health(
+    args: &RunArgs,
+    serving: &Serving,
+    watching: &Arc<AtomicBool>,
+    background: &CancellationToken,
+) -> Result<()> {
     let ready = {
-        let dns = dns.clone();
+        let dns = serving.dns.clone();
         let watching = watching.clone();
         Arc::new(move || watching.load(Ordering::Relaxed) && dns.upstream_reachable())
     };
     let http_state = Arc::new(http::HttpState {
-        metrics: metrics.clone(),
+        metrics: serving.metrics.clone(),
         ready,
         healthy: Arc::new(|| true),
     });
@@ -229,55 +422,65 @@ pub async fn run(args: RunArgs) -> Result<()> {
             background.clone(),
         ));
     }
-    if let Some((cgroup, _)) = &hooks_cgroup {
-        attach_socket_hooks(&interception, cgroup)?;
-    }
-    log::info!(
-        "nldns intercepting {:?} in {mode:?} mode; cache upstreams {:?}",
-        args.service_ip,
-        args.upstream
-    );
+    Ok(())
+}
 
-    wait_for_stop(&args, &dns).await?;
-
-    log::info!("stopping: interception off, draining");
-    // The heartbeat task first, so no late probe can refresh the beat we clear next.
+/// Shutdown phase: stop the background jobs (the heartbeat task first and for good, so
+/// no late probe can refresh the beat cleared next), clear the heartbeat and detach
+/// ingress. From here on new queries go to kube-dns.
+async fn stop_beating_and_detach_ingress(
+    interception: &Mutex<Interception>,
+    background: CancellationToken,
+    beating: JoinHandle<()>,
+    following: Following,
+) -> Result<()> {
     background.cancel();
-    watcher_task.abort();
-    let _ = heartbeat_task.await;
-    {
-        let mut interception = lock(&interception)?;
-        let _ = interception.datapath.stop_beating();
-        interception.detach(Direction::Ingress);
-    }
+    following.task.abort();
+    let _ = beating.await;
+    let mut interception = lock(interception)?;
+    let _ = interception.datapath.stop_beating();
+    interception.detach(Direction::Ingress);
+    Ok(())
+}
+
+/// Shutdown phase: the servers stop taking queries and answer those in flight, for at
+/// most `timeout`.
+async fn drain(serving: Serving, timeout: Duration) {
+    let Serving {
+        shutdown,
+        mut servers,
+        ..
+    } = serving;
     shutdown.cancel();
-    let drained = tokio::time::timeout(Duration::from_millis(args.drain_timeout_ms), async {
+    let drained = tokio::time::timeout(timeout, async {
         while servers.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         log::warn!("drain timeout: some queries in flight were dropped");
     }
-    lock(&interception)?.detach(Direction::Egress);
-    // The socket hooks stay until the process exits (their links go with the datapath):
-    // with the heartbeat cleared they already pass every connect()/sendmsg(), and the
-    // recvmsg()/getpeername() restore is still needed by clients that got an answer.
-    if mode == AttachMode::Netlink {
-        // Filters of an agent that hung shortly before this one started looked alive
-        // then; by now their heartbeat is stale. Leave the node with no dead filters.
-        match inspect::cleanup(&handle, false).await {
-            Ok(removed) if !removed.is_empty() => {
-                log::info!("removed {} filters of dead agents", removed.len())
-            }
-            Ok(_) => {}
-            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
-        }
-    }
-    if let Some(path) = &args.probe_socket {
-        let _ = std::fs::remove_file(path);
-    }
-    log::info!("stopped");
+}
+
+/// Shutdown phase: detach egress, now that the replies of drained queries are out. The
+/// socket hooks stay until the process exits (their links go with the datapath): with
+/// the heartbeat cleared they already pass every connect()/sendmsg(), and the
+/// recvmsg()/getpeername() restore is still needed by clients that got an answer.
+fn detach_egress(interception: &Mutex<Interception>) -> Result<()> {
+    lock(interception)?.detach(Direction::Egress);
     Ok(())
+}
+
+/// Shutdown phase (netlink mode): filters of an agent that hung shortly before this one
+/// started looked alive then; by now their heartbeat is stale. Leave the node with no
+/// dead filters.
+async fn sweep(handle: &rtnetlink::Handle) {
+    match inspect::cleanup(handle, false).await {
+        Ok(removed) if !removed.is_empty() => {
+            log::info!("removed {} filters of dead agents", removed.len())
+        }
+        Ok(_) => {}
+        Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
+    }
 }
 
 /// Serving threads per UDP socket: one per two CPUs available (at least one, at most
@@ -288,9 +491,11 @@ fn default_udp_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2).clamp(1, 4))
 }
 
-/// The cgroup for the host-network socket hooks, opened now (before anything could make
-/// its path unreachable), with the netns cookie the hooks check; None when disabled.
-fn socket_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<(Cgroup, u64)>> {
+/// Phase: the cgroup for the host-network socket hooks, opened now (before anything could
+/// make its path unreachable), with the netns cookie the hooks check. None (with a
+/// warning) when disabled or impossible: host-network interception is optional, pod
+/// interception goes on without it.
+fn open_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<(Cgroup, u64)>> {
     let target = CgroupTarget::parse(args.cgroup.as_deref());
     let path = match target.resolve() {
         Ok(Some(path)) => path,
@@ -303,7 +508,7 @@ fn socket_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<
         Err(err) => return Err(err),
     };
     let cgroup = Cgroup::open(&path)?;
-    let Some(cookie) = cgroup::netns_cookie() else {
+    let Some(cookie) = netns_cookie() else {
         log::warn!(
             "no host-network interception: the kernel does not give network namespace \
              cookies (SO_NETNS_COOKIE, Linux 5.14), without which the socket hooks could \
@@ -330,66 +535,7 @@ fn socket_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<
     Ok(Some((cgroup, cookie)))
 }
 
-/// Attaches the socket hooks (after the TC programs' watcher has started) and says so, or
-/// warns about a dataplane that rewrites ClusterIPs in connect() before them.
-fn attach_socket_hooks(interception: &Arc<Mutex<Interception>>, cgroup: &Cgroup) -> Result<()> {
-    let attached = {
-        let mut guard = interception
-            .lock()
-            .map_err(|_| anyhow::anyhow!("interception lock poisoned"))?;
-        cgroup::attach(&mut guard.datapath, cgroup)?
-    };
-    log::info!(
-        "host-network interception: {} socket hooks on {}",
-        attached.len(),
-        cgroup.path.display()
-    );
-    for foreign in cgroup::foreign_socket_programs(cgroup) {
-        log::warn!(
-            "{} program {} (id {}) also runs for {}: likely {}. It rewrites ClusterIPs in \
-             connect() itself; host-network DNS may reach kube-dns pods without nldns",
-            foreign.hook,
-            foreign.program_name,
-            foreign.program_id,
-            foreign.cgroup,
-            foreign.dataplane
-        );
-    }
-    Ok(())
-}
-
-/// Netlink filters outlive their agent. The start-up cleanup removes those of agents
-/// whose intercept socket is gone; a hung agent (socket still there) is judged by its
-/// heartbeat, so dead agents' filters are swept again once such a heartbeat must have
-/// gone stale, and then now and then.
-async fn sweep_dead_filters(max_age: Duration, stop: CancellationToken) {
-    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
-        return;
-    };
-    tokio::spawn(connection);
-    let mut wait = max_age * 2;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        match inspect::cleanup(&handle, false).await {
-            Ok(removed) => {
-                for r in removed {
-                    log::info!(
-                        "removed dead agent's filter {} on {} {:?}",
-                        r.program_name,
-                        r.interface,
-                        r.direction
-                    );
-                }
-            }
-            Err(err) => log::warn!("sweeping dead agents' filters: {err:#}"),
-        }
-        wait = Duration::from_secs(30);
-    }
-}
-
+/// Checks the upstreams every 10 s, so /ready does not depend on client traffic.
 async fn probe_upstreams(dns: Arc<DnsService>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
     loop {
@@ -412,47 +558,6 @@ fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(128)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())
-}
-
-async fn follow_interfaces(
-    interception: Arc<Mutex<Interception>>,
-    filter: InterfaceFilter,
-    watching: Arc<AtomicBool>,
-) {
-    let mut events = match watcher::watch_links().await {
-        Ok(events) => events,
-        Err(err) => {
-            log::error!("cannot follow interfaces: {err:#}");
-            return;
-        }
-    };
-    watching.store(true, Ordering::Relaxed);
-    while let Some(event) = events.recv().await {
-        let Ok(mut guard) = interception.lock() else {
-            return;
-        };
-        let Interception {
-            datapath,
-            attachments,
-        } = &mut *guard;
-        match event {
-            LinkEvent::Present(name)
-                if filter.matches(&name) && !attachments.is_attached(&name) =>
-            {
-                // One interface failing must not stop the others.
-                match attachments.attach(datapath, &name) {
-                    Ok(()) => log::info!("attached to {name}"),
-                    Err(err) => log::warn!("not intercepting on {name}: {err:#}"),
-                }
-            }
-            LinkEvent::Gone(name) if attachments.is_attached(&name) => {
-                attachments.detach(datapath, &name);
-                log::info!("{name} is gone");
-            }
-            _ => {}
-        }
-    }
-    watching.store(false, Ordering::Relaxed);
 }
 
 /// Returns on SIGTERM or SIGINT. Reloads the config file on SIGHUP and when it changes.
@@ -491,23 +596,5 @@ fn reload(args: &RunArgs, dns: &Arc<DnsService>) {
         }
         // A bad edit must not take DNS down: keep serving with the last good config.
         Err(err) => log::error!("configuration not reloaded: {err:#}"),
-    }
-}
-
-async fn poll_datapath_log(mut logger: crate::datapath::loader::DatapathLogger) {
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&logger);
-    // SAFETY: `raw` is owned by `logger`, which outlives `fd`: `fd` is declared later, so
-    // it is dropped (and deregistered) first.
-    let Ok(fd) = (unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(raw, tokio::io::Interest::READABLE)
-    }) else {
-        return;
-    };
-    loop {
-        let Ok(mut guard) = fd.readable().await else {
-            return;
-        };
-        logger.flush();
-        guard.clear_ready();
     }
 }

@@ -7,7 +7,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -21,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use nldns_dns::HEARTBEAT_NAME;
 
-use crate::agent::Interception;
+/// What the heartbeat refreshes: the datapath's heartbeat map in the agent, anything in
+/// a test. Called only after a probe through the intercept socket was answered.
+pub trait Beat: Send + Sync + 'static {
+    fn beat(&self) -> Result<()>;
+}
 
 /// A few probes per max age, so one lost probe never stops interception.
 pub fn probe_period(max_age: Duration) -> Duration {
@@ -54,9 +57,9 @@ pub async fn probe(target: SocketAddr, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Probes every `period` and beats on success, until `shutdown`.
+/// Probes `target` every `probe_period(max_age)` and beats on success, until `shutdown`.
 pub async fn run(
-    interception: Arc<Mutex<Interception>>,
+    beat: impl Beat,
     target: SocketAddr,
     max_age: Duration,
     shutdown: CancellationToken,
@@ -73,8 +76,7 @@ pub async fn run(
         match probe(target, period).await {
             Ok(()) => {
                 failures = 0;
-                let beat = interception.lock().map(|mut i| i.datapath.beat());
-                if let Ok(Err(err)) = beat {
+                if let Err(err) = beat.beat() {
                     log::warn!("heartbeat map update failed: {err:#}");
                 }
             }

@@ -1,14 +1,17 @@
 //! The nldns agent as a library: the `nldns` binary is a thin CLI over these modules.
 //!
-//! - `datapath`: load, configure, attach and inspect the TC programs (kernel side).
-//! - `dns`: the cache, upstream forwarding and the UDP/TCP servers.
+//! The DNS engine (cache, upstreams, servers) is the `nldns-dns` crate; raw bpf(2) calls
+//! are the `nldns-sys` crate.
+//!
+//! - `agent`: `nldns run`, start-up and shutdown as named phases (the fail-open order).
+//! - `datapath`: load, configure, attach and inspect the datapath object (TC programs
+//!   and cgroup socket hooks) and run its own tasks (kernel side).
 //! - `heartbeat`: proves the serving path works, which keeps interception on.
 //! - `intercept`: the sockets redirected queries land on.
-//! - `agent`: `nldns run`, the start-up and shutdown order.
 //! - `http`, `metrics`: /health, /ready, /metrics; `probe`: the same, exact per agent, on
 //!   a unix socket, and `nldns probe`.
-//! - `memory`: returns malloc's free pages to the kernel.
-//! - `cli`, `config`, `status`: flags, config file, `nldns status` / `cleanup`.
+//! - `cli`, `config`, `status`: flags, configuration, `nldns status` / `cleanup` /
+//!   `datapath-log`.
 
 pub mod agent;
 pub mod cli;

@@ -11,10 +11,11 @@ use nldns::{
 };
 
 fn main() -> Result<()> {
-    // nldns_tc is the datapath (aya-log): its level is set in the programs' config map
+    // nldns_datapath is the datapath (aya-log): its level is set in the programs' config map
     // (`--datapath-log`, `nldns datapath-log`), so let everything it emits through.
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,netlink_proto=error,nldns_tc=trace"),
+        env_logger::Env::default()
+            .default_filter_or("info,netlink_proto=error,nldns_datapath=trace"),
     )
     .init();
     // coredns_panics_total counts every panic of the process.

@@ -1,5 +1,6 @@
-//! `nldns status` and `nldns cleanup`: the replacements for the seed's
-//! list-iptables-rules.sh and remove-iptables-rules.sh.
+//! `nldns status` and `nldns cleanup`: what nldns has in the kernel (TC attachments,
+//! socket hooks, loaded datapaths and their counters), and removing what dead agents left
+//! behind; `nldns datapath-log`: the datapath's log level at run time.
 
 use anyhow::{Context, Result};
 
@@ -91,7 +92,7 @@ pub async fn cleanup(all: bool, cgroup: Option<String>) -> Result<()> {
     // be left behind on a cgroup.
     let mut removed_hooks = Vec::new();
     for cgroup in inspect::cgroups_to_inspect(cgroup.as_deref()) {
-        removed_hooks.extend(crate::datapath::cgroup::cleanup(&cgroup));
+        removed_hooks.extend(crate::datapath::sockhooks::inspect::cleanup(&cgroup));
     }
     if removed.is_empty() && removed_hooks.is_empty() {
         println!("nothing to remove");

@@ -1,9 +1,10 @@
 //! Refusing to run beside the classic node-local-dns on the same Service IP.
 //!
-//! node-local-dns (and the seed's variant) binds the ClusterIP on a `nodelocaldns` dummy
-//! interface and adds raw-table NOTRACK rules for it. Both would fight nldns for the same
-//! queries, and removing either one's state by hand breaks the other; the seed itself
-//! says its setup "must be removed before installing" another cache.
+//! node-local-dns (and the setups modelled on it) binds the ClusterIP on a `nodelocaldns`
+//! dummy interface and adds raw-table NOTRACK rules for it. Both would fight nldns for the
+//! same queries, and removing either one's state by hand breaks the other, so such a
+//! setup has to be removed before another cache is installed; nldns refuses to start
+//! beside it.
 
 use std::{net::IpAddr, process::Command};
 

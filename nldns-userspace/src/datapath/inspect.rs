@@ -18,8 +18,11 @@ use serde::Serialize;
 
 use super::{
     attach::{AttachMode, Direction},
-    cgroup::{self, Cgroup, CgroupAttachment, CgroupTarget, ForeignSocketProgram},
     loader::{from_service_addr, monotonic_ns, read_counters},
+    sockhooks::{
+        self, attach::netns_cookie, conflict::ForeignSocketProgram, Cgroup, CgroupAttachment,
+        CgroupTarget,
+    },
     watcher::{link_name, list_links},
 };
 
@@ -70,7 +73,7 @@ pub struct Status {
 
 /// The cgroups status and cleanup look at: the cgroup2 root and the one given (if any).
 pub fn cgroups_to_inspect(extra: Option<&str>) -> Vec<Cgroup> {
-    let mut paths: Vec<PathBuf> = cgroup::cgroup2_mount().into_iter().collect();
+    let mut paths: Vec<PathBuf> = sockhooks::cgroup2_mount().into_iter().collect();
     if let Ok(Some(path)) = CgroupTarget::parse(extra).resolve() {
         if !paths.contains(&path) {
             paths.push(path);
@@ -90,9 +93,15 @@ pub fn cgroups_to_inspect(extra: Option<&str>) -> Vec<Cgroup> {
 
 pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
     let attachments = attachments(handle).await?;
-    let cgroup_attachments = cgroups.iter().flat_map(cgroup::our_attachments).collect();
+    let cgroup_attachments = cgroups
+        .iter()
+        .flat_map(sockhooks::inspect::our_attachments)
+        .collect();
     let mut socket_lb_conflicts: Vec<ForeignSocketProgram> = Vec::new();
-    for found in cgroups.iter().flat_map(cgroup::foreign_socket_programs) {
+    for found in cgroups
+        .iter()
+        .flat_map(sockhooks::conflict::foreign_socket_programs)
+    {
         // A child cgroup's effective list repeats the root's programs.
         if !socket_lb_conflicts
             .iter()
@@ -238,7 +247,7 @@ fn ingress_programs() -> impl Iterator<Item = ProgramInfo> {
 /// that serve this one are those attached here, or hooking this namespace's sockets.
 /// A datapath of another nldns version (another map layout) is skipped.
 fn local_ingress_programs(attached_here: &[Attachment]) -> Vec<ProgramInfo> {
-    let this_netns = cgroup::netns_cookie().unwrap_or(0);
+    let this_netns = netns_cookie().unwrap_or(0);
     ingress_programs()
         .filter(|p| {
             attached_here.iter().any(|a| a.program_id == p.id())

@@ -13,11 +13,16 @@ use nldns_common::{
     map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
 };
 
-use super::endpoint::InterceptEndpoint;
+use super::{
+    endpoint::InterceptEndpoint,
+    sockhooks::{SocketHook, HOOKS},
+};
 
-/// The TC object, built by build.rs from nldns-ebpf and embedded in the binary so the
-/// agent and its datapath can never be out of step.
-static TC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nldns-tc"));
+/// The datapath object (the TC programs and the cgroup socket hooks), built by build.rs
+/// from nldns-ebpf and embedded in the binary so the agent and its datapath can never be
+/// out of step.
+static DATAPATH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nldns-datapath"));
 
 /// A loaded (not yet attached) datapath with its maps configured.
 pub struct Datapath {
@@ -28,7 +33,7 @@ pub struct Datapath {
     logger: Option<DatapathLogger>,
 }
 
-/// Reader of the programs' aya-log ring buffer; the agent polls it (see `agent`).
+/// Reader of the programs' aya-log ring buffer; `tasks::poll_datapath_log` drains it.
 pub type DatapathLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Everything the programs need to know, set at run time (no recompilation).
@@ -56,9 +61,9 @@ impl Datapath {
             );
         }
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .load(TC_OBJECT)
-            .context("loading the TC object into the kernel (needs CAP_BPF and CAP_NET_ADMIN)")?;
+        let mut ebpf = EbpfLoader::new().load(DATAPATH_OBJECT).context(
+            "loading the datapath object into the kernel (needs CAP_BPF and CAP_NET_ADMIN)",
+        )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {
@@ -76,7 +81,7 @@ impl Datapath {
                 .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
         if settings.netns_cookie != 0 {
-            for name in super::cgroup::PROGRAMS {
+            for SocketHook { program: name, .. } in HOOKS {
                 let program: &mut CgroupSockAddr = ebpf
                     .program_mut(name)
                     .with_context(|| format!("program {name} missing from the object"))?
@@ -120,7 +125,8 @@ impl Datapath {
             .try_into()?)
     }
 
-    /// A loaded cgroup socket hook (see `cgroup`); only when the settings had a netns cookie.
+    /// A loaded cgroup socket hook (see `sockhooks`); only when the settings had a netns
+    /// cookie.
     pub fn sock_program_mut(&mut self, name: &str) -> Result<&mut CgroupSockAddr> {
         Ok(self
             .ebpf
