@@ -15,7 +15,12 @@
 //!   in several scenarios; the calls, their ORDER and what they applied are checked
 //!   (overlays rendered and validated too when a real kustomize is around).
 //!
+//! - the Helm chart deploy/helm/nldns, with Helm's own engine (module `helm`: the
+//!   helm-python-sdk wheel, pip-installed into the same venv);
+//!
 //! NLDNS_RENDERER=fallback forces the built-in renderer (to test it).
+
+mod helm;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,9 @@ use serde_json::Value;
 
 /// Pinned so that CI validates against the same schemas every time.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Helm v4's Go SDK (4.2.3 in 0.2.2) as a shared library with Python bindings: Helm's
+/// own chart loader, schema validation, template engine and linter, no helm binary.
+const HELM_PYTHON_SDK: &str = "helm-python-sdk==0.2.2";
 /// Oldest and newest schema sets kubernetes-validate 1.37 ships. (DaemonSet maxSurge
 /// needs 1.22, which is older than any schema it has.)
 const SCHEMA_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
@@ -106,6 +114,7 @@ pub fn run(root: &Path) -> Result<()> {
                 .render_and_validate(&root.join("deploy/cleanup"), &work.join("cleanup.yaml"))?;
             cleanup_policy(&docs)
         });
+        helm::register(root, &work, tools, &mut checks);
     }
     if let Some(tools) = tools.as_ref().filter(|t| t.renderer.renders_overlays()) {
         // The fallback renderer must not drift from kustomize while nobody needs it.
@@ -433,7 +442,8 @@ struct Tools {
 }
 
 impl Tools {
-    /// Makes sure <root>/target/venv has kubernetes-validate (and so PyYAML).
+    /// Makes sure <root>/target/venv has kubernetes-validate (and so PyYAML) and
+    /// helm-python-sdk.
     fn new(root: &Path) -> Result<Tools> {
         let venv = root.join("target").join("venv");
         let python = venv.join("bin/python");
@@ -442,7 +452,7 @@ impl Tools {
             validate.exists()
                 && works(
                     python.to_str().unwrap_or(""),
-                    &["-c", "import yaml, kubernetes_validate"],
+                    &["-c", "import yaml, kubernetes_validate, helm_python"],
                 )
         };
         if !ready() {
@@ -458,7 +468,7 @@ impl Tools {
                 }
             }
             eprintln!(
-                "deploy-checks: pip install {KUBERNETES_VALIDATE} into {}",
+                "deploy-checks: pip install {KUBERNETES_VALIDATE} {HELM_PYTHON_SDK} into {}",
                 venv.display()
             );
             checked(Command::new(&python).args([
@@ -468,10 +478,11 @@ impl Tools {
                 "-q",
                 "--disable-pip-version-check",
                 KUBERNETES_VALIDATE,
+                HELM_PYTHON_SDK,
             ]))?;
             ensure!(
                 ready(),
-                "kubernetes-validate still missing from {} after pip install",
+                "kubernetes-validate or helm-python-sdk still missing from {} after pip install",
                 venv.display()
             );
         }
