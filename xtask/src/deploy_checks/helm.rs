@@ -318,8 +318,8 @@ pub(super) fn register(root: &Path, work: &Path, tools: &Tools, checks: &mut Che
     );
 }
 
-/// `obj` with the chart's own labels taken off its metadata (the pod template gets
-/// none of them, so a difference there is drift too).
+/// `obj` with the chart's own labels and Helm's own annotations (`helm.sh/...`) taken
+/// off its metadata. The pod template gets none of them: a difference there is drift.
 fn without_chart_labels(mut obj: Value) -> Value {
     if let Some(map) = obj
         .pointer_mut("/metadata/labels")
@@ -327,6 +327,14 @@ fn without_chart_labels(mut obj: Value) -> Value {
     {
         for l in CHART_LABELS {
             map.remove(*l);
+        }
+    }
+    if let Some(meta) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.retain(|k, _| !k.starts_with("helm.sh/"));
+            if annotations.is_empty() {
+                meta.remove("annotations");
+            }
         }
     }
     obj
@@ -496,6 +504,10 @@ fn non_default_policy(docs: &[Value]) -> Result<()> {
     ensure!(
         svc["spec"]["ipFamilyPolicy"] == "PreferDualStack",
         "upstreamService.ipFamilyPolicy not applied"
+    );
+    ensure!(
+        svc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+        "kube-dns-uncached must outlive `helm uninstall` (deploy/uninstall.sh deletes it last)"
     );
     Ok(())
 }
