@@ -15,7 +15,8 @@
 //!   rules`, and `promtool test rules` (deploy/tests/alerts.test.yaml: each alert fires
 //!   on a broken node and not on a healthy one);
 //! - values.schema.json and the chart's own checks refuse bad values with a message that
-//!   names the key.
+//!   names the key;
+//! - the chart's README names every key of values.yaml.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -293,6 +294,22 @@ pub(super) fn register(root: &Path, work: &Path, tools: &Tools, checks: &mut Che
             alerts(root, &helm.work, find(&docs, "PrometheusRule", "nldns")?)
         },
     );
+    checks.run("helm chart: README.md documents every value", || {
+        let values = tools.to_json(&root.join("deploy/helm/nldns/values.yaml"))?;
+        let readme = fs::read_to_string(root.join("deploy/helm/nldns/README.md"))?;
+        let mut missing = Vec::new();
+        undocumented(
+            "",
+            values.first().unwrap_or(&Value::Null),
+            &readme,
+            &mut missing,
+        );
+        ensure!(
+            missing.is_empty(),
+            "deploy/helm/nldns/README.md does not name {missing:?} (as `key`)"
+        );
+        Ok(())
+    });
     checks.run(
         "helm chart: values.schema.json and the chart refuse bad values",
         || {
@@ -316,6 +333,26 @@ pub(super) fn register(root: &Path, work: &Path, tools: &Tools, checks: &mut Che
             Ok(())
         },
     );
+}
+
+/// Value keys the README does not name: a key is documented when `path` appears in
+/// backquotes, or when every key under it is.
+fn undocumented(prefix: &str, v: &Value, readme: &str, missing: &mut Vec<String>) {
+    let Some(map) = v.as_object() else { return };
+    for (k, child) in map {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if readme.contains(&format!("`{path}`")) {
+            continue;
+        }
+        match child.as_object() {
+            Some(m) if !m.is_empty() => undocumented(&path, child, readme, missing),
+            _ => missing.push(path),
+        }
+    }
 }
 
 /// `obj` with the chart's own labels and Helm's own annotations (`helm.sh/...`) taken
