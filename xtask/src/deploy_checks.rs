@@ -13,7 +13,9 @@
 //!   properties the design depends on (capabilities, surge, probes, mounts, ...);
 //! - install.sh and uninstall.sh run against deploy/tests/kubectl, a recording stand-in,
 //!   in several scenarios; the calls, their ORDER and what they applied are checked
-//!   (overlays rendered and validated too when a real kustomize is around).
+//!   (overlays rendered and validated too when a real kustomize is around);
+//! - the kubectl plugin deploy/kubectl-nldns against the same stand-in and its canned
+//!   `nldns status --json` answers (module `plugin`);
 //!
 //! - the Helm chart deploy/helm/nldns, with Helm's own engine (module `helm`: the
 //!   helm-python-sdk wheel, pip-installed into the same venv);
@@ -21,6 +23,7 @@
 //! NLDNS_RENDERER=fallback forces the built-in renderer (to test it).
 
 mod helm;
+mod plugin;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -144,7 +147,10 @@ pub fn run(root: &Path) -> Result<()> {
             Ok(())
         });
     }
-    for scenario in scenarios() {
+    checks.run("kubectl-nldns fixtures match `nldns status --json`", || {
+        plugin::fixtures_match_the_agent(root)
+    });
+    for scenario in scenarios().into_iter().chain(plugin::scenarios()) {
         let name = format!("{}: {}", scenario.script, scenario.name);
         checks.run(&name, || scenario.check(root, &work, tools.as_ref()));
     }
@@ -835,6 +841,7 @@ struct Scenario {
 struct Run {
     dir: PathBuf,
     calls: Vec<String>,
+    stdout: String,
     stderr: String,
 }
 
@@ -941,6 +948,7 @@ impl Scenario {
         let out = cmd
             .output()
             .with_context(|| format!("cannot run deploy/{}", self.script))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let calls = fs::read_to_string(&log)
             .unwrap_or_default()
@@ -960,7 +968,15 @@ impl Scenario {
             },
             tail(&stderr, 2000)
         );
-        (self.verify)(&Run { dir, calls, stderr }, tools)
+        (self.verify)(
+            &Run {
+                dir,
+                calls,
+                stdout,
+                stderr,
+            },
+            tools,
+        )
     }
 }
 
