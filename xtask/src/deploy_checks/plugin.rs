@@ -42,37 +42,37 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                     run.stdout
                 );
                 let a = &tables[0].1;
-                expect_row(&a, "mode", &["tcx"])?;
+                expect_row(a, "mode", &["tcx"])?;
                 expect_row(
-                    &a,
+                    a,
                     "attachments",
                     &["4 TC on 2 interfaces", "8 socket hooks"],
                 )?;
                 expect_row(
-                    &a,
+                    a,
                     "datapath",
                     &["INTERCEPTING", "10.96.0.10, fd00:10:96::a", "10053"],
                 )?;
-                expect_row(&a, "heartbeat", &["12 ms (max 750 ms)"])?;
-                expect_row(&a, "hit ratio", &["90.0%", "900 hits", "100 misses"])?;
-                expect_row(&a, "fail-open", &["stale heartbeat: TC 0, socket 0"])?;
+                expect_row(a, "heartbeat", &["12 ms (max 750 ms)"])?;
+                expect_row(a, "hit ratio", &["90.0%", "900 hits", "100 misses"])?;
+                expect_row(a, "fail-open", &["stale heartbeat: TC 0, socket 0"])?;
                 let b = &tables[1].1;
                 ensure!(tables[1].0.contains("not Ready"), "node-b is not Ready");
-                expect_row(&b, "mode", &["netlink"])?;
-                expect_row(&b, "datapath", &["fail-open: heartbeat stale"])?;
-                expect_row(&b, "heartbeat", &["5400 ms", "STALE"])?;
-                expect_row(&b, "fail-open", &["TC 42"])?;
-                expect_row(&b, "hit ratio", &["n/a"])?;
-                expect_row(&b, "WARNING", &["cil_sock4_connect", "Cilium"])?;
+                expect_row(b, "mode", &["netlink"])?;
+                expect_row(b, "datapath", &["fail-open: heartbeat stale"])?;
+                expect_row(b, "heartbeat", &["5400 ms", "STALE"])?;
+                expect_row(b, "fail-open", &["TC 42"])?;
+                expect_row(b, "hit ratio", &["n/a"])?;
+                expect_row(b, "WARNING", &["cil_sock4_connect", "Cilium"])?;
                 let c = &tables[2].1;
-                expect_row(&c, "error", &["container not found"])?;
+                expect_row(c, "error", &["container not found"])?;
                 let d = &tables[3].1;
-                expect_row(&d, "datapath #1", &["not attached", "prog 60"])?;
-                expect_row(&d, "heartbeat #1", &["never / stopped"])?;
-                expect_row(&d, "datapath #2", &["INTERCEPTING", "10069"])?;
-                expect_row(&d, "hit ratio", &["no queries yet"])?;
+                expect_row(d, "datapath #1", &["not attached", "prog 60"])?;
+                expect_row(d, "heartbeat #1", &["never / stopped"])?;
+                expect_row(d, "datapath #2", &["INTERCEPTING", "10069"])?;
+                expect_row(d, "hit ratio", &["no queries yet"])?;
                 let e = &tables[4].1;
-                expect_row(&e, "error", &["not running"])?;
+                expect_row(e, "error", &["not running"])?;
                 ensure!(
                     run.stdout
                         .contains("5 agents: 2 intercepting, 1 not intercepting, 2 unreachable"),
@@ -97,7 +97,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 ensure!(run.calls.len() == 2, "calls: {:?}", run.calls);
                 let tables = tables(&run.stdout);
                 ensure!(tables.len() == 1, "one table expected:\n{}", run.stdout);
-                expect_row(&&tables[0].1, "hit ratio", &["n/a"])?;
+                expect_row(&tables[0].1, "hit ratio", &["n/a"])?;
                 ensure!(
                     run.stdout.contains("1 agent: 1 intercepting"),
                     "{}",
@@ -147,7 +147,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             verify: |run, _| {
                 ensure!(run.calls.len() == 1, "calls: {:?}", run.calls);
                 ensure!(
-                    run.stderr.contains("no nldns pods (k8s-app=nldns) in namespace kube-system"),
+                    run.stderr
+                        .contains("no nldns pods (k8s-app=nldns) in namespace kube-system"),
                     "no message about the missing pods: {}",
                     run.stderr
                 );
