@@ -65,7 +65,8 @@ fn non_default_values(monitor_kind: &str) -> Value {
             "cache": {"maxEntries": 300000},
             "healthPort": 19354,
             "metricsPort": 19353,
-            "logLevel": "debug"
+            "logLevel": "debug",
+            "logFormat": "json"
         },
         "extraEnv": [{"name": "NLDNS_INTERFACES", "value": "cali*"}],
         "legacyKernel": true,
@@ -458,6 +459,7 @@ fn non_default_policy(docs: &[Value]) -> Result<()> {
         ("NLDNS_METRICS_ADDR", "0.0.0.0:19353"),
         ("NLDNS_INTERFACES", "cali*"),
         ("RUST_LOG", "debug"),
+        ("NLDNS_LOG_FORMAT", "json"),
     ] {
         ensure!(
             env_value(c, name) == Some(want),
