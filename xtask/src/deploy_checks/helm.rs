@@ -5,7 +5,9 @@
 //! - `helm lint --strict` with the default and the non-default values, for the oldest
 //!   and newest Kubernetes versions the schemas cover;
 //! - every rendering (default, non-default with a ServiceMonitor, non-default with a
-//!   PodMonitor) passes kubernetes-validate --strict for those versions;
+//!   PodMonitor) passes kubernetes-validate --strict for those versions, and its
+//!   prometheus-operator objects pass the validators generated from the operator's API
+//!   types (deploy/tests/crd-validate.mjs; a bad relabeling must fail them);
 //! - the default rendering IS the kustomize base: same objects, field for field, once
 //!   the labels Helm adds are taken off (the comparison fails on any drift);
 //! - the non-default values land where they should (image, env, capabilities, policy
@@ -38,6 +40,14 @@ const CHART_LABELS: &[&str] = &[
     "app.kubernetes.io/managed-by",
     "app.kubernetes.io/version",
 ];
+
+/// Validators generated from prometheus-operator's API types, for the ServiceMonitor,
+/// PodMonitor and PrometheusRule (kubernetes-validate has no schemas for them). Pinned.
+/// npm warns that its dependencies want node >= 22; the validators are plain
+/// JavaScript and run on node 20 (the chart's objects pass, a bad relabeling action
+/// fails: both checked below).
+const PROMETHEUS_OPERATOR_MODELS: (&str, &str) =
+    ("@kubernetes-models/prometheus-operator", "6.0.0");
 
 /// Kubernetes versions for `helm lint` (the oldest and newest schemas validated).
 const KUBE_VERSIONS: &[&str] = &["v1.25.0", "v1.37.0"];
@@ -216,6 +226,19 @@ impl Helm<'_> {
         self.tools.validate(&out)?;
         let docs = self.tools.to_json(&out)?;
         ensure!(!docs.is_empty(), "{name}: the chart rendered nothing");
+        let operator = docs
+            .iter()
+            .filter(|d| d["apiVersion"] == "monitoring.coreos.com/v1")
+            .count();
+        if operator > 0 {
+            let report = self
+                .validate_operator_objects(&docs)
+                .with_context(|| format!("{name}: prometheus-operator objects"))?;
+            ensure!(
+                report.starts_with(&format!("{operator} prometheus-operator objects valid")),
+                "{name}: {operator} objects rendered, the validator says {report:?}"
+            );
+        }
         for d in &docs {
             ensure!(
                 d["metadata"]["namespace"].is_string(),
@@ -225,6 +248,50 @@ impl Helm<'_> {
             );
         }
         Ok(docs)
+    }
+
+    /// deploy/tests/crd-validate.mjs on `docs`, with the models npm-installed into
+    /// <root>/target/node when missing. Ok(its summary line) when all are valid.
+    fn validate_operator_objects(&self, docs: &[Value]) -> Result<String> {
+        let dir = self.root.join("target/node");
+        let (package, version) = PROMETHEUS_OPERATOR_MODELS;
+        let installed =
+            fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|p| p["version"] == version);
+        if !installed {
+            if !works("npm", &["--version"]) {
+                apt_install("npm")?;
+            }
+            fs::create_dir_all(&dir)?;
+            eprintln!(
+                "deploy-checks: npm install {package}@{version} into {}",
+                dir.display()
+            );
+            checked(
+                Command::new("npm")
+                    .args([
+                        "install",
+                        "--no-audit",
+                        "--no-fund",
+                        "--loglevel=error",
+                        "--prefix",
+                    ])
+                    .arg(&dir)
+                    .arg(format!("{package}@{version}")),
+            )?;
+        }
+        let script = dir.join("crd-validate.mjs");
+        fs::copy(self.root.join("deploy/tests/crd-validate.mjs"), &script)?;
+        let input = dir.join("input.json");
+        fs::write(&input, serde_json::to_string(docs)?)?;
+        let out = checked(
+            Command::new("node")
+                .arg(&script)
+                .stdin(fs::File::open(&input)?),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     fn lint(&self, values: &Value) -> Result<()> {
@@ -293,6 +360,24 @@ pub(super) fn register(root: &Path, work: &Path, tools: &Tools, checks: &mut Che
                 "with a PodMonitor the alerts must select job=\"kube-system/nldns\""
             );
             alerts(root, &helm.work, find(&docs, "PrometheusRule", "nldns")?)
+        },
+    );
+    checks.run(
+        "helm chart: prometheus-operator validators refuse a bad monitor",
+        || {
+            let mut values = non_default_values("ServiceMonitor");
+            values["serviceMonitor"]["relabelings"] =
+                json!([{"action": "rename", "targetLabel": "node"}]);
+            let out = helm.render("bad-relabeling", &values, "kube-system")?;
+            let docs = tools.to_json(&out)?;
+            match helm.validate_operator_objects(&docs) {
+                Ok(report) => bail!("a relabeling with action \"rename\" passed: {report}"),
+                Err(e) => ensure!(
+                    format!("{e:#}").contains("relabelings/0/action"),
+                    "the error does not name the relabeling's action: {e:#}"
+                ),
+            }
+            Ok(())
         },
     );
     checks.run("helm chart: README.md documents every value", || {
