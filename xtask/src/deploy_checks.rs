@@ -152,7 +152,11 @@ pub fn run(root: &Path) -> Result<()> {
     checks.run("kubectl-nldns fixtures match `nldns status --json`", || {
         plugin::fixtures_match_the_agent(root)
     });
-    for scenario in scenarios().into_iter().chain(plugin::scenarios()) {
+    for scenario in scenarios()
+        .into_iter()
+        .chain(helm::scenarios())
+        .chain(plugin::scenarios())
+    {
         let name = format!("{}: {}", scenario.script, scenario.name);
         checks.run(&name, || scenario.check(root, &work, tools.as_ref()));
     }

@@ -29,7 +29,8 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
-    apt_install, caps, checked, container, env_value, find, tail, works, Checks, Tools, RUN_FLAGS,
+    apt_install, caps, checked, container, env_value, find, tail, works, Checks, Scenario, Tools,
+    RUN_FLAGS,
 };
 
 /// Labels the chart adds to every object besides the base's (templates/_helpers.tpl
@@ -439,6 +440,38 @@ fn undocumented(prefix: &str, v: &Value, readme: &str, missing: &mut Vec<String>
             _ => missing.push(path),
         }
     }
+}
+
+/// The chart README's uninstall: `helm uninstall` (the DaemonSet is gone, its pods may
+/// still be stopping, kube-dns-uncached kept), then `deploy/uninstall.sh --image`.
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        script: "uninstall.sh",
+        name: "after helm uninstall (chart README): waits, cleans up with --image, Service last",
+        args: &["--image", "registry.example/nldns:v0.1.0"],
+        env: &[("FAKE_PODS_LINGER", "2")],
+        expect_success: true,
+        verify: |run, _| {
+            run.expect_order(&[
+                "delete daemonset nldns --ignore-not-found",
+                "get pods -l k8s-app=nldns -o name",
+                "get pods -l k8s-app=nldns -o name",
+                "get pods -l k8s-app=nldns -o name",
+                "apply -k",
+                "rollout status daemonset/nldns-cleanup",
+                "delete service kube-dns-uncached",
+            ])?;
+            run.expect_last("delete service kube-dns-uncached")?;
+            // Without a DaemonSet to read it from, the image is the one given.
+            run.expect_none("get daemonset nldns -o jsonpath")?;
+            let k = run.file(1, "kustomization.yaml")?;
+            ensure!(
+                k.contains("newName: registry.example/nldns") && k.contains("\"v0.1.0\""),
+                "cleanup does not use --image:\n{k}"
+            );
+            Ok(())
+        },
+    }]
 }
 
 /// `obj` with the chart's own labels and Helm's own annotations (`helm.sh/...`) taken
