@@ -1,26 +1,32 @@
 //! `nldns`: the agent binary. Parsing and dispatch only; the work is in the library.
 
-use std::time::Duration;
+use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use nldns::{
     agent,
-    cli::{Cli, Command},
+    cli::{Cli, Command, LogFormat},
     probe, status,
 };
 
 fn main() -> Result<()> {
-    // nldns_datapath is the datapath (aya-log): its level is set in the programs' config map
-    // (`--datapath-log`, `nldns datapath-log`), so let everything it emits through.
-    env_logger::Builder::from_env(
+    let cli = Cli::parse();
+    // nldns_datapath is the datapath (aya-log): its level is set in the programs' config
+    // map (`--datapath-log`, `nldns datapath-log`), so let everything it emits through.
+    let mut logger = env_logger::Builder::from_env(
         env_logger::Env::default()
             .default_filter_or("info,netlink_proto=error,nldns_datapath=trace"),
-    )
-    .init();
+    );
+    if cli.log_format == LogFormat::Json {
+        logger.format(|buf, record| {
+            let time = buf.timestamp_micros().to_string();
+            writeln!(buf, "{}", json_line(&time, record))
+        });
+    }
+    logger.init();
     // coredns_panics_total counts every panic of the process.
     nldns_dns::metrics::count_panics();
-    let cli = Cli::parse();
     // A probe runs every few seconds in the container: no runtime, no threads.
     if let Command::Probe {
         kind,
@@ -44,4 +50,86 @@ fn main() -> Result<()> {
             Command::Probe { .. } => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+/// One log record as one line of JSON: `time` (RFC 3339, UTC), `level`, `target`,
+/// `message`, and `fields`: the record's key-values (`log::info!(port = 53; "...")`).
+fn json_line(time: &str, record: &log::Record) -> String {
+    struct Fields(serde_json::Map<String, serde_json::Value>);
+    impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+        fn visit_pair(
+            &mut self,
+            key: log::kv::Key<'kvs>,
+            value: log::kv::Value<'kvs>,
+        ) -> Result<(), log::kv::Error> {
+            let v = if let Some(b) = value.to_bool() {
+                b.into()
+            } else if let Some(n) = value.to_i64() {
+                n.into()
+            } else if let Some(n) = value.to_u64() {
+                n.into()
+            } else if let Some(f) = value.to_f64() {
+                f.into()
+            } else {
+                value.to_string().into()
+            };
+            self.0.insert(key.as_str().to_string(), v);
+            Ok(())
+        }
+    }
+    let mut fields = Fields(serde_json::Map::new());
+    // A visitor that never fails: nothing to handle.
+    let _ = record.key_values().visit(&mut fields);
+    serde_json::json!({
+        "time": time,
+        "level": record.level().as_str(),
+        "target": record.target(),
+        "message": record.args().to_string(),
+        "fields": fields.0,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_log_lines_carry_level_time_message_and_fields() {
+        let kvs: &[(&str, log::kv::Value)] = &[
+            ("port", 53u16.into()),
+            ("upstream", "10.96.0.11:53".into()),
+            ("stale", true.into()),
+        ];
+        let line = json_line(
+            "2026-12-01T09:00:00.000000Z",
+            &log::Record::builder()
+                .level(log::Level::Warn)
+                .target("nldns::agent")
+                .args(format_args!("upstream \"slow\"\n{}", 2))
+                .key_values(&kvs)
+                .build(),
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2026-12-01T09:00:00.000000Z",
+                "level": "WARN",
+                "target": "nldns::agent",
+                "message": "upstream \"slow\"\n2",
+                "fields": {"port": 53, "upstream": "10.96.0.11:53", "stale": true},
+            })
+        );
+    }
+
+    #[test]
+    fn log_format_comes_from_the_flag_or_the_environment() {
+        let cli = Cli::try_parse_from(["nldns", "--log-format", "json", "status"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["nldns", "status", "--log-format", "text"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["nldns", "--log-format", "xml", "status"]).is_err());
+    }
 }

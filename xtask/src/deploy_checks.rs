@@ -13,9 +13,17 @@
 //!   properties the design depends on (capabilities, surge, probes, mounts, ...);
 //! - install.sh and uninstall.sh run against deploy/tests/kubectl, a recording stand-in,
 //!   in several scenarios; the calls, their ORDER and what they applied are checked
-//!   (overlays rendered and validated too when a real kustomize is around).
+//!   (overlays rendered and validated too when a real kustomize is around);
+//! - the kubectl plugin deploy/kubectl-nldns against the same stand-in and its canned
+//!   `nldns status --json` answers (module `plugin`);
+//!
+//! - the Helm chart deploy/helm/nldns, with Helm's own engine (module `helm`: the
+//!   helm-python-sdk wheel, pip-installed into the same venv);
 //!
 //! NLDNS_RENDERER=fallback forces the built-in renderer (to test it).
+
+mod helm;
+mod plugin;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,9 @@ use serde_json::Value;
 
 /// Pinned so that CI validates against the same schemas every time.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Helm v4's Go SDK (4.2.3 in 0.2.2) as a shared library with Python bindings: Helm's
+/// own chart loader, schema validation, template engine and linter, no helm binary.
+const HELM_PYTHON_SDK: &str = "helm-python-sdk==0.2.2";
 /// Oldest and newest schema sets kubernetes-validate 1.37 ships. (DaemonSet maxSurge
 /// needs 1.22, which is older than any schema it has.)
 const SCHEMA_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
@@ -64,6 +75,8 @@ const RUN_FLAGS: &[&str] = &[
     "METRICS_ADDR",
     "CONFIG",
     "PROBE_SOCKET",
+    // global (every subcommand): cli.rs `Cli::log_format`
+    "LOG_FORMAT",
 ];
 
 pub fn run(root: &Path) -> Result<()> {
@@ -106,6 +119,7 @@ pub fn run(root: &Path) -> Result<()> {
                 .render_and_validate(&root.join("deploy/cleanup"), &work.join("cleanup.yaml"))?;
             cleanup_policy(&docs)
         });
+        helm::register(root, &work, tools, &mut checks);
     }
     if let Some(tools) = tools.as_ref().filter(|t| t.renderer.renders_overlays()) {
         // The fallback renderer must not drift from kustomize while nobody needs it.
@@ -135,7 +149,14 @@ pub fn run(root: &Path) -> Result<()> {
             Ok(())
         });
     }
-    for scenario in scenarios() {
+    checks.run("kubectl-nldns fixtures match `nldns status --json`", || {
+        plugin::fixtures_match_the_agent(root)
+    });
+    for scenario in scenarios()
+        .into_iter()
+        .chain(helm::scenarios())
+        .chain(plugin::scenarios())
+    {
         let name = format!("{}: {}", scenario.script, scenario.name);
         checks.run(&name, || scenario.check(root, &work, tools.as_ref()));
     }
@@ -433,7 +454,8 @@ struct Tools {
 }
 
 impl Tools {
-    /// Makes sure <root>/target/venv has kubernetes-validate (and so PyYAML).
+    /// Makes sure <root>/target/venv has kubernetes-validate (and so PyYAML) and
+    /// helm-python-sdk.
     fn new(root: &Path) -> Result<Tools> {
         let venv = root.join("target").join("venv");
         let python = venv.join("bin/python");
@@ -442,7 +464,7 @@ impl Tools {
             validate.exists()
                 && works(
                     python.to_str().unwrap_or(""),
-                    &["-c", "import yaml, kubernetes_validate"],
+                    &["-c", "import yaml, kubernetes_validate, helm_python"],
                 )
         };
         if !ready() {
@@ -458,7 +480,7 @@ impl Tools {
                 }
             }
             eprintln!(
-                "deploy-checks: pip install {KUBERNETES_VALIDATE} into {}",
+                "deploy-checks: pip install {KUBERNETES_VALIDATE} {HELM_PYTHON_SDK} into {}",
                 venv.display()
             );
             checked(Command::new(&python).args([
@@ -468,10 +490,11 @@ impl Tools {
                 "-q",
                 "--disable-pip-version-check",
                 KUBERNETES_VALIDATE,
+                HELM_PYTHON_SDK,
             ]))?;
             ensure!(
                 ready(),
-                "kubernetes-validate still missing from {} after pip install",
+                "kubernetes-validate or helm-python-sdk still missing from {} after pip install",
                 venv.display()
             );
         }
@@ -824,6 +847,7 @@ struct Scenario {
 struct Run {
     dir: PathBuf,
     calls: Vec<String>,
+    stdout: String,
     stderr: String,
 }
 
@@ -930,6 +954,7 @@ impl Scenario {
         let out = cmd
             .output()
             .with_context(|| format!("cannot run deploy/{}", self.script))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let calls = fs::read_to_string(&log)
             .unwrap_or_default()
@@ -949,7 +974,15 @@ impl Scenario {
             },
             tail(&stderr, 2000)
         );
-        (self.verify)(&Run { dir, calls, stderr }, tools)
+        (self.verify)(
+            &Run {
+                dir,
+                calls,
+                stdout,
+                stderr,
+            },
+            tools,
+        )
     }
 }
 
