@@ -196,6 +196,11 @@ impl DnsService {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The metrics this service counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// A scratch for one serving thread, counting as `server` (see
     /// [`Metrics::server_label`]); IPv6 when `ipv6`.
     pub fn scratch(&self, server: &str, ipv6: bool) -> Scratch {

@@ -208,7 +208,8 @@ pub fn prog_info(program: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     // SAFETY: InfoByFd is the command's attr; the kernel writes at most info_len bytes
     // into `buf`, borrowed for the call.
     unsafe { sys_bpf(Cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
-    let u32_at = |off: usize| u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]);
+    let u32_at =
+        |off: usize| u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]);
     let name = &buf[64..80];
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(ProgInfo {

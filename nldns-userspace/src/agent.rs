@@ -81,7 +81,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let interception = share_interception(datapath, settings.mode, &serving.datapath_counters);
     let background = CancellationToken::new();
     let beating = keep_beating(&interception, &serving, &args, &background);
-    let following = attach_interfaces(&interception, settings.filter);
+    let following = attach_interfaces(&interception, settings.filter, &serving.metrics);
     start_upkeep(&args, settings.mode, &serving, &background);
     serve_health(&args, &serving, &following.watching, &background)?;
     if let Some((cgroup, _)) = &hooks_cgroup {
@@ -216,6 +216,12 @@ async fn start_serving(
     let InterceptSockets { endpoint, udp, tcp } = sockets;
     let heartbeat_target = udp[0].local_addr()?;
     let (metrics, datapath_counters) = crate::metrics::with_datapath_counters();
+    // CoreDNS's `server` label: an intercept socket is named after the Service IP its
+    // queries were sent to (slot i serves Service IP i).
+    for (socket, service_ip) in udp.iter().zip(&args.service_ip) {
+        let asked = SocketAddr::new(*service_ip, 53);
+        metrics.set_server_label(socket.local_addr()?, format!("dns://{asked}"));
+    }
     let dns = DnsService::new(dns_config, metrics.clone())?;
     let shutdown = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -352,12 +358,15 @@ struct Following {
 fn attach_interfaces(
     interception: &Arc<Mutex<Interception>>,
     filter: InterfaceFilter,
+    metrics: &Arc<Metrics>,
 ) -> Following {
     let watching = Arc::new(AtomicBool::new(false));
+    let metrics = metrics.clone();
     let task = tokio::spawn(tasks::follow_interfaces(
         interception.clone(),
         filter,
         watching.clone(),
+        Arc::new(move |errortype| count_setup_error(&metrics, errortype)),
     ));
     Following { task, watching }
 }
@@ -595,6 +604,18 @@ fn reload(args: &RunArgs, dns: &Arc<DnsService>) {
             log::info!("configuration reloaded; cache kept");
         }
         // A bad edit must not take DNS down: keep serving with the last good config.
-        Err(err) => log::error!("configuration not reloaded: {err:#}"),
+        Err(err) => {
+            count_setup_error(dns.metrics(), "configmap");
+            log::error!("configuration not reloaded: {err:#}")
+        }
     }
+}
+
+/// node-cache's setup error counter, by what failed.
+fn count_setup_error(metrics: &Metrics, errortype: &'static str) {
+    metrics
+        .coredns
+        .setup_errors
+        .get_or_create(&nldns_dns::metrics::SetupErrorLabels { errortype })
+        .inc();
 }

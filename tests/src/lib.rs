@@ -50,6 +50,7 @@ pub mod netns;
 pub mod node;
 pub mod perf;
 pub mod privilege;
+pub mod prometheus;
 pub mod query_loop;
 pub mod raw_bpf;
 pub mod resolver_load;

@@ -306,6 +306,79 @@ fn cached_answers_spare_the_backend_count_down_and_keep_the_clients_case() {
     }
     assert!(metric(&text, "nldns_cache_misses_total") >= 5, "{text}");
     assert!(metric(&text, "nldns_cache_entries") >= 5, "{text}");
+
+    // The CoreDNS series node-local-dns dashboards read, through a real OpenMetrics
+    // parser: the pods asked the ClusterIP, so that is the server; cluster names are in
+    // the cluster.local. zone.
+    let samples = nldns_tests::prometheus::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+    let coredns = |name: &str, labels: &[(&str, &str)]| {
+        nldns_tests::prometheus::value(&samples, name, labels)
+    };
+    let server = ("server", "dns://10.96.0.10:53");
+    let zone = ("zone", "cluster.local.");
+    assert_eq!(
+        coredns(
+            "coredns_dns_requests_total",
+            &[
+                ("server", "dns://[fd00:10:96::a]:53"),
+                zone,
+                ("proto", "udp"),
+                ("family", "2"),
+                ("type", "AAAA")
+            ]
+        ),
+        Some(2.0),
+        "the AAAA queries went to the IPv6 ClusterIP: {text}"
+    );
+    assert_eq!(
+        coredns(
+            "coredns_dns_requests_total",
+            &[
+                server,
+                zone,
+                ("proto", "tcp"),
+                ("family", "1"),
+                ("type", "A")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        coredns(
+            "coredns_dns_responses_total",
+            &[server, zone, ("rcode", "NXDOMAIN"), ("plugin", "forward")]
+        ),
+        Some(1.0)
+    );
+    let hits: f64 = samples
+        .iter()
+        .filter(|s| s.name == "coredns_cache_hits_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(hits, 4.0, "the same hits as nldns_cache_hits_total");
+    assert!(
+        coredns(
+            "coredns_dns_request_duration_seconds_count",
+            &[server, zone, ("type", "A")]
+        )
+        .is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+    for family in [
+        "coredns_build_info",
+        "coredns_panics_total",
+        "coredns_cache_entries",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "nldns_datapath_queries_redirected_total",
+    ] {
+        assert!(
+            samples.iter().any(|s| s.name == family),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert_eq!(coredns("coredns_panics_total", &[]), Some(0.0));
     stop_agent(agent);
 }
 

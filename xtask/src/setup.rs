@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsperf",
     "iperf3",
     "shellcheck",
+    // A real OpenMetrics parser for the /metrics tests (tests/src/prometheus.rs).
+    "python3-prometheus-client",
 ];
 
 pub fn run() -> Result<()> {

@@ -22,6 +22,10 @@ use super::{
     watcher::{self, LinkEvent},
 };
 
+/// Told of each setup step that failed, by kind ("interface": attaching to a pod
+/// interface); the agent counts them in `coredns_nodecache_setup_errors_total`.
+pub type SetupErrors = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// Attaches the TC programs to every interface `filter` matches, now and as interfaces
 /// appear, and forgets the ones that go. `watching` is true while link events flow (the
 /// agent is not ready without it). One interface failing never stops the others.
@@ -29,6 +33,7 @@ pub async fn follow_interfaces(
     interception: Arc<Mutex<Interception>>,
     filter: InterfaceFilter,
     watching: Arc<AtomicBool>,
+    setup_errors: SetupErrors,
 ) {
     let mut events = match watcher::watch_links().await {
         Ok(events) => events,
@@ -52,7 +57,10 @@ pub async fn follow_interfaces(
             {
                 match attachments.attach(datapath, &name) {
                     Ok(()) => log::info!("attached to {name}"),
-                    Err(err) => log::warn!("not intercepting on {name}: {err:#}"),
+                    Err(err) => {
+                        setup_errors("interface");
+                        log::warn!("not intercepting on {name}: {err:#}")
+                    }
                 }
             }
             LinkEvent::Gone(name) if attachments.is_attached(&name) => {
