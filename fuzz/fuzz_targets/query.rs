@@ -14,7 +14,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use nldns_dns::{DnsService, Handling, Protocol, Scratch};
+use nldns_dns::{DnsService, Handling, Protocol};
 use nldns_fuzz::{check_answer, client_query, service, QueryShape};
 
 /// An upstream's reply to `name A`: `answers` A records, or NXDOMAIN with the zone's SOA.
@@ -53,7 +53,7 @@ static SERVICE: OnceLock<Arc<DnsService>> = OnceLock::new();
 fuzz_target!(|data: &[u8]| {
     let svc = SERVICE.get_or_init(filled_service);
     let mut answer = Vec::new();
-    let mut scratch = Scratch::default();
+    let mut scratch = svc.shared_scratch("fuzz", false);
     for protocol in [Protocol::Udp, Protocol::Tcp] {
         let now = std::time::Instant::now();
         match svc.handle(data, protocol, now, &mut scratch, &mut answer) {

@@ -1,10 +1,13 @@
 //! The nldns DNS engine: a node-local caching forwarder with no knowledge of how
 //! queries reach it (the agent's eBPF datapath, a plain socket, a test).
 //!
-//! - [`DnsService::handle`] is the one entry point for a query: it answers from the
-//!   cache (synchronously, no task), or returns a [`PendingQuery`] whose `resolve`
-//!   goes through the miss path (`miss.rs`: one upstream query per cache key,
-//!   coalescing, the in-flight bounds, serve-stale on failure).
+//! - [`DnsService::handle`] (`handle.rs`) is the one entry point for a query: it answers
+//!   from the cache (synchronously, no task), or returns a [`PendingQuery`] whose
+//!   `resolve` goes through the miss path (`miss.rs`: one upstream query per cache key,
+//!   coalescing, the in-flight bounds of `inflight.rs`, serve-stale on failure).
+//!   `reply.rs` renders what the client gets; `service.rs` holds the service's state
+//!   (configuration, cache, the miss path's table) and its upkeep (reload, health).
+//!   The files depend one way: inflight <- service <- reply <- miss <- handle.
 //! - [`server`] runs UDP (dedicated threads with recvmmsg batches, `udp_loop.rs`) and
 //!   TCP listeners over a service; [`accept`] is the bounded accept loop it shares with
 //!   the agent's HTTP servers.
@@ -43,9 +46,14 @@ pub mod accept;
 pub mod answer;
 pub mod cache;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+mod fuzz;
+mod handle;
+mod inflight;
 pub mod memory;
 pub mod metrics;
 mod miss;
+mod reply;
 pub mod router;
 pub mod server;
 pub mod service;
@@ -59,5 +67,6 @@ mod testing;
 mod tests;
 
 pub use config::DnsConfig;
+pub use handle::Handling;
 pub use miss::PendingQuery;
-pub use service::{DnsService, Handling, Protocol, Scratch, HEARTBEAT_NAME};
+pub use service::{DnsService, Protocol, Scratch, HEARTBEAT_NAME};

@@ -5,9 +5,8 @@
 //! clients), and past them a miss is answered at once (stale if the cache has it,
 //! SERVFAIL otherwise). The outcome is stored in the cache before waiters see it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
@@ -18,51 +17,12 @@ use tokio::sync::watch;
 use crate::answer::{self, TtlPolicy};
 use crate::cache::{AnswerKind, CacheKey, CachedAnswer, KEY_CD, KEY_DO};
 use crate::config::DnsConfig;
+use crate::inflight::{take_slot, Inflight, InflightEntry, Outcome, Slot};
 use crate::metrics::{CacheZoneLabels, Plugin, QueryLabels, StatsWriter};
-#[cfg(feature = "fuzzing")]
-use crate::service::{cache_key, Handling};
-use crate::service::{DnsService, Protocol, Tally};
-#[cfg(feature = "fuzzing")]
-use crate::upstream;
+use crate::reply::{Asked, Tally};
+use crate::service::{DnsService, Protocol};
 use crate::upstream::{ExchangeOptions, UpstreamError, UpstreamQuery};
-#[cfg(feature = "fuzzing")]
-use crate::wire;
 use crate::wire::{QueryInfo, TtlPatch};
-
-/// The miss path's state, owned by the service.
-#[derive(Default)]
-pub(crate) struct Misses {
-    inflight: Mutex<HashMap<CacheKey, Inflight>>,
-    upstream_in_flight: AtomicUsize,
-    waiting_queries: AtomicUsize,
-}
-
-/// The outcome of one upstream resolution, shared with every coalesced waiter.
-#[derive(Clone)]
-enum Outcome {
-    Answer(Arc<CachedAnswer>),
-    /// No usable answer; waiters serve stale if the cache still has it.
-    Failed,
-}
-
-type Inflight = watch::Receiver<Option<Outcome>>;
-
-/// Decrements a counter when dropped (in-flight and waiting bounds).
-struct Slot<'a>(&'a AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn take_slot(counter: &AtomicUsize, limit: usize) -> Option<Slot<'_>> {
-    if counter.fetch_add(1, Ordering::AcqRel) >= limit {
-        counter.fetch_sub(1, Ordering::AcqRel);
-        return None;
-    }
-    Some(Slot(counter))
-}
 
 impl DnsService {
     /// A miss that will wait for upstream, holding one of the `max_waiting_queries`
@@ -73,10 +33,7 @@ impl DnsService {
         info: QueryInfo,
         key: CacheKey,
         stale: Option<Arc<CachedAnswer>>,
-        protocol: Protocol,
-        stats: StatsWriter,
-        labels: QueryLabels,
-        received: Instant,
+        counting: Counting,
     ) -> Result<PendingQuery, (QueryInfo, Option<Arc<CachedAnswer>>)> {
         let max_waiting = self.settings().config.max_waiting_queries;
         let Some(slot) = take_slot(&self.misses.waiting_queries, max_waiting) else {
@@ -90,10 +47,7 @@ impl DnsService {
             info,
             key,
             stale,
-            protocol,
-            stats,
-            labels,
-            received,
+            counting,
         })
     }
 
@@ -179,7 +133,7 @@ impl DnsService {
 
     /// What the miss path does with an upstream's reply (or failure): classify it,
     /// store it, note failures for serve-stale, and say what waiters get.
-    fn store_outcome(
+    pub(crate) fn store_outcome(
         &self,
         key: &CacheKey,
         question: &UpstreamQuery,
@@ -234,73 +188,6 @@ impl DnsService {
         outcome
     }
 
-    /// For the fuzz targets only (feature `fuzzing`): the miss path's handling of an upstream reply, with no
-    /// network. `query` is a client's query and `reply` what an upstream sent back for
-    /// it (its own ID is taken as ours). Decodes and matches the reply as the exchange
-    /// does, stores it as `resolve_upstream` does, renders the client's answer as a
-    /// waiter would, then answers the same query again through [`Self::handle`] (a
-    /// cache hit when the reply was cached). Returns those answers; empty when the query
-    /// is unreadable or the reply would have been ignored.
-    #[cfg(feature = "fuzzing")]
-    pub fn fuzz_upstream_reply(self: &Arc<Self>, query: &[u8], reply: &[u8]) -> Vec<Vec<u8>> {
-        let mut name = Vec::with_capacity(64);
-        let Ok(info) = wire::parse_query(query, &mut name) else {
-            return Vec::new();
-        };
-        let key = cache_key(&name, &info);
-        let Some(question) = upstream_question(&key) else {
-            return Vec::new();
-        };
-        let id = reply
-            .first_chunk::<2>()
-            .map_or(0, |id| u16::from_be_bytes(*id));
-        let Some(decoded) = upstream::decode_reply(reply, id, &question) else {
-            return Vec::new();
-        };
-        let settings = self.settings();
-        let config = &settings.config;
-        let route = settings.router.route(&key.name);
-        let policy = TtlPolicy::new(
-            config.min_ttl,
-            route.max_ttl,
-            config.negative_max_ttl,
-            config.servfail_ttl,
-        );
-        let mut scratch = self.shared_scratch("fuzz", false);
-        let stats = self.metrics.shared_stats("fuzz");
-        let tally = Tally {
-            stats: &stats,
-            labels: QueryLabels::default(),
-        };
-        let outcome = self.store_outcome(&key, &question, Ok(decoded), &policy, route.label);
-        let waiter = match outcome {
-            Outcome::Answer(answer) => {
-                let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                self.render_vec(
-                    query,
-                    &info,
-                    &answer,
-                    ttls,
-                    Protocol::Udp,
-                    &tally,
-                    Plugin::Forward,
-                )
-            }
-            Outcome::Failed => {
-                let stale = self.lock_cache().peek_servable(&key, Instant::now());
-                self.fail_vec(query, &info, stale.as_deref(), Protocol::Udp, &tally)
-            }
-        };
-        let mut answers = vec![waiter];
-        let mut hit = Vec::new();
-        if let Handling::Reply =
-            self.handle(query, Protocol::Udp, Instant::now(), &mut scratch, &mut hit)
-        {
-            answers.push(hit);
-        }
-        answers
-    }
-
     /// How long a waiter may wait for an upstream outcome at most: the exchange is
     /// bounded by its own timeouts; this is only a safety net.
     fn wait_bound(config: &DnsConfig) -> Duration {
@@ -313,24 +200,8 @@ impl DnsService {
     }
 }
 
-/// Removes a key from the in-flight map when dropped, after the outcome was sent:
-/// a query joining in between finds the outcome already in the channel.
-struct InflightEntry<'a> {
-    map: &'a Mutex<HashMap<CacheKey, Inflight>>,
-    key: &'a CacheKey,
-}
-
-impl Drop for InflightEntry<'_> {
-    fn drop(&mut self) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.key);
-    }
-}
-
 /// The question sent upstream for a cache key (lowercased name).
-fn upstream_question(key: &CacheKey) -> Option<UpstreamQuery> {
+pub(crate) fn upstream_question(key: &CacheKey) -> Option<UpstreamQuery> {
     let name = Name::from_bytes(&key.name).ok()?;
     Some(UpstreamQuery {
         name,
@@ -348,12 +219,17 @@ pub struct PendingQuery {
     info: QueryInfo,
     key: CacheKey,
     stale: Option<Arc<CachedAnswer>>,
-    protocol: Protocol,
-    /// Where its answer is counted (the server's shared shard), by what labels, and
-    /// since when (the receive time, for the request duration).
-    stats: StatsWriter,
-    labels: QueryLabels,
-    received: Instant,
+    counting: Counting,
+}
+
+/// How a pending query's answer travels and is counted: the server's shared shard (the
+/// answer is rendered on a runtime task, not on the serving thread that took it), its
+/// labels, its transport, and the receive time (for the request duration).
+pub(crate) struct Counting {
+    pub stats: StatsWriter,
+    pub labels: QueryLabels,
+    pub protocol: Protocol,
+    pub received: Instant,
 }
 
 impl Drop for PendingQuery {
@@ -370,7 +246,10 @@ impl PendingQuery {
     /// caller sends it at once (its receive-to-send time is counted here).
     pub async fn resolve(self) -> Vec<u8> {
         let answer = self.outcome().await;
-        self.stats.duration(self.labels, self.received.elapsed());
+        let counting = &self.counting;
+        counting
+            .stats
+            .duration(counting.labels, counting.received.elapsed());
         answer
     }
 
@@ -378,17 +257,16 @@ impl PendingQuery {
         let svc = &self.svc;
         let settings = svc.settings();
         let tally = Tally {
-            stats: &self.stats,
-            labels: self.labels,
+            stats: &self.counting.stats,
+            labels: self.counting.labels,
+            protocol: self.counting.protocol,
+        };
+        let asked = Asked {
+            query: &self.query,
+            info: &self.info,
         };
         let Some(mut rx) = svc.join_or_start(&self.key) else {
-            return svc.fail_vec(
-                &self.query,
-                &self.info,
-                self.stale.as_deref(),
-                self.protocol,
-                &tally,
-            );
+            return svc.fail_vec(asked, self.stale.as_deref(), &tally);
         };
         // With a stale answer at hand, the client waits only `stale_client_timeout`
         // (the upstream query goes on and refreshes the cache).
@@ -403,29 +281,26 @@ impl PendingQuery {
         match outcome {
             Outcome::Answer(answer) => {
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(Instant::now()));
-                svc.render_vec(
-                    &self.query,
-                    &self.info,
-                    &answer,
-                    ttls,
-                    self.protocol,
-                    &tally,
-                    Plugin::Forward,
-                )
+                svc.render_vec(asked, &answer, ttls, &tally, Plugin::Forward)
             }
             Outcome::Failed => {
                 let stale = self
                     .stale
                     .clone()
                     .or_else(|| svc.lock_cache().peek_servable(&self.key, Instant::now()));
-                svc.fail_vec(
-                    &self.query,
-                    &self.info,
-                    stale.as_deref(),
-                    self.protocol,
-                    &tally,
-                )
+                svc.fail_vec(asked, stale.as_deref(), &tally)
             }
         }
+    }
+}
+
+/// What identifies the answer to a parsed query (`name`: its lowercased wire name).
+pub(crate) fn cache_key(name: &[u8], info: &QueryInfo) -> CacheKey {
+    CacheKey {
+        name: name.into(),
+        qtype: info.qtype,
+        qclass: info.qclass,
+        flags: if info.dnssec_ok() { KEY_DO } else { 0 }
+            | if info.checking_disabled() { KEY_CD } else { 0 },
     }
 }

@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::service::{DnsService, Handling, Protocol};
+use super::handle::Handling;
+use super::service::{DnsService, Protocol};
 use super::udp_loop;
 
 /// After shutdown fires, queries in flight get this long to be answered.

@@ -8,18 +8,16 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 
-use crate::cache::{AnswerKind, Cache, CacheKey, CachedAnswer, Lookup, KEY_CD, KEY_DO};
+use crate::cache::Cache;
 use crate::config::DnsConfig;
-use crate::metrics::shard::{type_index, ZONE_DROPPED};
-use crate::metrics::{CacheTypeLabels, Metrics, Plugin, QueryLabels, StatsWriter};
-use crate::miss::{Misses, PendingQuery};
+use crate::inflight::Misses;
+use crate::metrics::shard::type_index;
+use crate::metrics::{CacheTypeLabels, Metrics, QueryLabels, StatsWriter};
 use crate::router::Router;
 use crate::upstream::{ExchangeOptions, Exchanger, UpstreamQuery};
-use crate::wire::{self, QueryError, QueryInfo, TtlPatch};
 
 /// Name the agent queries through its own intercept path to prove it is alive.
 pub const HEARTBEAT_NAME: &str = "nldns-heartbeat.invalid.";
-const HEARTBEAT_WIRE: &[u8] = b"\x0fnldns-heartbeat\x07invalid\x00";
 
 /// Transport a query came in on: decides the size limit and the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,29 +35,19 @@ impl Protocol {
     }
 }
 
-/// What [`DnsService::handle`] did with a query; a reply is in the caller's buffer.
-pub enum Handling {
-    /// The answer was written to `out`: send it.
-    Reply,
-    /// Unreadable or not a query: say nothing.
-    Drop,
-    /// Needs upstream: await [`PendingQuery::resolve`] (in a task) for the answer.
-    Resolve(PendingQuery),
-}
-
 /// What a serving loop keeps across queries: buffers, so a hit allocates nothing, and
 /// its writer of the per-query metrics. Made by [`DnsService::scratch`] (one serving
 /// thread's own) or [`DnsService::shared_scratch`] (any thread).
 pub struct Scratch {
     /// The lowercased question name of the query being handled.
-    name: Vec<u8>,
-    stats: StatsWriter,
+    pub(crate) name: Vec<u8>,
+    pub(crate) stats: StatsWriter,
     /// For the misses this loop hands to tasks.
-    shared: StatsWriter,
+    pub(crate) shared: StatsWriter,
     /// CoreDNS's `family` label of this loop's socket (0: IPv4, 1: IPv6).
-    family: u8,
+    pub(crate) family: u8,
     /// Answers given since the last [`Scratch::sent`], waiting for their send time.
-    answered: Vec<QueryLabels>,
+    pub(crate) answered: Vec<QueryLabels>,
 }
 
 impl Scratch {
@@ -74,12 +62,6 @@ impl Scratch {
             self.stats.duration(labels, took);
         }
     }
-}
-
-/// Where the answer to one query is counted.
-pub(crate) struct Tally<'a> {
-    pub stats: &'a StatsWriter,
-    pub labels: QueryLabels,
 }
 
 /// Routing and limits of the current configuration, swapped whole on reload.
@@ -255,285 +237,6 @@ impl DnsService {
             self.metrics.cache_evictions.inc_by(evicted);
         }
     }
-
-    /// Handles `query` and, on a miss, waits for the upstream outcome: [`Self::handle`]
-    /// for callers that keep no buffers (tests, tools). `None`: send nothing.
-    pub async fn answer(self: &Arc<Self>, query: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        let now = Instant::now();
-        let mut scratch = self.shared_scratch("dns://:53", false);
-        match self.handle(query, protocol, now, &mut scratch, &mut out) {
-            Handling::Reply => {
-                scratch.sent(now);
-                Some(out)
-            }
-            Handling::Drop => None,
-            Handling::Resolve(pending) => Some(pending.resolve().await),
-        }
-    }
-
-    /// The one entry point for a client's query: parse, heartbeat, cache hit, or the
-    /// start of a miss. Never blocks on I/O. The answer goes to `out` (cleared first);
-    /// `now` is the caller's clock (a serving loop reads it once per batch of
-    /// datagrams, precise enough for whole-second TTLs); `scratch` is reused across
-    /// queries so a hit allocates nothing.
-    pub fn handle(
-        self: &Arc<Self>,
-        query: &[u8],
-        protocol: Protocol,
-        now: Instant,
-        scratch: &mut Scratch,
-        out: &mut Vec<u8>,
-    ) -> Handling {
-        out.clear();
-        let proto = protocol as u8;
-        let info = match wire::parse_query(query, &mut scratch.name) {
-            Ok(info) => info,
-            Err(QueryError::Drop) => return Handling::Drop,
-            Err(e) => {
-                let rcode = match e {
-                    QueryError::NotImp => u16::from(wire::RCODE_NOTIMP),
-                    QueryError::BadVers => wire::RCODE_BADVERS,
-                    _ => u16::from(wire::RCODE_FORMERR),
-                };
-                *out = wire::synthesize(query, None, rcode, 0);
-                let labels = scratch.labels(ZONE_DROPPED, proto, 0);
-                scratch.stats.query(labels, query.len(), false);
-                let tally = Tally {
-                    stats: &scratch.stats,
-                    labels,
-                };
-                self.count_answer(0, out, protocol, &tally, Plugin::Server);
-                scratch.answered.push(labels);
-                return Handling::Reply;
-            }
-        };
-        let name = scratch.name.as_slice();
-        if name == HEARTBEAT_WIRE {
-            // Liveness probe: answered locally, not cached, not counted.
-            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NXDOMAIN), 0);
-            return Handling::Reply;
-        }
-        if matches!(info.qtype, 251 | 252) {
-            // IXFR/AXFR make no sense through a cache.
-            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
-            let zone = self.settings().router.route(name).label;
-            let labels = scratch.labels(zone, proto, info.qtype);
-            scratch.stats.query(labels, query.len(), info.dnssec_ok());
-            let tally = Tally {
-                stats: &scratch.stats,
-                labels,
-            };
-            self.count_answer(info.qtype, out, protocol, &tally, Plugin::Server);
-            scratch.answered.push(labels);
-            return Handling::Reply;
-        }
-        let key = cache_key(name, &info);
-        let lookup = self.lock_cache().lookup(&key, now);
-        let stale = match lookup {
-            Lookup::Fresh {
-                answer,
-                prefetch,
-                zone,
-            } => {
-                self.metrics.cache_hits.inc();
-                let labels = scratch.labels(zone, proto, info.qtype);
-                let stats = &scratch.stats;
-                stats.query(labels, query.len(), info.dnssec_ok());
-                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
-                if prefetch {
-                    self.prefetch(key, zone);
-                }
-                let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
-                let tally = Tally { stats, labels };
-                self.render(out, query, &info, &answer, ttls, protocol, &tally);
-                scratch.answered.push(labels);
-                return Handling::Reply;
-            }
-            Lookup::Stale {
-                answer,
-                ask_upstream: false,
-                zone,
-            } => {
-                let labels = scratch.labels(zone, proto, info.qtype);
-                let stats = &scratch.stats;
-                stats.query(labels, query.len(), info.dnssec_ok());
-                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
-                let tally = Tally { stats, labels };
-                self.render_stale(out, query, &info, &answer, protocol, &tally);
-                scratch.answered.push(labels);
-                return Handling::Reply;
-            }
-            Lookup::Stale {
-                answer,
-                ask_upstream: true,
-                ..
-            } => Some(answer),
-            Lookup::Miss => {
-                self.update_cache_gauges(); // the lookup may have dropped a dead entry
-                None
-            }
-        };
-        self.metrics.cache_misses.inc();
-        let zone = self.settings().router.route(name).label;
-        let labels = scratch.labels(zone, proto, info.qtype);
-        scratch.stats.query(labels, query.len(), info.dnssec_ok());
-        scratch.stats.cache_lookup(zone, None);
-        let stats = scratch.shared.fork();
-        match self.start_miss(query, info, key, stale, protocol, stats, labels, now) {
-            Ok(pending) => Handling::Resolve(pending),
-            Err((info, stale)) => {
-                self.metrics.upstream_overload.inc();
-                self.metrics.coredns.max_concurrent_rejects.inc();
-                let tally = Tally {
-                    stats: &scratch.stats,
-                    labels,
-                };
-                self.fail(out, query, &info, stale.as_deref(), protocol, &tally);
-                scratch.answered.push(labels);
-                Handling::Reply
-            }
-        }
-    }
-
-    /// Counts an answer about to be sent: nldns's request counter and CoreDNS's
-    /// responses and response size.
-    pub(crate) fn count_answer(
-        &self,
-        qtype: u16,
-        out: &[u8],
-        protocol: Protocol,
-        tally: &Tally,
-        plugin: Plugin,
-    ) {
-        let rcode = wire::rcode(out);
-        self.metrics.count_request(qtype, rcode, protocol.label());
-        tally.stats.answer(tally.labels, rcode, plugin, out.len());
-    }
-
-    /// The stored answer made into the client's answer, TC=1 if it does not fit.
-    pub(crate) fn render(
-        &self,
-        out: &mut Vec<u8>,
-        query: &[u8],
-        info: &QueryInfo,
-        answer: &CachedAnswer,
-        ttls: TtlPatch,
-        protocol: Protocol,
-        tally: &Tally,
-    ) {
-        self.render_by(
-            out,
-            query,
-            info,
-            answer,
-            ttls,
-            protocol,
-            tally,
-            Plugin::Cache,
-        )
-    }
-
-    /// [`Self::render`], counted as written by `plugin`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn render_by(
-        &self,
-        out: &mut Vec<u8>,
-        query: &[u8],
-        info: &QueryInfo,
-        answer: &CachedAnswer,
-        ttls: TtlPatch,
-        protocol: Protocol,
-        tally: &Tally,
-        plugin: Plugin,
-    ) {
-        wire::render_answer(out, answer.wire(), answer.ttl_offsets(), query, info, ttls);
-        let limit = match protocol {
-            Protocol::Udp => info.udp_limit(),
-            Protocol::Tcp => usize::from(u16::MAX),
-        };
-        if out.len() > limit {
-            *out = wire::synthesize(
-                query,
-                Some(info),
-                u16::from(wire::rcode(out)),
-                wire::FLAG_TC,
-            );
-        }
-        self.count_answer(info.qtype, out, protocol, tally, plugin);
-    }
-
-    pub(crate) fn render_stale(
-        &self,
-        out: &mut Vec<u8>,
-        query: &[u8],
-        info: &QueryInfo,
-        answer: &CachedAnswer,
-        protocol: Protocol,
-        tally: &Tally,
-    ) {
-        self.metrics.stale_answers.inc();
-        tally.stats.served_stale(tally.labels.zone);
-        let ttl = self.settings().config.stale_answer_ttl;
-        self.render(
-            out,
-            query,
-            info,
-            answer,
-            TtlPatch::Fixed(ttl),
-            protocol,
-            tally,
-        )
-    }
-
-    /// Stale if we have it, SERVFAIL otherwise.
-    pub(crate) fn fail(
-        &self,
-        out: &mut Vec<u8>,
-        query: &[u8],
-        info: &QueryInfo,
-        stale: Option<&CachedAnswer>,
-        protocol: Protocol,
-        tally: &Tally,
-    ) {
-        match stale {
-            Some(answer) => self.render_stale(out, query, info, answer, protocol, tally),
-            None => {
-                *out = wire::synthesize(query, Some(info), u16::from(wire::RCODE_SERVFAIL), 0);
-                self.count_answer(info.qtype, out, protocol, tally, Plugin::Forward);
-            }
-        }
-    }
-
-    /// [`Self::fail`] into a new buffer.
-    pub(crate) fn fail_vec(
-        &self,
-        query: &[u8],
-        info: &QueryInfo,
-        stale: Option<&CachedAnswer>,
-        protocol: Protocol,
-        tally: &Tally,
-    ) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.fail(&mut out, query, info, stale, protocol, tally);
-        out
-    }
-
-    /// [`Self::render`] into a new buffer.
-    pub(crate) fn render_vec(
-        &self,
-        query: &[u8],
-        info: &QueryInfo,
-        answer: &CachedAnswer,
-        ttls: TtlPatch,
-        protocol: Protocol,
-        tally: &Tally,
-        plugin: Plugin,
-    ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(answer.wire().len() + 11);
-        self.render_by(&mut out, query, info, answer, ttls, protocol, tally, plugin);
-        out
-    }
 }
 
 /// Service-wide cache series: one cache for every server and zone.
@@ -546,23 +249,12 @@ fn cache_type_labels(ty: &'static str) -> CacheTypeLabels {
 }
 
 impl Scratch {
-    fn labels(&self, zone: u8, proto: u8, qtype: u16) -> QueryLabels {
+    pub(crate) fn labels(&self, zone: u8, proto: u8, qtype: u16) -> QueryLabels {
         QueryLabels {
             zone,
             proto,
             family: self.family,
             qtype: type_index(qtype),
         }
-    }
-}
-
-/// What identifies the answer to a parsed query (`name`: its lowercased wire name).
-pub(crate) fn cache_key(name: &[u8], info: &QueryInfo) -> CacheKey {
-    CacheKey {
-        name: name.into(),
-        qtype: info.qtype,
-        qclass: info.qclass,
-        flags: if info.dnssec_ok() { KEY_DO } else { 0 }
-            | if info.checking_disabled() { KEY_CD } else { 0 },
     }
 }

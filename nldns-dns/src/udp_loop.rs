@@ -25,7 +25,8 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use super::service::{DnsService, Handling, Protocol};
+use super::handle::Handling;
+use super::service::{DnsService, Protocol};
 
 /// Datagrams taken per recvmmsg call at most.
 pub const BATCH: usize = 32;

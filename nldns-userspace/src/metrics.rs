@@ -126,7 +126,7 @@ fn descriptors() -> Option<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return None;
     }
-    Some((open, limit.rlim_cur as u64))
+    Some((open, limit.rlim_cur))
 }
 
 impl Collector for ProcessCollector {

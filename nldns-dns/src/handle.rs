@@ -1,0 +1,187 @@
+//! The one entry point for a client's query, [`DnsService::handle`]: parse, heartbeat,
+//! cache hit, or the start of a miss (`miss.rs`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cache::{AnswerKind, Lookup};
+use crate::metrics::shard::ZONE_DROPPED;
+use crate::metrics::Plugin;
+use crate::miss::{cache_key, Counting, PendingQuery};
+use crate::reply::{Asked, Tally};
+use crate::service::{DnsService, Protocol, Scratch};
+use crate::wire::{self, QueryError, TtlPatch};
+
+/// The heartbeat name in wire form: answered locally, never cached or counted.
+const HEARTBEAT_WIRE: &[u8] = b"\x0fnldns-heartbeat\x07invalid\x00";
+
+/// What [`DnsService::handle`] did with a query; a reply is in the caller's buffer.
+pub enum Handling {
+    /// The answer was written to `out`: send it.
+    Reply,
+    /// Unreadable or not a query: say nothing.
+    Drop,
+    /// Needs upstream: await [`PendingQuery::resolve`] (in a task) for the answer.
+    Resolve(PendingQuery),
+}
+
+impl DnsService {
+    /// Handles `query` and, on a miss, waits for the upstream outcome: [`Self::handle`]
+    /// for callers that keep no buffers (tests, tools). `None`: send nothing.
+    pub async fn answer(self: &Arc<Self>, query: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let mut scratch = self.shared_scratch("dns://:53", false);
+        match self.handle(query, protocol, now, &mut scratch, &mut out) {
+            Handling::Reply => {
+                scratch.sent(now);
+                Some(out)
+            }
+            Handling::Drop => None,
+            Handling::Resolve(pending) => Some(pending.resolve().await),
+        }
+    }
+
+    /// The one entry point for a client's query: parse, heartbeat, cache hit, or the
+    /// start of a miss. Never blocks on I/O. The answer goes to `out` (cleared first);
+    /// `now` is the caller's clock (a serving loop reads it once per batch of
+    /// datagrams, precise enough for whole-second TTLs); `scratch` is reused across
+    /// queries so a hit allocates nothing.
+    pub fn handle(
+        self: &Arc<Self>,
+        query: &[u8],
+        protocol: Protocol,
+        now: Instant,
+        scratch: &mut Scratch,
+        out: &mut Vec<u8>,
+    ) -> Handling {
+        out.clear();
+        let proto = protocol as u8;
+        let info = match wire::parse_query(query, &mut scratch.name) {
+            Ok(info) => info,
+            Err(QueryError::Drop) => return Handling::Drop,
+            Err(e) => {
+                let rcode = match e {
+                    QueryError::NotImp => u16::from(wire::RCODE_NOTIMP),
+                    QueryError::BadVers => wire::RCODE_BADVERS,
+                    _ => u16::from(wire::RCODE_FORMERR),
+                };
+                *out = wire::synthesize(query, None, rcode, 0);
+                let labels = scratch.labels(ZONE_DROPPED, proto, 0);
+                scratch.stats.query(labels, query.len(), false);
+                let tally = Tally {
+                    stats: &scratch.stats,
+                    labels,
+                    protocol,
+                };
+                self.count_answer(0, out, &tally, Plugin::Server);
+                scratch.answered.push(labels);
+                return Handling::Reply;
+            }
+        };
+        let name = scratch.name.as_slice();
+        if name == HEARTBEAT_WIRE {
+            // Liveness probe: answered locally, not cached, not counted.
+            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NXDOMAIN), 0);
+            return Handling::Reply;
+        }
+        if matches!(info.qtype, 251 | 252) {
+            // IXFR/AXFR make no sense through a cache.
+            *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
+            let zone = self.settings().router.route(name).label;
+            let labels = scratch.labels(zone, proto, info.qtype);
+            scratch.stats.query(labels, query.len(), info.dnssec_ok());
+            let tally = Tally {
+                stats: &scratch.stats,
+                labels,
+                protocol,
+            };
+            self.count_answer(info.qtype, out, &tally, Plugin::Server);
+            scratch.answered.push(labels);
+            return Handling::Reply;
+        }
+        let key = cache_key(name, &info);
+        let lookup = self.lock_cache().lookup(&key, now);
+        let stale = match lookup {
+            Lookup::Fresh {
+                answer,
+                prefetch,
+                zone,
+            } => {
+                self.metrics.cache_hits.inc();
+                let labels = scratch.labels(zone, proto, info.qtype);
+                let stats = &scratch.stats;
+                stats.query(labels, query.len(), info.dnssec_ok());
+                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
+                if prefetch {
+                    self.prefetch(key, zone);
+                }
+                let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
+                let tally = Tally {
+                    stats,
+                    labels,
+                    protocol,
+                };
+                let asked = Asked { query, info: &info };
+                self.render(out, asked, &answer, ttls, &tally, Plugin::Cache);
+                scratch.answered.push(labels);
+                return Handling::Reply;
+            }
+            Lookup::Stale {
+                answer,
+                ask_upstream: false,
+                zone,
+            } => {
+                let labels = scratch.labels(zone, proto, info.qtype);
+                let stats = &scratch.stats;
+                stats.query(labels, query.len(), info.dnssec_ok());
+                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
+                let tally = Tally {
+                    stats,
+                    labels,
+                    protocol,
+                };
+                let asked = Asked { query, info: &info };
+                self.render_stale(out, asked, &answer, &tally);
+                scratch.answered.push(labels);
+                return Handling::Reply;
+            }
+            Lookup::Stale {
+                answer,
+                ask_upstream: true,
+                ..
+            } => Some(answer),
+            Lookup::Miss => {
+                self.update_cache_gauges(); // the lookup may have dropped a dead entry
+                None
+            }
+        };
+        self.metrics.cache_misses.inc();
+        let zone = self.settings().router.route(name).label;
+        let labels = scratch.labels(zone, proto, info.qtype);
+        scratch.stats.query(labels, query.len(), info.dnssec_ok());
+        scratch.stats.cache_lookup(zone, None);
+        let counting = Counting {
+            stats: scratch.shared.fork(),
+            labels,
+            protocol,
+            received: now,
+        };
+        match self.start_miss(query, info, key, stale, counting) {
+            Ok(pending) => Handling::Resolve(pending),
+            Err((info, stale)) => {
+                self.metrics.upstream_overload.inc();
+                self.metrics.coredns.max_concurrent_rejects.inc();
+                let tally = Tally {
+                    stats: &scratch.stats,
+                    labels,
+                    protocol,
+                };
+                let asked = Asked { query, info: &info };
+                self.fail(out, asked, stale.as_deref(), &tally);
+                scratch.answered.push(labels);
+                Handling::Reply
+            }
+        }
+    }
+}
