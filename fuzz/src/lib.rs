@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
+use nldns_dns::metrics::Metrics;
 use nldns_dns::wire::{self, HEADER_LEN};
 use nldns_dns::{DnsConfig, DnsService};
-use nldns_dns::metrics::Metrics;
 
 /// A service with the agent's defaults, except: no prefetch (it spawns a tokio task, and
 /// the fuzz targets run no runtime; the cache-hit path never awaits), and lifetimes long
