@@ -27,7 +27,7 @@ impl DnsService {
         let Ok(info) = wire::parse_query(query, &mut name) else {
             return Vec::new();
         };
-        let key = cache_key(&name, &info);
+        let key = cache_key(&name, &info).to_owned_key();
         let Some(question) = upstream_question(&key) else {
             return Vec::new();
         };

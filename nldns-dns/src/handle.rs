@@ -101,7 +101,7 @@ impl DnsService {
             return Handling::Reply;
         }
         let key = cache_key(name, &info);
-        let lookup = self.lock_cache().lookup(&key, now);
+        let lookup = self.lock_cache().lookup_ref(key, now);
         let stale = match lookup {
             Lookup::Fresh {
                 answer,
@@ -114,7 +114,7 @@ impl DnsService {
                 stats.query(labels, query.len(), info.dnssec_ok());
                 stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
                 if prefetch {
-                    self.prefetch(key, zone);
+                    self.prefetch(key.to_owned_key(), zone);
                 }
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
                 let tally = Tally {
@@ -167,7 +167,7 @@ impl DnsService {
             protocol,
             received: now,
         };
-        match self.start_miss(query, info, key, stale, counting) {
+        match self.start_miss(query, info, key.to_owned_key(), stale, counting) {
             Ok(pending) => Handling::Resolve(pending),
             Err((info, stale)) => {
                 self.metrics.upstream_overload.inc();

@@ -15,7 +15,7 @@ use hickory_proto::serialize::binary::BinDecodable;
 use tokio::sync::watch;
 
 use crate::answer::{self, TtlPolicy};
-use crate::cache::{AnswerKind, CacheKey, CachedAnswer, KEY_CD, KEY_DO};
+use crate::cache::{AnswerKind, CacheKey, CachedAnswer, KeyRef, KEY_CD, KEY_DO};
 use crate::config::DnsConfig;
 use crate::inflight::{take_slot, Inflight, InflightEntry, Outcome, Slot};
 use crate::metrics::{CacheZoneLabels, Plugin, QueryLabels, StatsWriter};
@@ -295,9 +295,9 @@ impl PendingQuery {
 }
 
 /// What identifies the answer to a parsed query (`name`: its lowercased wire name).
-pub(crate) fn cache_key(name: &[u8], info: &QueryInfo) -> CacheKey {
-    CacheKey {
-        name: name.into(),
+pub(crate) fn cache_key<'a>(name: &'a [u8], info: &QueryInfo) -> KeyRef<'a> {
+    KeyRef {
+        name,
         qtype: info.qtype,
         qclass: info.qclass,
         flags: if info.dnssec_ok() { KEY_DO } else { 0 }
