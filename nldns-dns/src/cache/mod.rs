@@ -366,7 +366,7 @@ impl Cache {
     }
 
     fn find(&self, key: KeyRef) -> Option<u32> {
-        let hash = self.hash_key(&key.name, key.qtype, key.qclass, key.flags);
+        let hash = self.hash_key(key.name, key.qtype, key.qclass, key.flags);
         self.index
             .find(hash, |&i| self.slots.get(i).is_some_and(|s| s.matches(key)))
             .copied()
