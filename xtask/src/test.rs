@@ -51,6 +51,8 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
         "-p",
         "nldns-dns",
         "-p",
+        "nldns-sys",
+        "-p",
         "nldns-userspace",
         "-p",
         "xtask",
