@@ -36,6 +36,14 @@ fn main() -> Result<()> {
     {
         return probe::check(probe_socket, *kind, Duration::from_millis(*timeout_ms));
     }
+    if let Command::ImportCorefile {
+        file,
+        lenient,
+        cluster_domain,
+    } = &cli.command
+    {
+        return import_corefile(file, *lenient, cluster_domain);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,9 +55,41 @@ fn main() -> Result<()> {
             Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
-            Command::Probe { .. } => unreachable!("handled before the runtime starts"),
+            Command::Probe { .. } | Command::ImportCorefile { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
+}
+
+/// `nldns import-corefile`: the config file on stdout once it is known to load; notes,
+/// and what cannot be honoured, on stderr.
+fn import_corefile(path: &std::path::Path, lenient: bool, cluster_domain: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let import = nldns::config::corefile::import(&text, cluster_domain)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    for note in &import.notes {
+        eprintln!("note: {note}");
+    }
+    let label = if lenient { "warning" } else { "error" };
+    for issue in &import.issues {
+        let dropped = if lenient { " (dropped: --lenient)" } else { "" };
+        eprintln!("{label}: {}:{issue}{dropped}", path.display());
+    }
+    if !import.issues.is_empty() && !lenient {
+        anyhow::bail!(
+            "{}: {} setting(s) nldns cannot honour (listed above); fix them, or pass --lenient \
+             to drop them",
+            path.display(),
+            import.issues.len()
+        );
+    }
+    let json = serde_json::to_string_pretty(&import.config).context("writing the config")?;
+    // What is printed must load as --config.
+    nldns::config::ConfigFile::from_json(&json).context("the translated config does not load")?;
+    println!("{json}");
+    Ok(())
 }
 
 /// One log record as one line of JSON: `time` (RFC 3339, UTC), `level`, `target`,
