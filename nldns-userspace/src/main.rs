@@ -75,7 +75,12 @@ fn import_corefile(path: &std::path::Path, lenient: bool, cluster_domain: &str) 
     let label = if lenient { "warning" } else { "error" };
     for issue in &import.issues {
         let dropped = if lenient { " (dropped: --lenient)" } else { "" };
-        eprintln!("{label}: {}:{issue}{dropped}", path.display());
+        eprintln!(
+            "{label}: {}:{}: {}{dropped}",
+            path.display(),
+            issue.line,
+            issue.message
+        );
     }
     if !import.issues.is_empty() && !lenient {
         anyhow::bail!(
@@ -162,6 +167,29 @@ mod tests {
                 "fields": {"port": 53, "upstream": "10.96.0.11:53", "stale": true},
             })
         );
+    }
+
+    #[test]
+    fn import_corefile_fails_on_what_it_cannot_honour_unless_lenient() {
+        let dir = std::env::temp_dir().join(format!("nldns-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("Corefile");
+        std::fs::write(&file, ".:53 {\n forward . 8.8.8.8\n log\n}\n").unwrap();
+        let strict = import_corefile(&file, false, "cluster.local");
+        let lenient = import_corefile(&file, true, "cluster.local");
+        std::fs::write(&file, ".:53 {\n forward . 8.8.8.8\n").unwrap();
+        let broken = import_corefile(&file, true, "cluster.local");
+        let missing = import_corefile(&dir.join("nope"), true, "cluster.local");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = format!("{:#}", strict.unwrap_err());
+        assert!(
+            err.contains("1 setting(s)") && err.contains("--lenient"),
+            "{err}"
+        );
+        lenient.unwrap();
+        let err = format!("{:#}", broken.unwrap_err());
+        assert!(err.contains("parsing") && err.contains("line 1"), "{err}");
+        assert!(format!("{:#}", missing.unwrap_err()).contains("reading"));
     }
 
     #[test]

@@ -707,7 +707,13 @@ impl Translator {
 
     /// The zone's traffic: the cluster zones to --upstream, `.` to the default upstreams,
     /// other zones to stubDomains.
-    fn route(&mut self, zone: &str, kind: ZoneKind, forward: Option<&(Target, usize)>, line: usize) {
+    fn route(
+        &mut self,
+        zone: &str,
+        kind: ZoneKind,
+        forward: Option<&(Target, usize)>,
+        line: usize,
+    ) {
         let Some((target, fline)) = forward else {
             self.issue(
                 line,
@@ -911,7 +917,10 @@ impl Translator {
                         if let Some(p) = a.strip_suffix('%') {
                             match p.parse::<u32>() {
                                 Ok(p) if (1..=100).contains(&p) => percent = p,
-                                _ => self.issue(o.line, format!("prefetch: {a:?} is not a percentage in 1%..100%")),
+                                _ => self.issue(
+                                    o.line,
+                                    format!("prefetch: {a:?} is not a percentage in 1%..100%"),
+                                ),
                             }
                         } else if parse_duration(a) != Some(60) {
                             self.note(o.line, format!("prefetch ... {a}: nldns counts an entry's hits over its whole lifetime, not per {a}"));
@@ -965,7 +974,9 @@ impl Translator {
         let (mut listen, mut service) = (Vec::new(), Vec::new());
         for a in &d.args {
             match a.parse::<IpAddr>() {
-                Ok(ip) if is_link_local(ip) => listen.push(SocketAddr::new(ip, DNS_PORT).to_string()),
+                Ok(ip) if is_link_local(ip) => {
+                    listen.push(SocketAddr::new(ip, DNS_PORT).to_string())
+                }
                 Ok(ip) => service.push(ip.to_string()),
                 Err(_) => {
                     self.note(d.line, format!("bind {a}: nldns does not bind interfaces; it intercepts --service-ip and serves --listen addresses"));
@@ -1022,7 +1033,10 @@ impl Translator {
         } else if self.cluster_domain != "cluster.local" {
             self.notes.push(Note {
                 lines: vec![],
-                message: format!("cluster domain {}: the DaemonSet's --cluster-domain {}", self.cluster_domain, self.cluster_domain),
+                message: format!(
+                    "cluster domain {}: the DaemonSet's --cluster-domain {}",
+                    self.cluster_domain, self.cluster_domain
+                ),
             });
         }
         if !self.root_seen {
@@ -1032,13 +1046,23 @@ impl Translator {
             });
         }
         for (zone, line) in std::mem::take(&mut self.blocks_without_cache) {
-            self.note(line, format!("zone {zone} has no `cache`: nldns caches every zone (within the caps below)"));
+            self.note(
+                line,
+                format!(
+                    "zone {zone} has no `cache`: nldns caches every zone (within the caps below)"
+                ),
+            );
         }
         if !self.stub_domains.is_empty() {
             let stubs: Map<String, Value> = self
                 .stub_domains
                 .iter()
-                .map(|(z, s)| (z.clone(), json!(s.iter().map(|s| server_text(*s)).collect::<Vec<_>>())))
+                .map(|(z, s)| {
+                    (
+                        z.clone(),
+                        json!(s.iter().map(|s| server_text(*s)).collect::<Vec<_>>()),
+                    )
+                })
                 .collect();
             config.insert("stubDomains".into(), Value::Object(stubs));
         }
@@ -1052,9 +1076,27 @@ impl Translator {
             config.insert("forceTcpZones".into(), json!(self.force_tcp));
         }
         let mut cache = Map::new();
-        self.lifetime(&mut cache, "clusterMaxTtl", 1, |t| &t.cluster_max, "the cluster zones' success TTL");
-        self.lifetime(&mut cache, "maxTtl", 1, |t| &t.max, "the success TTL outside the cluster zones");
-        self.lifetime(&mut cache, "negativeMaxTtl", 0, |t| &t.negative_max, "the denial TTL");
+        self.lifetime(
+            &mut cache,
+            "clusterMaxTtl",
+            1,
+            |t| &t.cluster_max,
+            "the cluster zones' success TTL",
+        );
+        self.lifetime(
+            &mut cache,
+            "maxTtl",
+            1,
+            |t| &t.max,
+            "the success TTL outside the cluster zones",
+        );
+        self.lifetime(
+            &mut cache,
+            "negativeMaxTtl",
+            0,
+            |t| &t.negative_max,
+            "the denial TTL",
+        );
         self.lifetime(&mut cache, "minTtl", 0, |t| &t.min, "the success MINTTL");
         // A floor above a cap would be refused by the config file: the cap wins, as
         // CoreDNS's own cap does.
@@ -1063,7 +1105,12 @@ impl Translator {
             let lowest = caps.iter().flatten().min().copied();
             if let Some(cap) = lowest.filter(|&c| c < min) {
                 cache.insert("minTtl".into(), json!(cap));
-                self.note(0, format!("minTtl lowered from {min} to {cap}: a floor above a cap has no meaning"));
+                self.note(
+                    0,
+                    format!(
+                        "minTtl lowered from {min} to {cap}: a floor above a cap has no meaning"
+                    ),
+                );
             }
         }
         if self.capacity_set {
@@ -1129,7 +1176,10 @@ impl Translator {
             }
         }
         if clamped != v {
-            self.note(lines[0], format!("{key} {v} is outside {low}..={high}: {clamped} used"));
+            self.note(
+                lines[0],
+                format!("{key} {v} is outside {low}..={high}: {clamped} used"),
+            );
         }
         cache.insert(key.into(), json!(clamped));
     }
@@ -1148,8 +1198,285 @@ fn listen_text(addr: &str, default_port: u16) -> String {
         return format!("0.0.0.0:{port}");
     }
     match parse_server(addr) {
-        Ok(s) if addr.parse::<IpAddr>().is_ok() => SocketAddr::new(s.ip(), default_port).to_string(),
+        Ok(s) if addr.parse::<IpAddr>().is_ok() => {
+            SocketAddr::new(s.ip(), default_port).to_string()
+        }
         Ok(s) => s.to_string(),
         Err(_) => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{apply, ConfigFile};
+    use nldns_dns::DnsConfig;
+
+    const TEMPLATE: &str = include_str!("testdata/nodelocaldns.Corefile");
+    const CUSTOMISED: &str = include_str!("testdata/customised.Corefile");
+    const UNSUPPORTED: &str = include_str!("testdata/unsupported.Corefile");
+
+    /// The printed config loads as --config and lands in the engine's configuration.
+    fn engine_config(import: &Import) -> DnsConfig {
+        let text = serde_json::to_string(&import.config).unwrap();
+        let file = ConfigFile::from_json(&text).unwrap_or_else(|e| panic!("{text}: {e:#}"));
+        let mut config = DnsConfig::default();
+        apply(&mut config, file);
+        config
+    }
+
+    fn has_note(import: &Import, lines: &[usize], text: &str) -> bool {
+        import
+            .notes
+            .iter()
+            .any(|n| n.lines == lines && n.message.contains(text))
+    }
+
+    #[test]
+    fn the_upstream_template_imports_cleanly() {
+        // As deployed: node-cache fills these two pillars itself at start ...
+        let import = import(TEMPLATE, "cluster.local").unwrap();
+        assert_eq!(import.issues, vec![], "{:#?}", import.notes);
+        assert_eq!(
+            import.config,
+            json!({
+                "cache": {"clusterMaxTtl": 30, "maxTtl": 30, "minTtl": 5, "negativeMaxTtl": 5},
+                "forceTcpZones": ["cluster.local", "in-addr.arpa", "ip6.arpa"],
+            })
+        );
+        let config = engine_config(&import);
+        assert_eq!(config.max_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(config.force_tcp_zones.len(), 3);
+        assert!(has_note(
+            &import,
+            &[10, 22, 33],
+            "--upstream, the kube-dns-upstream"
+        ));
+        assert!(has_note(
+            &import,
+            &[9, 21, 32, 43],
+            "--service-ip 10.96.0.10"
+        ));
+        assert!(has_note(
+            &import,
+            &[9, 21, 32, 43],
+            "--listen 169.254.20.10:53"
+        ));
+        assert!(has_note(&import, &[14], "--health-addr 169.254.20.10:8080"));
+        assert!(has_note(
+            &import,
+            &[13, 25, 36, 45],
+            "--metrics-addr 0.0.0.0:9253"
+        ));
+        assert!(has_note(&import, &[44], "nldns's default"));
+        assert!(has_note(&import, &[], "no serve_stale"));
+
+        // ... or with every value written out.
+        let filled = TEMPLATE
+            .replace(PILLAR_CLUSTER_DNS, "10.96.0.11")
+            .replace(PILLAR_UPSTREAM_SERVERS, "/etc/resolv.conf");
+        let filled = super::import(&filled, "cluster.local").unwrap();
+        assert_eq!(filled.issues, vec![]);
+        assert_eq!(filled.config, import.config);
+        assert!(has_note(&filled, &[10, 22, 33], "--upstream 10.96.0.11"));
+    }
+
+    #[test]
+    fn customisations_map_onto_keys() {
+        let import = import(CUSTOMISED, "cluster.local").unwrap();
+        assert_eq!(import.issues, vec![]);
+        assert_eq!(
+            import.config,
+            json!({
+                "cache": {
+                    "clusterMaxTtl": 30,
+                    // The stub zones' 120 s is below the `.` block's 300 s.
+                    "maxTtl": 120,
+                    "minTtl": 5,
+                    "negativeMaxTtl": 5,
+                    // 30000 + 9984 (cluster.local), 2 x 9984 for each other block.
+                    "maxEntries": 30000 + 9984 + 4 * 9984 + 2 * 9984 + 20000 + 9984,
+                    "prefetch": {"enabled": true, "minHits": 10, "percent": 20},
+                    "serveStale": {"enabled": true, "maxSeconds": 86400},
+                },
+                "forceTcpZones": ["cluster.local", "in-addr.arpa", "ip6.arpa"],
+                "stubDomains": {
+                    "acme.internal": ["10.20.0.53", "10.20.0.54:5353"],
+                    "corp.example.com": ["10.20.0.53", "10.20.0.54:5353"],
+                },
+                "upstreamNameservers": ["8.8.8.8", "1.1.1.1"],
+            })
+        );
+        let config = engine_config(&import);
+        assert_eq!(config.default_upstreams.len(), 2);
+        assert_eq!(config.stub_domains.len(), 2);
+        assert_eq!(config.max_entries, 129_872);
+        assert_eq!(
+            (config.prefetch_min_hits, config.prefetch_percent),
+            (10, 20)
+        );
+        assert!(has_note(&import, &[44, 52], "the smallest, 120 s"));
+        assert!(has_note(&import, &[62], "policy sequential"));
+        assert!(has_note(&import, &[8], "some blocks only"));
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_named_with_its_line() {
+        let import = import(UNSUPPORTED, "cluster.local").unwrap();
+        let found: Vec<(usize, &str)> = import
+            .issues
+            .iter()
+            .map(|i| (i.line, i.message.as_str()))
+            .collect();
+        for (line, text) in [
+            (3, "no query log"),
+            (5, "plugin `rewrite`"),
+            (6, "__PILLAR__LOCAL__DNS__"),
+            (13, "not on 5353"),
+            (17, "{$VPN_DNS}"),
+            (21, "keepttl"),
+            (23, "plugin `hosts`"),
+            (26, "tls://1.1.1.1"),
+        ] {
+            assert!(
+                found.iter().any(|(l, m)| *l == line && m.contains(text)),
+                "line {line} {text:?} not in {found:#?}"
+            );
+        }
+        // Lenient: what is left still loads.
+        let config = engine_config(&import);
+        assert_eq!(
+            config.cluster_zones,
+            DnsConfig::default().cluster_zones,
+            "the flags, not the file, name the cluster zones"
+        );
+        assert!(config.stub_domains.is_empty());
+    }
+
+    #[test]
+    fn more_forms_of_forward_cache_and_keys() {
+        let text = r#"
+            # a comment { with braces }
+            Cluster.Local.:53 in-addr.arpa ip6.arpa {
+                forward . 10.96.0.11:53 [fd00:10:96::b]:53
+                cache 15
+            }
+            dns://corp.example {
+                forward corp.example 10.1.1.1
+                cache { success 100 600 0 }
+            }
+            .:53 {
+                forward . /run/systemd/resolve/resolv.conf { force_tcp }
+                cache
+            }
+        "#;
+        let import = import(text, "cluster.local").unwrap();
+        assert_eq!(import.issues, vec![]);
+        assert_eq!(
+            import.config,
+            json!({
+                "cache": {"clusterMaxTtl": 15, "maxTtl": 600, "minTtl": 0, "negativeMaxTtl": 15,
+                          "maxEntries": 2 * 9984 + 100 + 9984 + 2 * 9984},
+                "forceTcpZones": ["."],
+                "stubDomains": {"corp.example": ["10.1.1.1"]},
+            })
+        );
+        assert!(has_note(
+            &import,
+            &[4],
+            "--upstream 10.96.0.11,fd00:10:96::b"
+        ));
+        assert!(has_note(&import, &[12], "--resolv-conf /run/systemd"));
+        // 600 s comes from the stub block alone; `cache` with no TTL is 3600 s.
+        assert!(has_note(&import, &[9, 13], "the smallest, 600 s"));
+    }
+
+    #[test]
+    fn cluster_zones_that_disagree_or_part_forwards_are_issues() {
+        let text = "cluster.local {\n forward . 10.96.0.11\n}\nin-addr.arpa {\n forward . 10.96.0.12\n}\n\
+                    . {\n forward corp 10.0.0.1\n forward . 8.8.8.8\n forward . 9.9.9.9\n cache 30 corp\n log\n}\n";
+        let import = import(text, "cluster.local").unwrap();
+        let lines: Vec<usize> = import.issues.iter().map(|i| i.line).collect();
+        assert_eq!(lines, vec![5, 8, 10, 11, 12], "{:#?}", import.issues);
+        assert!(import.issues[0].message.contains("different servers"));
+        assert!(import.issues[1].message.contains("part of a block's zone"));
+        assert!(import.issues[2].message.contains("second `forward`"));
+        assert!(import.issues[3].message.contains("part of a block's zones"));
+        // The first whole-zone forward stands.
+        assert_eq!(import.config["upstreamNameservers"], json!(["8.8.8.8"]));
+    }
+
+    #[test]
+    fn another_cluster_domain_is_a_flag() {
+        let text =
+            "corp.k8s:53 {\n forward . 10.96.0.11\n}\n.:53 {\n forward . /etc/resolv.conf\n}\n";
+        let default = import(text, "cluster.local").unwrap();
+        assert_eq!(
+            default.config,
+            json!({"stubDomains": {"corp.k8s": ["10.96.0.11"]}})
+        );
+        assert!(has_note(&default, &[], "--cluster-domain"));
+        let named = import(text, "corp.k8s.").unwrap();
+        assert_eq!(named.config, json!({}));
+        assert!(has_note(&named, &[], "--cluster-domain corp.k8s"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_their_line() {
+        for (text, err) in [
+            (
+                ".:53 {\n forward . \"8.8.8.8\n}\n",
+                ParseError::UnterminatedQuote { line: 2 },
+            ),
+            (".:53 {\n cache {\n}\n", ParseError::Unclosed { line: 1 }),
+            (".:53 {\n}\n}\n", ParseError::UnexpectedClose { line: 3 }),
+            ("{\n}\n", ParseError::OpenWithoutName { line: 1 }),
+            (
+                ".:53 {\n}\nerrors\n",
+                ParseError::OutsideBlock {
+                    line: 3,
+                    text: "errors".into(),
+                },
+            ),
+        ] {
+            assert_eq!(import(text, "cluster.local").unwrap_err(), err, "{text}");
+        }
+        assert!(ParseError::Unclosed { line: 7 }
+            .to_string()
+            .contains("line 7"));
+        let deep = format!(".:53 {{\n{}", "a {\n".repeat(20));
+        assert_eq!(parse(&deep).unwrap_err(), ParseError::TooDeep { line: 10 });
+    }
+
+    #[test]
+    fn parser_keeps_words_lines_and_sub_blocks() {
+        let blocks = parse(
+            "a.example, b.example:53 {\n  x \"two words\" y # note\n  z {\n    w 1\n  }\n}\n",
+        )
+        .unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].keys, vec!["a.example", "b.example:53"]);
+        let d = &blocks[0].directives;
+        assert_eq!((d[0].name.as_str(), d[0].line), ("x", 2));
+        assert_eq!(d[0].args, vec!["two words", "y"]);
+        assert_eq!(d[1].block[0].args, vec!["1"]);
+        assert_eq!(d[1].block[0].line, 4);
+    }
+
+    #[test]
+    fn durations_and_addresses() {
+        assert_eq!(parse_duration("1h30m"), Some(5400));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("86400"), Some(86400));
+        assert_eq!(parse_duration("10ms"), None);
+        assert_eq!(parse_duration("1.5h"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(listen_text(":9253", 9153), "0.0.0.0:9253");
+        assert_eq!(listen_text("169.254.20.10", 8080), "169.254.20.10:8080");
+        assert_eq!(zone_and_port(".:53").unwrap(), (".".into(), Some(53)));
+        assert_eq!(zone_and_port(":53").unwrap(), (".".into(), Some(53)));
+        assert!(zone_and_port("tls://.:853").unwrap_err().contains("tls://"));
+        assert!(is_link_local("fe80::1".parse().unwrap()));
+        assert!(!is_link_local("10.96.0.10".parse().unwrap()));
     }
 }

@@ -200,10 +200,7 @@ impl CacheSection {
         let defaults = nldns_dns::DnsConfig::default();
         let min = self.min_ttl.unwrap_or(defaults.min_ttl.as_secs());
         for (key, cap) in [
-            (
-                "maxTtl",
-                self.max_ttl.unwrap_or(defaults.max_ttl.as_secs()),
-            ),
+            ("maxTtl", self.max_ttl.unwrap_or(defaults.max_ttl.as_secs())),
             (
                 "clusterMaxTtl",
                 self.cluster_max_ttl
@@ -347,7 +344,10 @@ mod tests {
         );
         assert_eq!(
             file.force_tcp_zones,
-            Some(vec!["cluster.local".to_string(), "in-addr.arpa".to_string()])
+            Some(vec![
+                "cluster.local".to_string(),
+                "in-addr.arpa".to_string()
+            ])
         );
         // Edges are accepted.
         for ok in [
@@ -374,7 +374,10 @@ mod tests {
             (r#"{"cache": 5}"#, "cache"),
             (r#"{"cache": {"maxTtl": 0}}"#, "cache: maxTtl: 0 is outside"),
             (r#"{"cache": {"maxTtl": 604801}}"#, "cache: maxTtl"),
-            (r#"{"cache": {"maxTtl": "30s"}}"#, "cache: maxTtl: invalid type"),
+            (
+                r#"{"cache": {"maxTtl": "30s"}}"#,
+                "cache: maxTtl: invalid type",
+            ),
             (r#"{"cache": {"clusterMaxTtl": 0}}"#, "cache: clusterMaxTtl"),
             (r#"{"cache": {"minTtl": 3601}}"#, "cache: minTtl"),
             (r#"{"cache": {"minTtl": 60}}"#, "above clusterMaxTtl (30)"),
@@ -382,11 +385,26 @@ mod tests {
                 r#"{"cache": {"minTtl": 20, "maxTtl": 10, "clusterMaxTtl": 30}}"#,
                 "above maxTtl (10)",
             ),
-            (r#"{"cache": {"negativeMaxTtl": 86401}}"#, "cache: negativeMaxTtl"),
-            (r#"{"cache": {"negativeMaxTtl": -1}}"#, "cache: negativeMaxTtl: invalid value"),
-            (r#"{"cache": {"prefetch": {"minHits": 0}}}"#, "prefetch: minHits"),
-            (r#"{"cache": {"prefetch": {"percent": 101}}}"#, "prefetch: percent"),
-            (r#"{"cache": {"prefetch": {"percent": 0}}}"#, "\"enabled\": false"),
+            (
+                r#"{"cache": {"negativeMaxTtl": 86401}}"#,
+                "cache: negativeMaxTtl",
+            ),
+            (
+                r#"{"cache": {"negativeMaxTtl": -1}}"#,
+                "cache: negativeMaxTtl: invalid value",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"minHits": 0}}}"#,
+                "prefetch: minHits",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"percent": 101}}}"#,
+                "prefetch: percent",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"percent": 0}}}"#,
+                "\"enabled\": false",
+            ),
             (r#"{"cache": {"prefetch": {"amount": 5}}}"#, "amount"),
             (
                 r#"{"cache": {"serveStale": {"maxSeconds": 0}}}"#,
@@ -396,9 +414,11 @@ mod tests {
                 r#"{"cache": {"serveStale": {"maxSeconds": 604801}}}"#,
                 "serveStale: maxSeconds",
             ),
-            (r#"{"cache": {"serveStale": {"duration": "1h"}}}"#, "duration"),
+            (
+                r#"{"cache": {"serveStale": {"duration": "1h"}}}"#,
+                "duration",
+            ),
             (r#"{"forceTcpZones": "corp"}"#, "forceTcpZones"),
-
             (r#"{"stubDomain": {}}"#, "stubDomain"),
             (r#"{"upstreamNameservers": "nope"}"#, "upstreamNameservers"),
         ] {
