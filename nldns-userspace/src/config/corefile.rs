@@ -626,7 +626,7 @@ impl Translator {
                 ),
                 "bind" => self.bind(d),
                 "health" => {
-                    let addr = d.args.first().map_or("127.0.0.1:8080", String::as_str);
+                    let addr = d.args.first().map_or(":8080", String::as_str);
                     self.note(
                         d.line,
                         format!("health {addr}: a DaemonSet flag, --health-addr {} (serves /health and /ready)", listen_text(addr, 8080)),
@@ -640,7 +640,7 @@ impl Translator {
                     );
                 }
                 "prometheus" => {
-                    let addr = d.args.first().map_or(":9153", String::as_str);
+                    let addr = d.args.first().map_or("127.0.0.1:9153", String::as_str);
                     self.note(
                         d.line,
                         format!("prometheus {addr}: a DaemonSet flag, --metrics-addr {} (CoreDNS's series are served there)", listen_text(addr, 9153)),
