@@ -65,6 +65,20 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Translate a node-local-dns Corefile into the equivalent --config file (JSON on
+    /// stdout; notes on stderr). What nldns cannot honour is listed with its line and
+    /// fails the import, unless --lenient drops it with a warning.
+    ImportCorefile {
+        /// The Corefile (the node-local-dns ConfigMap's `Corefile` key).
+        file: PathBuf,
+        /// Drop what nldns cannot honour, with a warning, instead of failing.
+        #[arg(long)]
+        lenient: bool,
+        /// The cluster domain: its block, in-addr.arpa's and ip6.arpa's are the cluster
+        /// zones (forwarded to --upstream); other zones' blocks become stubDomains.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
     /// Remove filters left by dead or hung agents (legacy netlink mode).
     Cleanup {
         /// Also remove the filters of a live agent.
@@ -255,5 +269,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--heartbeat-max-age-ms"), "{err}");
+    }
+
+    #[test]
+    fn import_corefile_takes_a_file_and_options() {
+        let cli =
+            Cli::try_parse_from(["nldns", "import-corefile", "Corefile", "--lenient"]).unwrap();
+        let Command::ImportCorefile {
+            file,
+            lenient,
+            cluster_domain,
+        } = cli.command
+        else {
+            panic!("not import-corefile")
+        };
+        assert_eq!(file, PathBuf::from("Corefile"));
+        assert!(lenient);
+        assert_eq!(cluster_domain, "cluster.local");
+        assert!(Cli::try_parse_from(["nldns", "import-corefile"]).is_err());
     }
 }

@@ -36,6 +36,14 @@ fn main() -> Result<()> {
     {
         return probe::check(probe_socket, *kind, Duration::from_millis(*timeout_ms));
     }
+    if let Command::ImportCorefile {
+        file,
+        lenient,
+        cluster_domain,
+    } = &cli.command
+    {
+        return import_corefile(file, *lenient, cluster_domain);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,9 +55,46 @@ fn main() -> Result<()> {
             Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
-            Command::Probe { .. } => unreachable!("handled before the runtime starts"),
+            Command::Probe { .. } | Command::ImportCorefile { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
+}
+
+/// `nldns import-corefile`: the config file on stdout once it is known to load; notes,
+/// and what cannot be honoured, on stderr.
+fn import_corefile(path: &std::path::Path, lenient: bool, cluster_domain: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let import = nldns::config::corefile::import(&text, cluster_domain)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    for note in &import.notes {
+        eprintln!("note: {note}");
+    }
+    let label = if lenient { "warning" } else { "error" };
+    for issue in &import.issues {
+        let dropped = if lenient { " (dropped: --lenient)" } else { "" };
+        eprintln!(
+            "{label}: {}:{}: {}{dropped}",
+            path.display(),
+            issue.line,
+            issue.message
+        );
+    }
+    if !import.issues.is_empty() && !lenient {
+        anyhow::bail!(
+            "{}: {} setting(s) nldns cannot honour (listed above); fix them, or pass --lenient \
+             to drop them",
+            path.display(),
+            import.issues.len()
+        );
+    }
+    let json = serde_json::to_string_pretty(&import.config).context("writing the config")?;
+    // What is printed must load as --config.
+    nldns::config::ConfigFile::from_json(&json).context("the translated config does not load")?;
+    println!("{json}");
+    Ok(())
 }
 
 /// One log record as one line of JSON: `time` (RFC 3339, UTC), `level`, `target`,
@@ -122,6 +167,29 @@ mod tests {
                 "fields": {"port": 53, "upstream": "10.96.0.11:53", "stale": true},
             })
         );
+    }
+
+    #[test]
+    fn import_corefile_fails_on_what_it_cannot_honour_unless_lenient() {
+        let dir = std::env::temp_dir().join(format!("nldns-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("Corefile");
+        std::fs::write(&file, ".:53 {\n forward . 8.8.8.8\n log\n}\n").unwrap();
+        let strict = import_corefile(&file, false, "cluster.local");
+        let lenient = import_corefile(&file, true, "cluster.local");
+        std::fs::write(&file, ".:53 {\n forward . 8.8.8.8\n").unwrap();
+        let broken = import_corefile(&file, true, "cluster.local");
+        let missing = import_corefile(&dir.join("nope"), true, "cluster.local");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = format!("{:#}", strict.unwrap_err());
+        assert!(
+            err.contains("1 setting(s)") && err.contains("--lenient"),
+            "{err}"
+        );
+        lenient.unwrap();
+        let err = format!("{:#}", broken.unwrap_err());
+        assert!(err.contains("parsing") && err.contains("line 1"), "{err}");
+        assert!(format!("{:#}", missing.unwrap_err()).contains("reading"));
     }
 
     #[test]

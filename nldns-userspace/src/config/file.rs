@@ -1,5 +1,6 @@
 //! The `--config` file: kube-dns's ConfigMap keys (`stubDomains`, `upstreamNameservers`)
-//! plus nldns's own `cache` bounds, read with serde from either one JSON file or a
+//! plus nldns's own `cache` settings (bounds, TTL caps and floor, prefetch, serve-stale)
+//! and `forceTcpZones`, read with serde from either one JSON file or a
 //! mounted ConfigMap directory (one file per key).
 //!
 //! Unknown keys are errors, at the top and inside `cache`: a typo (`stubDomain`) would
@@ -24,6 +25,15 @@ pub const DNS_PORT: u16 = 53;
 /// any node's need (about 190 bytes of RSS each).
 const MAX_CACHE_ENTRIES: usize = 100_000_000;
 
+/// Longest positive cap: a week (RFC 8767 suggests capping TTLs at 7 days).
+const MAX_TTL_CAP: u64 = 7 * 24 * 3600;
+/// Longest negative cap: a day (RFC 2308 suggests 1 to 3 hours).
+const MAX_NEGATIVE_TTL: u64 = 24 * 3600;
+/// Highest floor: an hour (a floor keeps answers past their TTL: keep it small).
+const MAX_MIN_TTL: u64 = 3600;
+/// Longest serve-stale window: a week (RFC 8767 suggests 1 to 3 days).
+const MAX_SERVE_STALE: u64 = 7 * 24 * 3600;
+
 /// The file as written. Every value may also be a JSON string holding that JSON, as a
 /// ConfigMap writes it (`stubDomains: '{"acme.local": ["1.2.3.4"]}'`); an empty string
 /// is the same as an absent key.
@@ -38,18 +48,51 @@ pub struct ConfigFile {
     pub upstream_nameservers: Option<Vec<Server>>,
     #[serde(default, deserialize_with = "inline_or_string")]
     pub cache: Option<CacheSection>,
+    /// Names in these zones are asked upstream over TCP only (CoreDNS's `force_tcp`).
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub force_tcp_zones: Option<Vec<String>>,
     /// kube-dns's federation (deprecated there, no meaning here).
     #[serde(default)]
     pub federations: Option<IgnoredAny>,
 }
 
-/// `cache`: `{"maxEntries": N, "maxBytes": N}`, each optional (absent: the engine's
-/// defaults).
+/// `cache`: `{"maxEntries": N, "maxBytes": N, "maxTtl": S, "clusterMaxTtl": S, "minTtl":
+/// S, "negativeMaxTtl": S, "prefetch": {..}, "serveStale": {..}}` (S in seconds), each
+/// optional (absent: the engine's defaults).
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheSection {
     pub max_entries: Option<usize>,
     pub max_bytes: Option<usize>,
+    /// Positive TTL cap outside the cluster zones.
+    pub max_ttl: Option<u64>,
+    /// Positive TTL cap in the cluster zones (the cluster domain and reverse zones).
+    pub cluster_max_ttl: Option<u64>,
+    /// Positive TTL floor.
+    pub min_ttl: Option<u64>,
+    /// NXDOMAIN/NODATA lifetime cap.
+    pub negative_max_ttl: Option<u64>,
+    pub prefetch: Option<PrefetchSection>,
+    pub serve_stale: Option<ServeStaleSection>,
+}
+
+/// `cache.prefetch`: `{"enabled": true, "minHits": 5, "percent": 10}`: an entry hit
+/// `minHits` times is refreshed when less than `percent` of its TTL is left.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefetchSection {
+    pub enabled: Option<bool>,
+    pub min_hits: Option<u32>,
+    pub percent: Option<u32>,
+}
+
+/// `cache.serveStale`: `{"enabled": true, "maxSeconds": 3600}`: expired answers are
+/// served for up to `maxSeconds` past their TTL while every upstream fails (RFC 8767).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeStaleSection {
+    pub enabled: Option<bool>,
+    pub max_seconds: Option<u64>,
 }
 
 /// "1.2.3.4", "1.2.3.4:5353", "fd00::1", "[fd00::1]:5353".
@@ -120,15 +163,80 @@ impl ConfigFile {
                     .with_context(|| format!("stubDomains: zone {zone:?}"))?;
             }
         }
-        if let Some(n) = self.cache.as_ref().and_then(|c| c.max_entries) {
-            if n > MAX_CACHE_ENTRIES {
-                bail!("cache: maxEntries: {n} is above {MAX_CACHE_ENTRIES}");
-            }
+        for zone in self.force_tcp_zones.iter().flatten() {
+            nldns_dns::router::zone_to_wire(zone)
+                .with_context(|| format!("forceTcpZones: zone {zone:?}"))?;
+        }
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
         }
         if self.federations.is_some() {
             log::warn!("config: kube-dns's federations key has no meaning for nldns; ignored");
         }
         Ok(self)
+    }
+}
+
+impl CacheSection {
+    /// Ranges, and the floor below both caps (a missing one counts as its default).
+    fn validate(&self) -> Result<()> {
+        if let Some(n) = self.max_entries {
+            if n > MAX_CACHE_ENTRIES {
+                bail!("cache: maxEntries: {n} is above {MAX_CACHE_ENTRIES}");
+            }
+        }
+        let within = |key: &str, value: Option<u64>, low: u64, high: u64| -> Result<()> {
+            match value {
+                Some(v) if v < low || v > high => {
+                    bail!("cache: {key}: {v} is outside {low}..={high} (seconds)")
+                }
+                _ => Ok(()),
+            }
+        };
+        within("maxTtl", self.max_ttl, 1, MAX_TTL_CAP)?;
+        within("clusterMaxTtl", self.cluster_max_ttl, 1, MAX_TTL_CAP)?;
+        within("minTtl", self.min_ttl, 0, MAX_MIN_TTL)?;
+        within("negativeMaxTtl", self.negative_max_ttl, 0, MAX_NEGATIVE_TTL)?;
+        let defaults = nldns_dns::DnsConfig::default();
+        let min = self.min_ttl.unwrap_or(defaults.min_ttl.as_secs());
+        for (key, cap) in [
+            ("maxTtl", self.max_ttl.unwrap_or(defaults.max_ttl.as_secs())),
+            (
+                "clusterMaxTtl",
+                self.cluster_max_ttl
+                    .unwrap_or(defaults.cluster_max_ttl.as_secs()),
+            ),
+        ] {
+            if min > cap {
+                bail!("cache: minTtl: {min} is above {key} ({cap}); a floor above the cap has no meaning");
+            }
+        }
+        if let Some(p) = &self.prefetch {
+            if let Some(n) = p.min_hits {
+                if n == 0 || n > 1_000_000 {
+                    bail!("cache: prefetch: minHits: {n} is outside 1..=1000000");
+                }
+            }
+            if let Some(n) = p.percent {
+                if n == 0 || n > 100 {
+                    bail!(
+                        "cache: prefetch: percent: {n} is outside 1..=100 (to turn prefetch off, \
+                         say \"enabled\": false)"
+                    );
+                }
+            }
+        }
+        if let Some(s) = &self.serve_stale {
+            if let Some(n) = s.max_seconds {
+                if n == 0 || n > MAX_SERVE_STALE {
+                    bail!(
+                        "cache: serveStale: maxSeconds: {n} is outside 1..={MAX_SERVE_STALE} (to \
+                         turn serve-stale off, say \"enabled\": false)"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -197,11 +305,59 @@ mod tests {
             file.cache,
             Some(CacheSection {
                 max_entries: Some(200_000),
-                max_bytes: Some(100_000_000)
+                max_bytes: Some(100_000_000),
+                ..Default::default()
             })
         );
         let empty = ConfigFile::from_json(r#"{"stubDomains": "", "federations": {"a": "b"}}"#);
         assert_eq!(empty.unwrap().stub_domains, None);
+    }
+
+    #[test]
+    fn cache_lifetimes_prefetch_serve_stale_and_tcp_zones_read() {
+        let file = ConfigFile::from_json(
+            r#"{"cache": {"maxTtl": 300, "clusterMaxTtl": 10, "minTtl": 0,
+                          "negativeMaxTtl": 30,
+                          "prefetch": {"enabled": true, "minHits": 2, "percent": 20},
+                          "serveStale": {"maxSeconds": 86400}},
+                "forceTcpZones": "[\"cluster.local\", \"in-addr.arpa\"]"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.cache,
+            Some(CacheSection {
+                max_ttl: Some(300),
+                cluster_max_ttl: Some(10),
+                min_ttl: Some(0),
+                negative_max_ttl: Some(30),
+                prefetch: Some(PrefetchSection {
+                    enabled: Some(true),
+                    min_hits: Some(2),
+                    percent: Some(20)
+                }),
+                serve_stale: Some(ServeStaleSection {
+                    enabled: None,
+                    max_seconds: Some(86400)
+                }),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            file.force_tcp_zones,
+            Some(vec![
+                "cluster.local".to_string(),
+                "in-addr.arpa".to_string()
+            ])
+        );
+        // Edges are accepted.
+        for ok in [
+            r#"{"cache": {"maxTtl": 604800, "minTtl": 3600, "clusterMaxTtl": 3600}}"#,
+            r#"{"cache": {"maxTtl": 5, "clusterMaxTtl": 5, "negativeMaxTtl": 0}}"#,
+            r#"{"cache": {"prefetch": {"enabled": false}, "serveStale": {"enabled": false}}}"#,
+            r#"{"forceTcpZones": ["."]}"#,
+        ] {
+            ConfigFile::from_json(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
     }
 
     #[test]
@@ -216,12 +372,62 @@ mod tests {
                 "cache: maxEntries",
             ),
             (r#"{"cache": 5}"#, "cache"),
+            (r#"{"cache": {"maxTtl": 0}}"#, "cache: maxTtl: 0 is outside"),
+            (r#"{"cache": {"maxTtl": 604801}}"#, "cache: maxTtl"),
+            (
+                r#"{"cache": {"maxTtl": "30s"}}"#,
+                "cache: maxTtl: invalid type",
+            ),
+            (r#"{"cache": {"clusterMaxTtl": 0}}"#, "cache: clusterMaxTtl"),
+            (r#"{"cache": {"minTtl": 3601}}"#, "cache: minTtl"),
+            (r#"{"cache": {"minTtl": 60}}"#, "above clusterMaxTtl (30)"),
+            (
+                r#"{"cache": {"minTtl": 20, "maxTtl": 10, "clusterMaxTtl": 30}}"#,
+                "above maxTtl (10)",
+            ),
+            (
+                r#"{"cache": {"negativeMaxTtl": 86401}}"#,
+                "cache: negativeMaxTtl",
+            ),
+            (
+                r#"{"cache": {"negativeMaxTtl": -1}}"#,
+                "cache: negativeMaxTtl: invalid value",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"minHits": 0}}}"#,
+                "prefetch: minHits",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"percent": 101}}}"#,
+                "prefetch: percent",
+            ),
+            (
+                r#"{"cache": {"prefetch": {"percent": 0}}}"#,
+                "\"enabled\": false",
+            ),
+            (r#"{"cache": {"prefetch": {"amount": 5}}}"#, "amount"),
+            (
+                r#"{"cache": {"serveStale": {"maxSeconds": 0}}}"#,
+                "serveStale: maxSeconds",
+            ),
+            (
+                r#"{"cache": {"serveStale": {"maxSeconds": 604801}}}"#,
+                "serveStale: maxSeconds",
+            ),
+            (
+                r#"{"cache": {"serveStale": {"duration": "1h"}}}"#,
+                "duration",
+            ),
+            (r#"{"forceTcpZones": "corp"}"#, "forceTcpZones"),
             (r#"{"stubDomain": {}}"#, "stubDomain"),
             (r#"{"upstreamNameservers": "nope"}"#, "upstreamNameservers"),
         ] {
             let err = format!("{:#}", ConfigFile::from_json(bad).unwrap_err());
             assert!(err.contains(says), "{bad}: {err}");
         }
+        let long_label = format!(r#"{{"forceTcpZones": ["{}.corp"]}}"#, "a".repeat(64));
+        let err = format!("{:#}", ConfigFile::from_json(&long_label).unwrap_err());
+        assert!(err.contains("forceTcpZones: zone"), "{err}");
     }
 
     #[test]

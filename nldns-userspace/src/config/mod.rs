@@ -6,17 +6,21 @@
 //! - the node's resolv.conf (`resolv.rs`);
 //! - the optional `--config` file or mounted ConfigMap (`file.rs`, serde derive):
 //!   kube-dns's `stubDomains` and `upstreamNameservers`, so an existing kube-dns
-//!   ConfigMap carries over unchanged, and nldns's `cache` bounds.
+//!   ConfigMap carries over unchanged, nldns's `cache` settings and `forceTcpZones`;
+//! - `corefile.rs` is not a source: `nldns import-corefile` translates a node-local-dns
+//!   Corefile into such a file once, at migration.
 //!
 //! The datapath's settings (Service IPs, intercept endpoint, heartbeat age) are not
 //! reloadable and go from the flags straight to `datapath::loader::DatapathSettings`;
 //! the kernel-facing layout they are written in is `nldns_common::DatapathConfig`.
 
+pub mod corefile;
 pub mod file;
 pub mod resolv;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nldns_dns::DnsConfig;
@@ -52,7 +56,8 @@ pub fn dns_config(sources: &DnsSources) -> Result<DnsConfig> {
 }
 
 /// The file's keys over the defaults: stub domains; upstream nameservers replace the
-/// resolv.conf ones; cache bounds.
+/// resolv.conf ones; cache bounds, lifetimes, prefetch and serve-stale; TCP-only zones.
+/// The file was validated when read (ranges, zone names).
 fn apply(config: &mut DnsConfig, file: ConfigFile) {
     config.stub_domains = file
         .stub_domains
@@ -76,6 +81,41 @@ fn apply(config: &mut DnsConfig, file: ConfigFile) {
         if let Some(n) = cache.max_bytes {
             config.max_bytes = n;
         }
+        let secs = Duration::from_secs;
+        if let Some(s) = cache.max_ttl {
+            config.max_ttl = secs(s);
+        }
+        if let Some(s) = cache.cluster_max_ttl {
+            config.cluster_max_ttl = secs(s);
+        }
+        if let Some(s) = cache.min_ttl {
+            config.min_ttl = secs(s);
+        }
+        if let Some(s) = cache.negative_max_ttl {
+            config.negative_max_ttl = secs(s);
+        }
+        if let Some(p) = cache.prefetch {
+            if let Some(n) = p.min_hits {
+                config.prefetch_min_hits = n;
+            }
+            if let Some(n) = p.percent {
+                config.prefetch_percent = n;
+            }
+            if p.enabled == Some(false) {
+                config.prefetch_percent = 0;
+            }
+        }
+        if let Some(s) = cache.serve_stale {
+            if let Some(n) = s.max_seconds {
+                config.serve_stale_max = secs(n);
+            }
+            if s.enabled == Some(false) {
+                config.serve_stale_max = Duration::ZERO;
+            }
+        }
+    }
+    if let Some(zones) = file.force_tcp_zones {
+        config.force_tcp_zones = zones;
     }
 }
 
@@ -129,5 +169,40 @@ mod tests {
         assert!(format!("{:#}", no_domain.unwrap_err()).contains("--cluster-domain"));
         let err = format!("{:#}", bad_file.unwrap_err());
         assert!(err.contains("--config") && err.contains("cache"), "{err}");
+    }
+
+    #[test]
+    fn cache_lifetimes_prefetch_serve_stale_and_tcp_zones_reach_the_engine() {
+        let mut config = DnsConfig::default();
+        let file = ConfigFile::from_json(
+            r#"{"cache": {"maxTtl": 300, "clusterMaxTtl": 10, "minTtl": 0,
+                          "negativeMaxTtl": 30, "prefetch": {"minHits": 2, "percent": 20},
+                          "serveStale": {"maxSeconds": 86400}},
+                "forceTcpZones": ["cluster.local"]}"#,
+        )
+        .unwrap();
+        apply(&mut config, file);
+        assert_eq!(config.max_ttl, Duration::from_secs(300));
+        assert_eq!(config.cluster_max_ttl, Duration::from_secs(10));
+        assert_eq!(config.min_ttl, Duration::ZERO);
+        assert_eq!(config.negative_max_ttl, Duration::from_secs(30));
+        assert_eq!((config.prefetch_min_hits, config.prefetch_percent), (2, 20));
+        assert_eq!(config.serve_stale_max, Duration::from_secs(86400));
+        assert_eq!(config.force_tcp_zones, vec!["cluster.local".to_string()]);
+
+        // Turned off; what is absent keeps the engine's default.
+        let mut config = DnsConfig::default();
+        let file = ConfigFile::from_json(
+            r#"{"cache": {"prefetch": {"enabled": false, "minHits": 3},
+                          "serveStale": {"enabled": false}}}"#,
+        )
+        .unwrap();
+        apply(&mut config, file);
+        let defaults = DnsConfig::default();
+        assert_eq!((config.prefetch_min_hits, config.prefetch_percent), (3, 0));
+        assert_eq!(config.serve_stale_max, Duration::ZERO);
+        assert_eq!(config.max_ttl, defaults.max_ttl);
+        assert_eq!(config.min_ttl, defaults.min_ttl);
+        assert_eq!(config.force_tcp_zones, defaults.force_tcp_zones);
     }
 }

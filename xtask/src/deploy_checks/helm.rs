@@ -73,7 +73,10 @@ fn non_default_values(monitor_kind: &str) -> Value {
             "clusterUpstream": "10.96.0.11,[fd00:10:96::b]:53",
             "stubDomains": {"acme.local": ["1.2.3.4"]},
             "upstreamNameservers": ["8.8.8.8"],
-            "cache": {"maxEntries": 300000},
+            "cache": {"maxEntries": 300000, "maxTtl": 300},
+            "forceTcpZones": ["cluster.example"],
+            "prefetch": {"enabled": true, "amount": 3, "percentage": "20%"},
+            "serveStale": {"enabled": true, "duration": "30m"},
             "healthPort": 19354,
             "metricsPort": 19353,
             "logLevel": "debug",
@@ -159,16 +162,28 @@ fn bad_values() -> Vec<Bad> {
             message: &["/serviceMonitor/kind", "PodMonitor"],
         },
         Bad {
-            what: "prefetch settings the agent cannot take",
-            values: json!({"config": {"prefetch": {"amount": 3}}}),
+            what: "a prefetch percentage the agent refuses",
+            values: json!({"config": {"prefetch": {"percentage": "0%"}}}),
             namespace: "kube-system",
-            message: &["config.prefetch", "cannot change them yet"],
+            message: &["/config/prefetch/percentage", "does not match pattern"],
         },
         Bad {
-            what: "serve-stale settings the agent cannot take",
-            values: json!({"config": {"serveStale": {"duration": "5m"}}}),
+            what: "a serve-stale duration in days",
+            values: json!({"config": {"serveStale": {"duration": "2d"}}}),
             namespace: "kube-system",
-            message: &["config.serveStale", "1h"],
+            message: &["/config/serveStale/duration", "does not match pattern"],
+        },
+        Bad {
+            what: "a serve-stale duration above the agent's limit",
+            values: json!({"config": {"serveStale": {"duration": "200h"}}}),
+            namespace: "kube-system",
+            message: &["config.serveStale.duration", "168h"],
+        },
+        Bad {
+            what: "a cache TTL out of range",
+            values: json!({"config": {"cache": {"maxTtl": 0}}}),
+            namespace: "kube-system",
+            message: &["/config/cache/maxTtl"],
         },
         Bad {
             what: "a namespace other than kube-system",
@@ -653,7 +668,11 @@ fn non_default_policy(docs: &[Value]) -> Result<()> {
     let cfg: Value = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap_or(""))
         .context("ConfigMap nldns: config.json is not JSON")?;
     ensure!(
-        cfg == json!({"cache": {"maxEntries": 300000}, "stubDomains": {"acme.local": ["1.2.3.4"]},
+        cfg == json!({"cache": {"maxEntries": 300000, "maxTtl": 300,
+                                "prefetch": {"enabled": true, "minHits": 3, "percent": 20},
+                                "serveStale": {"enabled": true, "maxSeconds": 1800}},
+                      "forceTcpZones": ["cluster.example"],
+                      "stubDomains": {"acme.local": ["1.2.3.4"]},
                       "upstreamNameservers": ["8.8.8.8"]}),
         "config.json is {cfg}"
     );

@@ -56,12 +56,39 @@ Included by the DaemonSet template, so every rendering runs them.
 {{ fail "serviceAccount.name: with serviceAccount.create=false, name an existing ServiceAccount in kube-system" }}
 {{- end -}}
 {{- end -}}
+{{- $s := .Values.config.serveStale -}}
+{{- if gt (include "nldns.seconds" $s.duration | int) 604800 -}}
+{{ fail (printf "config.serveStale.duration: %s is above the agent's limit of 168h (a week)" $s.duration) }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A duration of the schema's form (digits and one of s, m, h) in seconds.
+*/}}
+{{- define "nldns.seconds" -}}
+{{- $n := regexFind "^[0-9]+" . | int -}}
+{{- if hasSuffix "h" . -}}{{ mul $n 3600 }}
+{{- else if hasSuffix "m" . -}}{{ mul $n 60 }}
+{{- else -}}{{ $n }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The agent's `cache` section: config.cache, plus config.prefetch and config.serveStale
+when they differ from the agent's defaults (so the default rendering stays the
+kustomize base's ConfigMap).
+*/}}
+{{- define "nldns.cacheConfig" -}}
+{{- $cache := deepCopy (.Values.config.cache | default dict) -}}
 {{- $p := .Values.config.prefetch -}}
-{{- if not (and $p.enabled (eq (int $p.amount) 5) (eq (toString $p.percentage) "10%")) -}}
-{{ fail (printf "config.prefetch: this nldns version always prefetches, with fixed settings (enabled: true, amount: 5, percentage: 10%%); its --config cannot change them yet, so %s would be ignored: remove config.prefetch from your values" (toJson $p)) }}
+{{- $percent := trimSuffix "%" (toString $p.percentage) | int -}}
+{{- if not (and $p.enabled (eq (int $p.amount) 5) (eq $percent 10)) -}}
+{{- $_ := set $cache "prefetch" (dict "enabled" $p.enabled "minHits" (int $p.amount) "percent" $percent) -}}
 {{- end -}}
 {{- $s := .Values.config.serveStale -}}
-{{- if not (and $s.enabled (eq (toString $s.duration) "1h")) -}}
-{{ fail (printf "config.serveStale: this nldns version always serves stale answers for up to 1h (enabled: true, duration: 1h); its --config cannot change that yet, so %s would be ignored: remove config.serveStale from your values" (toJson $s)) }}
+{{- $secs := include "nldns.seconds" $s.duration | int -}}
+{{- if not (and $s.enabled (eq $secs 3600)) -}}
+{{- $_ := set $cache "serveStale" (dict "enabled" $s.enabled "maxSeconds" $secs) -}}
 {{- end -}}
+{{- toJson $cache -}}
 {{- end -}}
