@@ -1,20 +1,27 @@
 //! What the kernel VMs run: the kernels, and which of the project's integration tests run
 //! on each (by test binary and exact test name).
 //!
+//! arm64 runs a subset (the cache's UDP/TCP interception, kill -9 and hang fail-open,
+//! cleanup, the verifier work, the BPF_PROG_TEST_RUN packet tests): its tools come from
+//! Debian's arm64 packages (`sysroot.rs`) and its test binaries are static
+//! aarch64-musl builds.
+//!
 //! The TCX tests are left out on purpose: TCX came in Linux 6.6, so on 6.1 the agent's
 //! auto mode takes the netlink path, and every datapath test below exercises that path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Amd64,
+    Arm64,
 }
 
 impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
         }
     }
 
@@ -22,6 +29,7 @@ impl Arch {
     pub fn uname(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
         }
     }
 
@@ -29,19 +37,32 @@ impl Arch {
     pub fn multiarch(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
         }
     }
 
-    /// The cargo target to build for, None for the host's own.
+    /// The cargo target to build for, None for the host's own. arm64: static musl
+    /// binaries linked by rust-lld (no cross gcc, no arm64 libc in the guest for them).
     pub fn cargo_target(self) -> Option<&'static str> {
         match self {
             Arch::Amd64 => None,
+            Arch::Arm64 => Some("aarch64-unknown-linux-musl"),
+        }
+    }
+
+    /// True for the build machine's own architecture: its tools and kernel come from the
+    /// host's installed packages; any other from an unpacked sysroot (`sysroot.rs`).
+    pub fn is_host(self) -> bool {
+        match self {
+            Arch::Amd64 => cfg!(target_arch = "x86_64"),
+            Arch::Arm64 => cfg!(target_arch = "aarch64"),
         }
     }
 
     pub fn qemu(self) -> &'static str {
         match self {
             Arch::Amd64 => "qemu-system-x86_64",
+            Arch::Arm64 => "qemu-system-aarch64",
         }
     }
 
@@ -49,12 +70,49 @@ impl Arch {
     pub fn machine_args(self) -> &'static [&'static str] {
         match self {
             Arch::Amd64 => &["-accel", "tcg", "-cpu", "max"],
+            // pauth-impdef: QEMU's own pointer-authentication hash instead of QARMA,
+            // several times cheaper under TCG.
+            Arch::Arm64 => &["-M", "virt", "-accel", "tcg", "-cpu", "max,pauth-impdef=on"],
         }
     }
 
     pub fn console(self) -> &'static str {
         match self {
             Arch::Amd64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        }
+    }
+
+    /// QEMU arguments of the device test results come back on (QEMU's stdout), after the
+    /// console's serial port.
+    pub fn results_args(self) -> &'static [&'static str] {
+        match self {
+            Arch::Amd64 => &["-serial", "stdio"],
+            // The virt board has one UART (the console): results go over a virtio console.
+            Arch::Arm64 => &[
+                "-device",
+                "virtio-serial-device",
+                "-chardev",
+                "stdio,id=results",
+                "-device",
+                "virtconsole,chardev=results",
+            ],
+        }
+    }
+
+    /// That device in the guest.
+    pub fn results_device(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "/dev/ttyS1",
+            Arch::Arm64 => "/dev/hvc0",
+        }
+    }
+
+    /// Modules `/init` loads before it can open the results device.
+    pub fn early_modules(self) -> &'static [&'static str] {
+        match self {
+            Arch::Amd64 => &[],
+            Arch::Arm64 => &["virtio_mmio", "virtio_console"],
         }
     }
 }
@@ -71,22 +129,48 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    pub fn vmlinuz(&self) -> PathBuf {
-        PathBuf::from(format!("/boot/vmlinuz-{}", self.release))
+    /// Where the package's files are on the host: `/` when it is installed (the host's
+    /// architecture), the unpacked sysroot otherwise.
+    pub fn files_root(&self, root: &Path) -> PathBuf {
+        if self.arch.is_host() {
+            PathBuf::from("/")
+        } else {
+            super::sysroot::dir(root, self.arch)
+        }
     }
 
+    pub fn vmlinuz(&self, root: &Path) -> PathBuf {
+        self.files_root(root)
+            .join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    /// The guest path of its modules (the same inside the guest as in the package).
     pub fn modules_dir(&self) -> PathBuf {
         PathBuf::from(format!("/lib/modules/{}", self.release))
     }
+
+    /// `linux-6.1 arm64`, the label of its result lines.
+    pub fn label(&self) -> String {
+        format!("linux-{} {}", self.name, self.arch.name())
+    }
 }
 
-/// Debian 12's kernel (EKS AL2023, GKE COS 109+ and Debian 12 nodes are on 6.1 too).
-pub const KERNELS: &[Kernel] = &[Kernel {
-    name: "6.1",
-    arch: Arch::Amd64,
-    package: "linux-image-6.1.0-47-cloud-amd64-unsigned",
-    release: "6.1.0-47-cloud-amd64",
-}];
+/// Debian 12's kernel (EKS AL2023, GKE COS 109+ and Debian 12 nodes are on 6.1 too), on
+/// both architectures the image is built for.
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "6.1",
+        arch: Arch::Amd64,
+        package: "linux-image-6.1.0-47-cloud-amd64-unsigned",
+        release: "6.1.0-47-cloud-amd64",
+    },
+    Kernel {
+        name: "6.1",
+        arch: Arch::Arm64,
+        package: "linux-image-6.1.0-47-cloud-arm64-unsigned",
+        release: "6.1.0-47-cloud-arm64",
+    },
+];
 
 /// Loaded at boot with their dependencies (the rest of kernel/net is in the image too, for
 /// on-demand loading): the datapath's (veth, clsact, cls_bpf, dummy), kube-proxy's
@@ -203,14 +287,32 @@ const PLAN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// arm64's subset (TCG emulates arm64 on these amd64 machines; the budget of both VM
+/// parts is 20 minutes of CI): the packet tests (the JIT and the verifier differ per
+/// architecture), the verifier work, UDP and TCP answered by the cache, kill -9 with
+/// restart cleanup and `nldns cleanup`, and the hung agent's fail-open.
+const ARM64: &[&str] = &[
+    "queries_are_redirected_and_replies_restored_with_valid_checksums",
+    "ipv4_udp_without_checksum_keeps_zero",
+    "vlan_tags_ip_options_and_ipv6_extension_headers_are_followed",
+    "fragments_malformed_and_foreign_packets_pass_byte_for_byte",
+    "stale_heartbeat_passes_queries_untouched",
+    "queries_pass_untouched_once_the_agent_sockets_are_gone",
+    "pods_are_answered_by_the_cache_over_udp_and_tcp_on_ipv4_and_ipv6",
+    "kill9_in_netlink_mode_falls_back_at_once_and_leftovers_are_removed",
+    "a_hung_agent_fails_open_within_a_second_and_recovers_on_sigcont",
+    "every_program_passes_the_verifier_and_its_work_is_recorded",
+];
+
 /// The suites for `kernel`, keeping only tests whose name contains `filter` (or one of
 /// its comma-separated parts).
-pub fn suites(_kernel: &Kernel, filter: Option<&str>) -> Vec<Suite> {
+pub fn suites(kernel: &Kernel, filter: Option<&str>) -> Vec<Suite> {
     PLAN.iter()
         .filter_map(|(package, name, tests)| {
             let tests: Vec<&'static str> = tests
                 .iter()
                 .copied()
+                .filter(|t| kernel.arch == Arch::Amd64 || ARM64.contains(t))
                 .filter(|t| filter.is_none_or(|f| f.split(',').any(|f| t.contains(f))))
                 .collect();
             (!tests.is_empty()).then(|| Suite {
@@ -222,7 +324,34 @@ pub fn suites(_kernel: &Kernel, filter: Option<&str>) -> Vec<Suite> {
         .collect()
 }
 
-/// The kernel `--kernel NAME` names.
-pub fn find(name: &str) -> Option<&'static Kernel> {
-    KERNELS.iter().find(|k| k.name == name)
+/// The kernels `--kernel NAME` names: `6.1` is every architecture's 6.1, `6.1-arm64`
+/// one of them.
+pub fn find(name: &str) -> Vec<&'static Kernel> {
+    KERNELS
+        .iter()
+        .filter(|k| k.name == name || format!("{}-{}", k.name, k.arch.name()) == name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arm64_test_is_in_the_plan_and_names_pick_kernels() {
+        for t in ARM64 {
+            assert!(
+                PLAN.iter().any(|(_, _, tests)| tests.contains(t)),
+                "{t} is in the arm64 subset but not in the plan"
+            );
+        }
+        assert_eq!(find("6.1").len(), 2);
+        assert_eq!(find("6.1-arm64")[0].arch, Arch::Arm64);
+        assert!(find("5.15").is_empty());
+        let arm64 = find("6.1-arm64")[0];
+        let n: usize = suites(arm64, None).iter().map(|s| s.tests.len()).sum();
+        assert_eq!(n, ARM64.len());
+        // The slow suites stay amd64-only.
+        assert!(suites(arm64, None).iter().all(|s| s.name != "faults"));
+    }
 }
