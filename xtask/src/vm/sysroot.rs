@@ -38,6 +38,17 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+/// The links Debian's maintainer scripts make (`update-alternatives` in iptables'
+/// postinst), which `dpkg-deb -x` does not run: iptables-nft, as on a kube-proxy node.
+const ALTERNATIVES: &[(&str, &str)] = &[
+    ("usr/sbin/iptables", "iptables-nft"),
+    ("usr/sbin/iptables-save", "iptables-nft-save"),
+    ("usr/sbin/iptables-restore", "iptables-nft-restore"),
+    ("usr/sbin/ip6tables", "ip6tables-nft"),
+    ("usr/sbin/ip6tables-save", "ip6tables-nft-save"),
+    ("usr/sbin/ip6tables-restore", "ip6tables-nft-restore"),
+];
+
 const STAMP: &str = ".nldns-sysroot";
 
 pub fn dir(root: &Path, arch: Arch) -> PathBuf {
@@ -88,6 +99,17 @@ pub fn ensure(root: &Path, arch: Arch, kernels: &[&Kernel]) -> Result<PathBuf> {
     }
     let mut unpacked = BTreeSet::new();
     unpack(root, arch, &sysroot, &wanted, &mut unpacked)?;
+    for (link, target) in ALTERNATIVES {
+        let link = sysroot.join(link);
+        ensure!(
+            link.with_file_name(target).exists(),
+            "{} sysroot: {target} is missing (iptables package)",
+            arch.name()
+        );
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(target, &link)?;
+        }
+    }
     // Libraries, until every NEEDED soname of every tool resolves inside the sysroot.
     for _ in 0..16 {
         let missing = missing_sonames(&sysroot, arch)?;
