@@ -7,7 +7,8 @@
 //! each soname missing from the sysroot is mapped to its package through the host's own
 //! dpkg database (`dpkg -S`: the amd64 package of the same name ships it), downloaded for
 //! the guest's architecture and unpacked, until nothing is missing. The kernel package of
-//! that architecture is unpacked into the same tree (`boot/vmlinuz-*`, `lib/modules/*`).
+//! that architecture is unpacked into the same tree (`boot/vmlinuz-*`, `lib/modules/*`,
+//! with `modules.dep` made by the host's `depmod -b`).
 //!
 //! The tree is merged-/usr like Debian 12 (`bin`, `sbin`, `lib` are symlinks into `usr`;
 //! tar keeps them with `--keep-directory-symlink`), so the guest sees the usual paths.
@@ -50,6 +51,8 @@ const ALTERNATIVES: &[(&str, &str)] = &[
 ];
 
 const STAMP: &str = ".nldns-sysroot";
+/// Bump when the way the tree is made changes, so existing trees are rebuilt.
+const RECIPE: u32 = 2;
 
 pub fn dir(root: &Path, arch: Arch) -> PathBuf {
     root.join("target/vm")
@@ -77,7 +80,7 @@ pub fn ensure(root: &Path, arch: Arch, kernels: &[&Kernel]) -> Result<PathBuf> {
     let sysroot = dir(root, arch);
     let mut wanted: Vec<&str> = TOOL_PACKAGES.to_vec();
     wanted.extend(kernels.iter().map(|k| k.package));
-    let stamp = format!("{}\n", wanted.join("\n"));
+    let stamp = format!("recipe {RECIPE}\n{}\n", wanted.join("\n"));
     if std::fs::read_to_string(sysroot.join(STAMP)).is_ok_and(|s| s == stamp) {
         return Ok(sysroot);
     }
@@ -99,6 +102,16 @@ pub fn ensure(root: &Path, arch: Arch, kernels: &[&Kernel]) -> Result<PathBuf> {
     }
     let mut unpacked = BTreeSet::new();
     unpack(root, arch, &sysroot, &wanted, &mut unpacked)?;
+    // modules.dep and friends are made by the kernel package's postinst: the host's
+    // depmod reads any architecture's modules.
+    for kernel in kernels {
+        cmd::run(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(&sysroot)
+                .arg(kernel.release),
+        )?;
+    }
     for (link, target) in ALTERNATIVES {
         let link = sysroot.join(link);
         ensure!(
