@@ -70,8 +70,8 @@ pub fn apt_packages() -> Vec<&'static str> {
     packages
 }
 
-/// The cargo target and linker of the foreign-architecture builds (`rustup target add`
-/// by `cargo xtask setup`; rust-lld ships with rustc).
+/// The cargo targets of the foreign-architecture builds (`rustup target add` by `cargo
+/// xtask setup`; their linker, rust-lld, ships with rustc).
 pub fn rust_targets() -> Vec<&'static str> {
     let mut targets: Vec<&str> = KERNELS
         .iter()
