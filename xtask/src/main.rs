@@ -49,28 +49,28 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::run(&root),
         Task::Test(args) => {
-            setup::run()?;
+            setup::run(&root)?;
             test::run(&root, &args)
         }
         Task::Demo(args) => {
-            setup::run()?;
+            setup::run(&root)?;
             demo::run(&root, &args)
         }
         Task::Image => {
-            setup::run()?;
+            setup::run(&root)?;
             let archive = image::build(&root)?;
             eprintln!("xtask: image archive {}", archive.display());
             Ok(())
         }
         Task::Fuzz(args) => {
-            setup::run()?;
+            setup::run(&root)?;
             fuzz::run(&root, &args)
         }
         Task::DeployChecks => deploy_checks::run(&root),
         Task::Bench(args) => {
-            setup::run()?;
+            setup::run(&root)?;
             bench::run(&root, &args)
         }
     }

@@ -6,6 +6,7 @@
 //! - bpf-linker must be built against Debian's LLVM 22 (`LLVM_PREFIX`), not the default
 //!   llvm-config on PATH (LLVM 14 here).
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -40,14 +41,43 @@ const APT_PACKAGES: &[&str] = &[
     "shellcheck",
     // A real OpenMetrics parser for the /metrics tests (tests/src/prometheus.rs).
     "python3-prometheus-client",
+    // `cargo xtask image` runs the arm64 binary of the image under qemu-user.
+    "qemu-user-static",
 ];
 
-pub fn run() -> Result<()> {
+pub fn run(root: &Path) -> Result<()> {
     apt_packages()?;
     nightly()?;
+    rust_targets()?;
     bpf_linker()?;
     cargo_fuzz()?;
-    check_llvm_majors()
+    check_llvm_majors()?;
+    // The arm64 kernel VM's kernel and tools: Debian's arm64 packages, unpacked into
+    // target/vm/sysroot-arm64 (xtask/src/vm/sysroot.rs), not installed on the host.
+    crate::vm::setup_foreign(root)
+}
+
+/// The musl targets of the image (both architectures) and of the arm64 VM's binaries.
+fn rust_targets() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .unwrap_or_default();
+    let mut wanted: Vec<&str> = crate::image::PLATFORMS.iter().map(|p| p.target).collect();
+    wanted.extend(crate::vm::rust_targets());
+    wanted.sort();
+    wanted.dedup();
+    let missing: Vec<&str> = wanted
+        .into_iter()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: rustup target add {missing:?}");
+    cmd::run(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 fn apt_packages() -> Result<()> {

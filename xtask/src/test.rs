@@ -31,8 +31,9 @@ pub struct TestArgs {
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     if !args.kernel.is_empty() {
         for name in &args.kernel {
-            let kernel = vm::plan_kernel(name)?;
-            vm::run(root, kernel, args.filter.as_deref())?;
+            for kernel in vm::plan_kernel(name)? {
+                vm::run(root, kernel, args.filter.as_deref())?;
+            }
         }
         return Ok(());
     }

@@ -5,8 +5,10 @@
 //! How a run goes:
 //! 1. cargo builds the agent and the test binaries for the guest's architecture (the same
 //!    `cargo test --no-run` binaries the host runs);
-//! 2. an initramfs is assembled from the host's own Debian files: busybox (mounts only),
-//!    the tools the harness drives with the shared libraries `ldd` lists, the kernel
+//! 2. an initramfs is assembled from Debian's files of the guest's architecture (the
+//!    host's own for amd64, an unpacked sysroot of arm64 packages for arm64, see
+//!    `sysroot.rs`): busybox (mounts only), the tools the harness drives with the shared
+//!    libraries they need (`ldd` on the host, `readelf -d` in a sysroot), the kernel
 //!    modules the datapath and kube-proxy's modes need (loaded by the real `modprobe`, and
 //!    autoloaded on demand like on a node), the binaries, and a generated `/init`;
 //! 3. QEMU boots it with TCG (no KVM on these machines) and no network device at all: the
@@ -18,6 +20,7 @@
 
 mod cpio;
 mod plan;
+pub mod sysroot;
 pub mod verifier;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -32,24 +35,62 @@ use crate::cmd;
 use cpio::Initramfs;
 pub use plan::{Arch, Kernel, KERNELS};
 
-/// The kernel `cargo xtask test --kernel NAME` names.
-pub fn plan_kernel(name: &str) -> Result<&'static Kernel> {
-    plan::find(name).with_context(|| {
-        let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
-        format!("no kernel {name} in the VM matrix (known: {names:?})")
-    })
+/// The kernels `cargo xtask test --kernel NAME` names (`6.1`: both architectures;
+/// `6.1-amd64`, `6.1-arm64`: one).
+pub fn plan_kernel(name: &str) -> Result<Vec<&'static Kernel>> {
+    let found = plan::find(name);
+    if found.is_empty() {
+        let names: Vec<String> = KERNELS
+            .iter()
+            .map(|k| format!("{}-{}", k.name, k.arch.name()))
+            .collect();
+        bail!("no kernel {name} in the VM matrix (known: 6.1, {names:?})");
+    }
+    Ok(found)
 }
 
-/// Debian packages the amd64 VM run needs on the host (installed by `cargo xtask setup`).
+/// Debian packages the VM runs need installed on the host (by `cargo xtask setup`):
+/// QEMU for both architectures, and the host architecture's tools and kernels. The other
+/// architecture's come unpacked into a sysroot ([`setup_foreign`]).
 pub fn apt_packages() -> Vec<&'static str> {
-    let mut packages = vec!["qemu-system-x86", "busybox-static", "ipvsadm", "kmod"];
+    let mut packages = vec![
+        "qemu-system-x86",
+        "qemu-system-arm",
+        "busybox-static",
+        "ipvsadm",
+        "kmod",
+        "binutils",
+    ];
     packages.extend(
         KERNELS
             .iter()
-            .filter(|k| k.arch == Arch::Amd64)
+            .filter(|k| k.arch.is_host())
             .map(|k| k.package),
     );
     packages
+}
+
+/// The cargo targets of the foreign-architecture builds (`rustup target add` by `cargo
+/// xtask setup`; their linker, rust-lld, ships with rustc).
+pub fn rust_targets() -> Vec<&'static str> {
+    let mut targets: Vec<&str> = KERNELS
+        .iter()
+        .filter_map(|k| k.arch.cargo_target())
+        .collect();
+    targets.dedup();
+    targets
+}
+
+/// The sysroots of the kernels of other architectures (`cargo xtask setup`; a no-op when
+/// up to date).
+pub fn setup_foreign(root: &Path) -> Result<()> {
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let kernels: Vec<&Kernel> = KERNELS.iter().filter(|k| k.arch == arch).collect();
+        if !arch.is_host() && !kernels.is_empty() {
+            sysroot::ensure(root, arch, &kernels)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where guest results are kept: `target/vm/<kernel>-<arch>/` (console log, verifier
@@ -69,7 +110,7 @@ pub fn verifier_dir(root: &Path) -> PathBuf {
 /// contains it. Fails if any guest test fails or the guest does not finish.
 pub fn run(root: &Path, kernel: &Kernel, filter: Option<&str>) -> Result<()> {
     let started = Instant::now();
-    let label = format!("linux-{} {}", kernel.name, kernel.arch.name());
+    let label = kernel.label();
     let work = work_dir(root, kernel);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let suites = plan::suites(kernel, filter);
@@ -78,7 +119,11 @@ pub fn run(root: &Path, kernel: &Kernel, filter: Option<&str>) -> Result<()> {
     let binaries = build(root, kernel, &suites)?;
     let built = started.elapsed();
     let initrd = work.join("initramfs.cpio");
-    let fs = assemble(root, kernel, &suites, &binaries)?;
+    let files = kernel.files_root(root);
+    if !kernel.arch.is_host() {
+        sysroot::ensure(root, kernel.arch, &[kernel])?;
+    }
+    let fs = assemble(&files, kernel, &suites, &binaries)?;
     fs.write_to(&initrd)?;
     eprintln!(
         "xtask vm: {label}: initramfs {} MiB (built in {:.0?}, assembled in {:.0?})",
@@ -86,7 +131,7 @@ pub fn run(root: &Path, kernel: &Kernel, filter: Option<&str>) -> Result<()> {
         built,
         started.elapsed() - built
     );
-    let outcome = boot(kernel, &label, &initrd, &work)?;
+    let outcome = boot(root, kernel, &label, &initrd, &work)?;
     let verifier = verifier_dir(root);
     std::fs::create_dir_all(&verifier)?;
     if let Some(release) = &outcome.release {
@@ -145,10 +190,15 @@ struct Built {
 /// test executables.
 fn build(root: &Path, kernel: &Kernel, suites: &[plan::Suite]) -> Result<(PathBuf, Vec<Built>)> {
     let target = kernel.arch.cargo_target();
-    let mut agent = Command::new("cargo");
-    agent
-        .current_dir(root)
-        .args(["build", "-p", "nldns-userspace", "--bin", "nldns"]);
+    let cargo = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(root)
+            // Static aarch64-musl binaries need no cross gcc: rust-lld links them.
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld");
+        c
+    };
+    let mut agent = cargo();
+    agent.args(["build", "-p", "nldns-userspace", "--bin", "nldns"]);
     if let Some(t) = target {
         agent.args(["--release", "--target", t]);
     }
@@ -160,9 +210,8 @@ fn build(root: &Path, kernel: &Kernel, suites: &[plan::Suite]) -> Result<(PathBu
     let mut built = Vec::new();
     let packages: BTreeSet<&str> = suites.iter().map(|s| s.package).collect();
     for package in packages {
-        let mut c = Command::new("cargo");
-        c.current_dir(root)
-            .args(["test", "--no-run", "--message-format=json", "-p", package]);
+        let mut c = cargo();
+        c.args(["test", "--no-run", "--message-format=json", "-p", package]);
         for suite in suites.iter().filter(|s| s.package == package) {
             c.args(["--test", &suite.name]);
         }
@@ -219,8 +268,10 @@ const GUEST_AGENT: &str = "/opt/nldns/nldns";
 const GUEST_TESTS: &str = "/opt/nldns/tests";
 const GUEST_VERIFIER: &str = "/tmp/nldns-verifier.jsonl";
 
+/// `files`: where the guest architecture's Debian files are on the host (`/`, or the
+/// unpacked sysroot of a foreign architecture).
 fn assemble(
-    _root: &Path,
+    files: &Path,
     kernel: &Kernel,
     suites: &[plan::Suite],
     (agent, binaries): &(PathBuf, Vec<Built>),
@@ -232,37 +283,45 @@ fn assemble(
     ] {
         fs.dir(dir);
     }
-    // Debian 12 is merged-/usr: keep the same layout so ldd's paths resolve.
+    // Debian 12 is merged-/usr: keep the same layout so the libraries' paths resolve.
     for (link, target) in [
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),
         ("lib", "usr/lib"),
         ("lib64", "usr/lib64"),
     ] {
-        if Path::new("/").join(link).is_symlink() {
+        if files.join(link).is_symlink() {
             fs.symlink(link, target);
         }
     }
-    let mut copier = Copier::default();
-    for tool in plan::GUEST_TOOLS {
-        let path = find_tool(tool).with_context(|| {
-            format!("the VM needs `{tool}` on the host (cargo xtask setup installs it)")
-        })?;
-        copier.add(&mut fs, &path)?;
+    let mut copier = Copier::new(files, kernel.arch);
+    if kernel.arch.is_host() {
+        for tool in plan::GUEST_TOOLS {
+            let path = find_tool(tool).with_context(|| {
+                format!("the VM needs `{tool}` on the host (cargo xtask setup installs it)")
+            })?;
+            copier.add(&mut fs, &path)?;
+        }
+        // iptables-nft loads its matches and targets (comment, statistic, DNAT,
+        // NOTRACK...) with dlopen, which ldd cannot see.
+        let xtables = Path::new("/usr/lib")
+            .join(kernel.arch.multiarch())
+            .join("xtables");
+        for entry in
+            std::fs::read_dir(&xtables).with_context(|| format!("reading {}", xtables.display()))?
+        {
+            copier.add(&mut fs, &entry?.path())?;
+        }
+    } else {
+        // The same tools and iptables extensions, from the sysroot.
+        for path in sysroot::tool_paths(files, kernel.arch)? {
+            copier.add(&mut fs, &path)?;
+        }
     }
-    // iptables-nft loads its matches and targets (comment, statistic, DNAT, NOTRACK...)
-    // with dlopen, which ldd cannot see.
-    let xtables = Path::new("/usr/lib")
-        .join(kernel.arch.multiarch())
-        .join("xtables");
-    for entry in
-        std::fs::read_dir(&xtables).with_context(|| format!("reading {}", xtables.display()))?
-    {
-        copier.add(&mut fs, &entry?.path())?;
-    }
+    // Architecture-independent tables: the host's.
     for file in ["/etc/protocols", "/etc/services", "/etc/ethertypes"] {
-        if Path::new(file).exists() {
-            copier.add(&mut fs, Path::new(file))?;
+        if let Ok(data) = std::fs::read(file) {
+            fs.file(file, data, 0o644);
         }
     }
     fs.file(
@@ -283,6 +342,7 @@ fn assemble(
     fs.file("etc/resolv.conf", b"nameserver 127.0.0.1\n".to_vec(), 0o644);
     modules(&mut fs, &mut copier, kernel)?;
 
+    // The project's own binaries are built for the guest (static for a foreign one).
     fs.file(GUEST_AGENT, read_stripped(agent)?, 0o755);
     copier.libraries(&mut fs, agent)?;
     for built in binaries {
@@ -309,6 +369,7 @@ fn read_stripped(path: &Path) -> Result<Vec<u8>> {
         .arg("--strip-debug")
         .arg(path)
         .arg(&tmp)
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     let data = if stripped {
@@ -320,13 +381,25 @@ fn read_stripped(path: &Path) -> Result<Vec<u8>> {
     data.with_context(|| format!("reading {}", path.display()))
 }
 
-/// Copies host files into the image with their symlink chains and shared libraries.
-#[derive(Default)]
+/// Copies files of a Debian tree (the host's `/`, or a sysroot) into the image at the
+/// same guest paths, with their symlink chains and shared libraries.
 struct Copier {
+    /// Where guest path `/x` is on the host: `files/x`.
+    files: PathBuf,
+    arch: Arch,
     seen: BTreeSet<PathBuf>,
 }
 
 impl Copier {
+    fn new(files: &Path, arch: Arch) -> Copier {
+        Copier {
+            files: files.to_path_buf(),
+            arch,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Adds guest path `path`.
     fn add(&mut self, fs: &mut Initramfs, path: &Path) -> Result<()> {
         let mut queue = VecDeque::from([path.to_path_buf()]);
         while let Some(path) = queue.pop_front() {
@@ -335,14 +408,15 @@ impl Copier {
             }
             // Resolve the directories (merged /usr), keep the file's own symlink.
             let parent = path.parent().context("a file path has a parent")?;
-            let parent = std::fs::canonicalize(parent)
+            let parent = sysroot::resolve(&self.files, parent)
                 .with_context(|| format!("resolving {}", parent.display()))?;
             let real = parent.join(path.file_name().context("file name")?);
+            let host = sysroot::host_path(&self.files, &real);
             let guest = real.to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&real)
-                .with_context(|| format!("reading {}", real.display()))?;
+            let meta = std::fs::symlink_metadata(&host)
+                .with_context(|| format!("reading {}", host.display()))?;
             if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&real)?;
+                let target = std::fs::read_link(&host)?;
                 fs.symlink(&guest, &target.to_string_lossy());
                 queue.push_back(parent.join(target));
                 continue;
@@ -353,19 +427,42 @@ impl Copier {
             }
             use std::os::unix::fs::PermissionsExt;
             let data =
-                std::fs::read(&real).with_context(|| format!("reading {}", real.display()))?;
+                std::fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
             let is_elf = data.starts_with(b"\x7fELF");
             fs.file(&guest, data, meta.permissions().mode() & 0o7777);
             if is_elf {
-                queue.extend(ldd(&real));
+                queue.extend(self.needed(&host)?);
             }
         }
         Ok(())
     }
 
-    /// Only the shared libraries of `binary` (the binary itself goes in elsewhere).
+    /// The guest paths of the shared libraries (and loader) of host file `host`: `ldd`
+    /// for the host's own architecture, `NEEDED` entries found in the tree otherwise.
+    fn needed(&self, host: &Path) -> Result<Vec<PathBuf>> {
+        if self.arch.is_host() {
+            return Ok(ldd(host));
+        }
+        let (needed, interp) = sysroot::elf_deps(host)?;
+        let mut libs: Vec<PathBuf> = interp.into_iter().map(PathBuf::from).collect();
+        for soname in needed {
+            libs.push(
+                sysroot::find_library(&self.files, self.arch, &soname).with_context(|| {
+                    format!(
+                        "{} needs {soname}, which is not in {} (cargo xtask setup)",
+                        host.display(),
+                        self.files.display()
+                    )
+                })?,
+            );
+        }
+        Ok(libs)
+    }
+
+    /// Only the shared libraries of host file `binary` (the binary itself goes in
+    /// elsewhere; nothing for a static one).
     fn libraries(&mut self, fs: &mut Initramfs, binary: &Path) -> Result<()> {
-        for lib in ldd(binary) {
+        for lib in self.needed(binary)? {
             self.add(fs, &lib)?;
         }
         Ok(())
@@ -399,7 +496,8 @@ fn find_tool(tool: &str) -> Option<PathBuf> {
 /// on-demand loading (`request_module`, e.g. an iptables target) finds what a node's would.
 fn modules(fs: &mut Initramfs, copier: &mut Copier, kernel: &Kernel) -> Result<()> {
     let base = kernel.modules_dir();
-    let dep_path = base.join("modules.dep");
+    let host_base = sysroot::host_path(&copier.files, &base);
+    let dep_path = host_base.join("modules.dep");
     let deps = std::fs::read_to_string(&dep_path).with_context(|| {
         format!(
             "reading {} (is {} installed? `cargo xtask setup`)",
@@ -417,7 +515,10 @@ fn modules(fs: &mut Initramfs, copier: &mut Copier, kernel: &Kernel) -> Result<(
             .next()
             .unwrap_or_default()
             .trim_end_matches(".ko");
-        if module.starts_with("kernel/net/") || plan::MODULES.contains(&name) {
+        if module.starts_with("kernel/net/")
+            || plan::MODULES.contains(&name)
+            || kernel.arch.early_modules().contains(&name)
+        {
             wanted.insert(module.to_string());
             for dep in line
                 .split_once(':')
@@ -429,7 +530,7 @@ fn modules(fs: &mut Initramfs, copier: &mut Copier, kernel: &Kernel) -> Result<(
             }
         }
     }
-    for name in plan::MODULES {
+    for name in plan::MODULES.iter().chain(kernel.arch.early_modules()) {
         anyhow::ensure!(
             wanted
                 .iter()
@@ -441,10 +542,10 @@ fn modules(fs: &mut Initramfs, copier: &mut Copier, kernel: &Kernel) -> Result<(
     for module in &wanted {
         copier.add(fs, &base.join(module))?;
     }
-    for entry in std::fs::read_dir(&base)? {
+    for entry in std::fs::read_dir(&host_base)? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with("modules.") {
-            copier.add(fs, &entry.path())?;
+            copier.add(fs, &base.join(entry.file_name()))?;
         }
     }
     Ok(())
@@ -479,8 +580,10 @@ $bb mkdir -p /dev/shm /sys/fs/cgroup
 $bb mount -t tmpfs tmpfs /dev/shm
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
 $bb mount -t bpf bpf /sys/fs/bpf
-# Test output goes to the second serial port, read line by line by the host.
-exec 3>/dev/ttyS1
+# Test output goes to its own port ({results}), read line by line by the host.
+{early}i=0
+while [ ! -c {results} ] && [ $i -lt 50 ]; do $bb sleep 0.1; i=$((i + 1)); done
+exec 3>{results}
 echo "NLDNS-VM-KERNEL $($bb uname -r) $($bb uname -m)" >&3
 for m in {modprobe}; do
     modprobe "$m" || echo "NLDNS-VM-ERROR modprobe $m failed" >&3
@@ -507,6 +610,13 @@ $bb poweroff -f
         kernel = kernel.name,
         arch = kernel.arch.name(),
         modprobe = modprobe.join(" "),
+        early = kernel
+            .arch
+            .early_modules()
+            .iter()
+            .map(|m| format!("modprobe {m}\n"))
+            .collect::<String>(),
+        results = kernel.arch.results_device(),
     )
 }
 
@@ -525,7 +635,7 @@ struct Outcome {
 /// The whole guest run may take this long before QEMU is killed.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
-fn boot(kernel: &Kernel, label: &str, initrd: &Path, work: &Path) -> Result<Outcome> {
+fn boot(root: &Path, kernel: &Kernel, label: &str, initrd: &Path, work: &Path) -> Result<Outcome> {
     let console = work.join("console.log");
     let mut qemu = Command::new(kernel.arch.qemu());
     qemu.args(kernel.arch.machine_args())
@@ -542,9 +652,9 @@ fn boot(kernel: &Kernel, label: &str, initrd: &Path, work: &Path) -> Result<Outc
         .args(["-nic", "none"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .args(["-serial", "stdio"])
+        .args(kernel.arch.results_args())
         .arg("-kernel")
-        .arg(kernel.vmlinuz())
+        .arg(kernel.vmlinuz(root))
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
