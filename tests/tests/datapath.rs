@@ -314,16 +314,35 @@ fn kill9_in_netlink_mode_falls_back_at_once_and_leftovers_are_removed() {
         assert!(gone >= 1, "{after}");
     }
 
-    // A restart removes the dead agent's filters before attaching its own.
-    let mut agent = start_agent(&node, &["--attach-mode", "netlink"]);
-    let on_veth: Vec<_> = attachments(&status(&node))
+    // A restart removes the dead agent's filters before attaching its own. (A status
+    // taken while the new agent starts may still list the dead filters next to the new
+    // agent's sockets, which sit on the same ports: wait for the new programs.)
+    let dead: Vec<u64> = attachments(&status(&node))
         .into_iter()
         .filter(|a| a.0 == veth)
+        .map(|a| a.3)
         .collect();
+    let mut agent = start_agent(&node, &["--attach-mode", "netlink"]);
+    let mut on_veth = Vec::new();
+    wait_for(
+        "the new agent's own filters",
+        Duration::from_secs(20),
+        || {
+            on_veth = attachments(&status(&node))
+                .into_iter()
+                .filter(|a| a.0 == veth)
+                .collect();
+            on_veth.len() == 2 && on_veth.iter().all(|a| !dead.contains(&a.3))
+        },
+    );
     assert_eq!(
         on_veth.len(),
         2,
         "exactly the new agent's filters: {on_veth:?}"
+    );
+    assert!(
+        on_veth.iter().all(|a| !dead.contains(&a.3)),
+        "the dead agent's filters {dead:?} are gone: {on_veth:?}"
     );
     agent.kill9().unwrap();
     agent.wait_exit(Duration::from_secs(5)).unwrap();
