@@ -1,6 +1,7 @@
 //! Service-level tests against real DNS servers on 127.0.0.1 (see `testing.rs`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1094,5 +1095,193 @@ async fn coredns_series_count_udp_tcp_hits_misses_and_errors() {
     assert!(
         !text.contains(".."),
         "no HELP text ends in two periods: {text}"
+    );
+}
+
+/// A pod flooding new names of a zone whose upstream never answers ("water torture")
+/// holds at most its own share of the miss path: its extra misses get SERVFAIL at
+/// once, and another pod's new names still resolve.
+#[tokio::test]
+async fn flooding_client_cannot_starve_another_clients_new_names() {
+    let silent = TestUpstream::start(Mode::Silent).await;
+    let good = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&good], &[]);
+    cfg.stub_domains = vec![("tortured.test".into(), vec![silent.addr])];
+    // The silent upstream's exchanges outlive the test: an answer means "at once".
+    cfg.upstream_timeout = Duration::from_secs(60);
+    cfg.max_upstream_in_flight = 20;
+    cfg.max_waiting_queries = 40;
+    cfg.max_upstream_in_flight_per_source = 5;
+    cfg.max_waiting_queries_per_source = 10;
+    let (svc, metrics) = service(cfg);
+    let flooder: IpAddr = "10.244.1.7".parse().unwrap();
+    let victim: IpAddr = "10.244.1.8".parse().unwrap();
+    let flood_q = |i: usize| query(&format!("r{i}.tortured.test."), RecordType::A, 7, None);
+
+    // The flooder's first misses take its 5 exchanges and wait on them.
+    let mut hanging = Vec::new();
+    for i in 0..5 {
+        let svc = svc.clone();
+        let q = flood_q(i);
+        hanging.push(tokio::spawn(async move {
+            svc.answer_from(&q, Protocol::Udp, Some(flooder)).await
+        }));
+    }
+    let at = svc.misses.hasher.buckets(flooder);
+    let waited = Instant::now();
+    while svc.misses.source_exchanges.held(at) < 5 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(svc.misses.source_exchanges.held(at), 5);
+
+    // Every further new name of the flooder is answered at once: SERVFAIL, counted.
+    let flood = 500;
+    for i in 5..5 + flood {
+        let reply = tokio::time::timeout(
+            PATIENCE,
+            svc.answer_from(&flood_q(i), Protocol::Udp, Some(flooder)),
+        )
+        .await
+        .expect("a flooder over its quota is answered at once")
+        .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+    assert_eq!(metrics.source_quota_rejects.get(), flood as u64);
+
+    // Meanwhile the other pod's new names resolve, every one of them.
+    for i in 0..100 {
+        let q = query(&format!("n{i}.example.com."), RecordType::A, 9, None);
+        let reply =
+            tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(victim)))
+                .await
+                .expect("answered in time")
+                .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "name {i}"
+        );
+        assert_eq!(addresses(&reply), vec!["10.0.0.1"]);
+    }
+    assert_eq!(good.queries(), 100);
+
+    // The bounds held: the silent upstream saw only the flooder's 5 exchanges.
+    assert_eq!(
+        svc.misses.upstream_in_flight.load(Ordering::Acquire),
+        5,
+        "only the flooder's own exchanges are left in flight"
+    );
+    let waited = Instant::now();
+    while silent.queries() < 5 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(silent.queries(), 5);
+    assert_eq!(metrics.upstream_overload.get(), 0);
+    for h in hanging {
+        h.abort();
+    }
+}
+
+/// Joining an exchange already in flight starts nothing, but still holds one of the
+/// client's waiters: past `max_waiting_queries_per_source` the client gets SERVFAIL at
+/// once, another client can still join, and every charge is given back.
+#[tokio::test]
+async fn coalesced_waiters_count_against_their_own_client() {
+    let silent = TestUpstream::start(Mode::Silent).await;
+    let mut cfg = config(&[&silent], &[]);
+    cfg.upstream_timeout = Duration::from_secs(60);
+    cfg.max_upstream_in_flight_per_source = 1;
+    cfg.max_waiting_queries_per_source = 4;
+    let (svc, metrics) = service(cfg);
+    let a: IpAddr = "10.244.2.1".parse().unwrap();
+    let b: IpAddr = "fd00::2:2".parse().unwrap();
+    let q = query("same.example.com.", RecordType::A, 3, None);
+    let mut scratch = svc.shared_scratch("dns://:53", false);
+    let mut out = Vec::new();
+    let mut pending = Vec::new();
+    let (mut waiting, mut refused) = (0, 0);
+    for client in [a; 10].into_iter().chain([b; 2]) {
+        scratch.set_client(Some(client));
+        match svc.handle(&q, Protocol::Udp, Instant::now(), &mut scratch, &mut out) {
+            Handling::Resolve(p) => {
+                waiting += 1;
+                pending.push(tokio::spawn(p.resolve()));
+            }
+            Handling::Reply => {
+                refused += 1;
+                let reply = Message::from_vec(&out).unwrap();
+                assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+            }
+            Handling::Drop => panic!("a valid query"),
+        }
+    }
+    // a: 4 waiters, 6 refused at once; b: both of its waiters.
+    assert_eq!((waiting, refused), (6, 6));
+    assert_eq!(metrics.source_quota_rejects.get(), 6);
+    let waited = Instant::now();
+    while silent.queries() < 1 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // One exchange for all of them.
+    assert_eq!(silent.queries(), 1);
+    assert_eq!(svc.misses.upstream_in_flight.load(Ordering::Acquire), 1);
+    for p in pending {
+        p.abort();
+        let _ = p.await;
+    }
+    // Aborted waiters gave their charges back; the exchange still holds a's.
+    let (at_a, at_b) = (svc.misses.hasher.buckets(a), svc.misses.hasher.buckets(b));
+    assert_eq!(svc.misses.source_waiters.held(at_a), 0);
+    assert_eq!(svc.misses.source_waiters.held(at_b), 0);
+    assert_eq!(svc.misses.waiting_queries.load(Ordering::Acquire), 0);
+    assert!(svc.misses.source_exchanges.held(at_a) <= 1);
+}
+
+/// The node-wide upstream rate bound: exchanges started beyond it get SERVFAIL at
+/// once, counted; the upstream never sees more than the bound allows.
+#[tokio::test]
+async fn upstream_query_rate_is_bounded() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_upstream_qps = 2;
+    let (svc, metrics) = service(cfg);
+    let started = Instant::now();
+    let total: u32 = 20;
+    let mut answered: u32 = 0;
+    for i in 0..total {
+        // A different client each time: no per-source quota is involved.
+        let client = IpAddr::from([10, 244, 3, i as u8]);
+        let q = query(&format!("q{i}.example.com."), RecordType::A, 1, None);
+        let reply =
+            tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(client)))
+                .await
+                .expect("answered in time")
+                .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        match reply.metadata.response_code {
+            ResponseCode::NoError => answered += 1,
+            code => assert_eq!(code, ResponseCode::ServFail),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A burst of one second's worth, then `max_upstream_qps` per second.
+    let allowed = 2.0 + 2.0 * elapsed;
+    assert!(f64::from(answered) <= allowed, "{answered} > {allowed}");
+    assert!(answered >= 2);
+    assert_eq!(up.queries(), answered as usize);
+    assert_eq!(
+        metrics.upstream_rate_limited.get(),
+        u64::from(total - answered)
     );
 }
