@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub upstream_nameservers: Option<Vec<Server>>,
     #[serde(default, deserialize_with = "inline_or_string")]
     pub cache: Option<CacheSection>,
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub limits: Option<LimitsSection>,
     /// kube-dns's federation (deprecated there, no meaning here).
     #[serde(default)]
     pub federations: Option<IgnoredAny>,
@@ -50,6 +52,19 @@ pub struct ConfigFile {
 pub struct CacheSection {
     pub max_entries: Option<usize>,
     pub max_bytes: Option<usize>,
+}
+
+/// `limits`: the miss path's bounds (docs/operations.md, "Bounds under pressure"),
+/// each optional (absent: the engine's defaults).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_upstream_in_flight: Option<usize>,
+    pub max_waiting_queries: Option<usize>,
+    pub max_upstream_in_flight_per_source: Option<usize>,
+    pub max_waiting_queries_per_source: Option<usize>,
+    /// 0: unbounded.
+    pub max_upstream_qps: Option<u32>,
 }
 
 /// "1.2.3.4", "1.2.3.4:5353", "fd00::1", "[fd00::1]:5353".
@@ -123,6 +138,25 @@ impl ConfigFile {
         if let Some(n) = self.cache.as_ref().and_then(|c| c.max_entries) {
             if n > MAX_CACHE_ENTRIES {
                 bail!("cache: maxEntries: {n} is above {MAX_CACHE_ENTRIES}");
+            }
+        }
+        if let Some(l) = &self.limits {
+            // Zero would refuse every miss: surely a mistake.
+            for (key, value) in [
+                ("maxUpstreamInFlight", l.max_upstream_in_flight),
+                ("maxWaitingQueries", l.max_waiting_queries),
+                (
+                    "maxUpstreamInFlightPerSource",
+                    l.max_upstream_in_flight_per_source,
+                ),
+                (
+                    "maxWaitingQueriesPerSource",
+                    l.max_waiting_queries_per_source,
+                ),
+            ] {
+                if value == Some(0) {
+                    bail!("limits: {key}: 0 would answer every cache miss SERVFAIL");
+                }
             }
         }
         if self.federations.is_some() {
@@ -216,6 +250,15 @@ mod tests {
                 "cache: maxEntries",
             ),
             (r#"{"cache": 5}"#, "cache"),
+            (r#"{"limits": {"maxUpstreamQPS": 5}}"#, "maxUpstreamQPS"),
+            (
+                r#"{"limits": {"maxUpstreamQps": -1}}"#,
+                "limits: maxUpstreamQps",
+            ),
+            (
+                r#"{"limits": {"maxWaitingQueriesPerSource": 0}}"#,
+                "limits: maxWaitingQueriesPerSource",
+            ),
             (r#"{"stubDomain": {}}"#, "stubDomain"),
             (r#"{"upstreamNameservers": "nope"}"#, "upstreamNameservers"),
         ] {
