@@ -1285,3 +1285,91 @@ async fn upstream_query_rate_is_bounded() {
         u64::from(total - answered)
     );
 }
+
+/// Forged replies during a burst of misses: the "upstream" here is the test's own
+/// socket, so it knows every exchange's source port and ID; from another socket it
+/// fires forgeries at exactly those ports (random IDs, and the true ID too, all
+/// answering 6.6.6.6) before the real answers. None may be taken: the exchange
+/// sockets are connected (the kernel drops datagrams from any other source) and the
+/// ID and question must match.
+#[tokio::test]
+async fn forged_replies_to_the_exchange_ports_are_never_cached() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = DnsConfig {
+        default_upstreams: vec![upstream.local_addr().unwrap()],
+        min_ttl: Duration::ZERO,
+        upstream_timeout: Duration::from_secs(30),
+        upstream_attempts: 1,
+        ..DnsConfig::default()
+    };
+    cfg.max_upstream_qps = 0;
+    let (svc, _) = service(cfg);
+    let names = 40;
+    let mut clients = Vec::new();
+    for i in 0..names {
+        let svc = svc.clone();
+        let q = query(&format!("f{i}.example.com."), RecordType::A, 5, None);
+        clients.push(tokio::spawn(
+            async move { ask(&svc, &q, Protocol::Udp).await },
+        ));
+    }
+    // The burst's upstream queries: who asked (port) and with which ID.
+    let mut asked = Vec::new();
+    let mut buf = vec![0u8; 65535];
+    while asked.len() < names {
+        let (len, peer) = tokio::time::timeout(PATIENCE, upstream.recv_from(&mut buf))
+            .await
+            .expect("the misses reach upstream")
+            .unwrap();
+        asked.push((Message::from_vec(&buf[..len]).unwrap(), peer));
+    }
+    let reply_to = |q: &Message, id: u16, addr: [u8; 4]| {
+        let mut r = Message::response(id, q.metadata.op_code);
+        r.metadata.recursion_desired = true;
+        r.metadata.recursion_available = true;
+        r.add_query(q.queries[0].clone());
+        r.add_answer(hickory_proto::rr::Record::from_rdata(
+            q.queries[0].name().clone(),
+            60,
+            RData::A(std::net::Ipv4Addr::from(addr).into()),
+        ));
+        r.to_vec().unwrap()
+    };
+    let rounds = 2500;
+    let mut forged = 0usize;
+    for round in 0..rounds {
+        for (q, port) in &asked {
+            // Every 100th carries the true ID: the source check alone must stop it.
+            let id = if round % 100 == 0 {
+                q.metadata.id
+            } else {
+                rand::random()
+            };
+            forger
+                .send_to(&reply_to(q, id, [6, 6, 6, 6]), port)
+                .await
+                .unwrap();
+            forged += 1;
+        }
+        if round % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(forged, names * rounds);
+    for (q, port) in &asked {
+        let real = reply_to(q, q.metadata.id, [10, 0, 0, 1]);
+        upstream.send_to(&real, port).await.unwrap();
+    }
+    for client in clients {
+        assert_eq!(addresses(&client.await.unwrap()), vec!["10.0.0.1"]);
+    }
+    // And the cache holds the real answers only.
+    let mut cached_forgeries = 0;
+    for i in 0..names {
+        let q = query(&format!("f{i}.example.com."), RecordType::A, 6, None);
+        let got = addresses(&ask(&svc, &q, Protocol::Udp).await);
+        cached_forgeries += usize::from(got != vec!["10.0.0.1"]);
+    }
+    assert_eq!(cached_forgeries, 0, "of {forged} forged replies");
+}
