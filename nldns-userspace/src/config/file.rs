@@ -1,8 +1,8 @@
 //! The `--config` file: kube-dns's ConfigMap keys (`stubDomains`, `upstreamNameservers`)
-//! plus nldns's own `cache` bounds, read with serde from either one JSON file or a
+//! plus nldns's own `cache` and `limits` bounds, read with serde from either one JSON file or a
 //! mounted ConfigMap directory (one file per key).
 //!
-//! Unknown keys are errors, at the top and inside `cache`: a typo (`stubDomain`) would
+//! Unknown keys are errors, at the top and inside `cache` and `limits`: a typo (`stubDomain`) would
 //! otherwise leave the defaults in place without a word. The one exception is
 //! kube-dns's `federations`, which a copied kube-dns ConfigMap may still carry: it is
 //! accepted and ignored with a warning. An error names the key path and the value at
