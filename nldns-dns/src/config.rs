@@ -73,6 +73,18 @@ pub struct DnsConfig {
     pub max_upstream_in_flight: usize,
     /// Client queries waiting for an upstream answer at once; past it, SERVFAIL.
     pub max_waiting_queries: usize,
+    /// Upstream exchanges one client (source IP) may have started and still in
+    /// flight; past it, that client's new names get SERVFAIL at once (stale if
+    /// cached) and everyone else's still resolve. Joining an exchange already in
+    /// flight is not an exchange started.
+    pub max_upstream_in_flight_per_source: usize,
+    /// Queries one client may have waiting for upstream at once (its own exchanges
+    /// and those it joined); past it, SERVFAIL at once for that client.
+    pub max_waiting_queries_per_source: usize,
+    /// Upstream exchanges the node starts per second at most, whoever asks (the
+    /// query rate the upstreams see from this node, apart from TCP and EDNS
+    /// retries of an exchange); past it, SERVFAIL at once. 0: unbounded.
+    pub max_upstream_qps: u32,
     /// TCP client connections at once; more are closed at accept.
     pub max_tcp_connections: usize,
     /// Queries answered concurrently per TCP connection (pipelining depth).
@@ -116,6 +128,9 @@ impl DnsConfig {
             upstream_failure_backoff: Duration::from_secs(10),
             max_upstream_in_flight: 1000,
             max_waiting_queries: 10_000,
+            max_upstream_in_flight_per_source: 100,
+            max_waiting_queries_per_source: 1000,
+            max_upstream_qps: 5000,
             max_tcp_connections: 1000,
             max_tcp_pipeline: 64,
             tcp_idle_timeout: Duration::from_secs(10),

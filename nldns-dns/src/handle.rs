@@ -1,6 +1,7 @@
 //! The one entry point for a client's query, [`DnsService::handle`]: parse, heartbeat,
 //! cache hit, or the start of a miss (`miss.rs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,9 +30,20 @@ impl DnsService {
     /// Handles `query` and, on a miss, waits for the upstream outcome: [`Self::handle`]
     /// for callers that keep no buffers (tests, tools). `None`: send nothing.
     pub async fn answer(self: &Arc<Self>, query: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
+        self.answer_from(query, protocol, None).await
+    }
+
+    /// [`Self::answer`] for a query from `client` (charged to its per-source quotas).
+    pub async fn answer_from(
+        self: &Arc<Self>,
+        query: &[u8],
+        protocol: Protocol,
+        client: Option<IpAddr>,
+    ) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         let now = Instant::now();
         let mut scratch = self.shared_scratch("dns://:53", false);
+        scratch.set_client(client);
         match self.handle(query, protocol, now, &mut scratch, &mut out) {
             Handling::Reply => {
                 scratch.sent(now);
@@ -167,11 +179,11 @@ impl DnsService {
             protocol,
             received: now,
         };
-        match self.start_miss(query, info, key.to_owned_key(), stale, counting) {
+        let client = scratch.client;
+        match self.start_miss(query, info, key.to_owned_key(), stale, counting, client) {
             Ok(pending) => Handling::Resolve(pending),
-            Err((info, stale)) => {
-                self.metrics.upstream_overload.inc();
-                self.metrics.coredns.max_concurrent_rejects.inc();
+            Err((info, stale, shed)) => {
+                self.count_shed(shed);
                 let tally = Tally {
                     stats: &scratch.stats,
                     labels,

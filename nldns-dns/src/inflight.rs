@@ -1,10 +1,13 @@
 //! The miss path's shared state, owned by the service: the in-flight table (one upstream
 //! exchange per cache key, its outcome shared by every waiter through a `watch`
-//! channel) and the two counters that bound it.
+//! channel), the two counters that bound it node-wide, the per-source tables that
+//! share those bounds between clients, and the node-wide upstream rate bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -16,6 +19,12 @@ pub(crate) struct Misses {
     pub inflight: Mutex<HashMap<CacheKey, Inflight>>,
     pub upstream_in_flight: AtomicUsize,
     pub waiting_queries: AtomicUsize,
+    /// Upstream exchanges each source started and that are still in flight.
+    pub source_exchanges: SourceTable,
+    /// Waiting queries each source holds (its own exchanges and coalesced ones).
+    pub source_waiters: SourceTable,
+    pub hasher: SourceHasher,
+    pub rate: RateLimit,
 }
 
 /// The outcome of one upstream resolution, shared with every coalesced waiter.
@@ -58,5 +67,172 @@ impl Drop for InflightEntry<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(self.key);
+    }
+}
+
+/// Buckets per row of the per-source tables (a power of two).
+const SOURCE_BUCKETS: usize = 4096;
+const SOURCE_BITS: u32 = SOURCE_BUCKETS.trailing_zeros();
+
+/// Where a client's charges go: one bucket in each of the two rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SourceBuckets([u16; 2]);
+
+/// Per-source bounds on what the miss path holds for a client: a count-min table of
+/// two rows of hashed buckets (fixed memory: 2 x 4,096 atomics per table, nothing
+/// allocated per query). A client is charged in its bucket of each row, and its
+/// count is the smaller of the two: never below what it really holds, so a client
+/// can never pass its quota; a neighbour is wrongly limited only if some heavier
+/// client shares both of its buckets (two independent, per-process random hashes).
+pub(crate) struct SourceTable {
+    rows: [Box<[AtomicU32]>; 2],
+}
+
+impl Default for SourceTable {
+    fn default() -> Self {
+        let row = || (0..SOURCE_BUCKETS).map(|_| AtomicU32::new(0)).collect();
+        SourceTable {
+            rows: [row(), row()],
+        }
+    }
+}
+
+impl SourceTable {
+    /// Charges one to `at` unless its count is already `limit` or more. Concurrent
+    /// charges of one client may each pass the check: the bound holds within the
+    /// number of threads charging at the same instant. True: charged; the caller
+    /// owes a [`Self::release`].
+    pub fn take(&self, at: SourceBuckets, limit: usize) -> bool {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let [a, b] = self.cells(at);
+        let held = a
+            .fetch_add(1, Ordering::AcqRel)
+            .min(b.fetch_add(1, Ordering::AcqRel));
+        if held >= limit {
+            a.fetch_sub(1, Ordering::AcqRel);
+            b.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// What `at` holds (the count-min estimate).
+    #[cfg(test)]
+    pub fn held(&self, at: SourceBuckets) -> u32 {
+        let [a, b] = self.cells(at);
+        a.load(Ordering::Acquire).min(b.load(Ordering::Acquire))
+    }
+
+    fn cells(&self, at: SourceBuckets) -> [&AtomicU32; 2] {
+        [
+            &self.rows[0][usize::from(at.0[0])],
+            &self.rows[1][usize::from(at.0[1])],
+        ]
+    }
+
+    /// Gives back one charge taken by [`Self::take`].
+    pub fn release(&self, at: SourceBuckets) {
+        for cell in self.cells(at) {
+            cell.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A charge in a [`SourceTable`], released when dropped.
+pub(crate) struct SourceCharge<'a> {
+    pub table: &'a SourceTable,
+    pub at: SourceBuckets,
+}
+
+impl Drop for SourceCharge<'_> {
+    fn drop(&mut self) {
+        self.table.release(self.at);
+    }
+}
+
+/// Why a miss was answered at once instead of asking upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// A node-wide bound (`max_upstream_in_flight`, `max_waiting_queries`).
+    Overload,
+    /// The client's own share (`max_*_per_source`).
+    SourceQuota,
+    /// The node-wide upstream query rate (`max_upstream_qps`).
+    Rate,
+}
+
+/// Maps client addresses to their buckets with two keyed hashes, keyed per process
+/// so no client can pick addresses that collide with a neighbour's on purpose.
+pub(crate) struct SourceHasher {
+    keys: [u64; 2],
+}
+
+impl Default for SourceHasher {
+    fn default() -> Self {
+        SourceHasher {
+            keys: [rand::random::<u64>() | 1, rand::random::<u64>() | 1],
+        }
+    }
+}
+
+impl SourceHasher {
+    pub fn buckets(&self, ip: IpAddr) -> SourceBuckets {
+        let word = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)) | 1 << 32,
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                // The low half (the interface ID) varies most; mix the prefix in.
+                (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29)
+            }
+        };
+        let index = |key: u64| {
+            let x = (word ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let x = (x ^ (x >> 31)).wrapping_mul(key);
+            // SOURCE_BITS < 16, so the shifted value fits.
+            (x >> (64 - SOURCE_BITS)) as u16
+        };
+        SourceBuckets([index(self.keys[0]), index(self.keys[1])])
+    }
+}
+
+/// The node-wide bound on upstream exchanges started per second: a token bucket
+/// holding at most one second's worth. `rate` 0: unbounded.
+pub(crate) struct RateLimit {
+    state: Mutex<RateState>,
+}
+
+struct RateState {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            state: Mutex::new(RateState {
+                tokens: f64::INFINITY,
+                last: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl RateLimit {
+    /// Takes one token if there is one at `rate` per second.
+    pub fn take(&self, rate: u32, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = f64::from(rate);
+        let refill = now.saturating_duration_since(s.last).as_secs_f64() * rate;
+        s.tokens = (s.tokens + refill).min(rate);
+        s.last = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }

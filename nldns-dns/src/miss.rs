@@ -5,6 +5,7 @@
 //! clients), and past them a miss is answered at once (stale if the cache has it,
 //! SERVFAIL otherwise). The outcome is stored in the cache before waiters see it.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 use crate::answer::{self, TtlPolicy};
 use crate::cache::{AnswerKind, CacheKey, CachedAnswer, KeyRef, KEY_CD, KEY_DO};
 use crate::config::DnsConfig;
-use crate::inflight::{take_slot, Inflight, InflightEntry, Outcome, Slot};
+use crate::inflight::{
+    take_slot, Inflight, InflightEntry, Outcome, Shed, Slot, SourceBuckets, SourceCharge,
+};
 use crate::metrics::{CacheZoneLabels, Plugin, QueryLabels, StatsWriter};
 use crate::reply::{Asked, Tally};
 use crate::service::{DnsService, Protocol};
@@ -26,7 +29,8 @@ use crate::wire::{QueryInfo, TtlPatch};
 
 impl DnsService {
     /// A miss that will wait for upstream, holding one of the `max_waiting_queries`
-    /// slots; `Err` gives the query's parts back when that bound is reached.
+    /// slots and one of its source's `max_waiting_queries_per_source`; `Err` gives
+    /// the query's parts back, and says which bound was reached.
     pub(crate) fn start_miss(
         self: &Arc<Self>,
         query: &[u8],
@@ -34,13 +38,27 @@ impl DnsService {
         key: CacheKey,
         stale: Option<Arc<CachedAnswer>>,
         counting: Counting,
-    ) -> Result<PendingQuery, (QueryInfo, Option<Arc<CachedAnswer>>)> {
-        let max_waiting = self.settings().config.max_waiting_queries;
-        let Some(slot) = take_slot(&self.misses.waiting_queries, max_waiting) else {
-            return Err((info, stale));
+        client: Option<IpAddr>,
+    ) -> Result<PendingQuery, (QueryInfo, Option<Arc<CachedAnswer>>, Shed)> {
+        let settings = self.settings();
+        let config = &settings.config;
+        let source = client.map(|ip| self.misses.hasher.buckets(ip));
+        let charge = match source {
+            Some(at) => {
+                let table = &self.misses.source_waiters;
+                if !table.take(at, config.max_waiting_queries_per_source) {
+                    return Err((info, stale, Shed::SourceQuota));
+                }
+                Some(SourceCharge { table, at })
+            }
+            None => None,
         };
-        // PendingQuery's Drop releases it.
+        let Some(slot) = take_slot(&self.misses.waiting_queries, config.max_waiting_queries) else {
+            return Err((info, stale, Shed::Overload));
+        };
+        // PendingQuery's Drop releases both.
         std::mem::forget(slot);
+        std::mem::forget(charge);
         Ok(PendingQuery {
             svc: self.clone(),
             query: query.to_vec(),
@@ -48,7 +66,24 @@ impl DnsService {
             key,
             stale,
             counting,
+            source,
         })
+    }
+
+    /// Counts a miss answered at once because of `shed`.
+    pub(crate) fn count_shed(&self, shed: Shed) {
+        match shed {
+            Shed::Overload => {
+                self.metrics.upstream_overload.inc();
+                self.metrics.coredns.max_concurrent_rejects.inc();
+            }
+            Shed::SourceQuota => {
+                self.metrics.source_quota_rejects.inc();
+            }
+            Shed::Rate => {
+                self.metrics.upstream_rate_limited.inc();
+            }
+        }
     }
 
     pub(crate) fn prefetch(self: &Arc<Self>, key: CacheKey, zone: u8) {
@@ -61,13 +96,21 @@ impl DnsService {
                 zones: self.metrics.zones.name(usize::from(zone)),
             })
             .inc();
-        // Nobody waits for it: the refreshed answer simply replaces the entry.
-        let _ = self.join_or_start(&key);
+        // Nobody waits for it: the refreshed answer simply replaces the entry. Charged
+        // to no client; the node-wide bounds apply.
+        if let Err(shed) = self.join_or_start(&key, None) {
+            self.count_shed(shed);
+        }
     }
 
-    /// The shared outcome for `key`: an upstream query already in flight, or a new
-    /// one if the in-flight cap allows. `None`: overloaded.
-    fn join_or_start(self: &Arc<Self>, key: &CacheKey) -> Option<Inflight> {
+    /// The shared outcome for `key`: an upstream query already in flight (joining
+    /// costs nothing against any bound), or a new one if the source's quota, the
+    /// in-flight cap and the node's upstream rate allow. `Err`: the bound reached.
+    fn join_or_start(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        source: Option<SourceBuckets>,
+    ) -> Result<Inflight, Shed> {
         let mut inflight = self
             .misses
             .inflight
@@ -75,16 +118,33 @@ impl DnsService {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(rx) = inflight.get(key) {
             self.metrics.coalesced.inc();
-            return Some(rx.clone());
+            return Ok(rx.clone());
         }
-        let limit = self.settings().config.max_upstream_in_flight;
-        let Some(slot) = take_slot(&self.misses.upstream_in_flight, limit) else {
-            self.metrics.upstream_overload.inc();
-            self.metrics.coredns.max_concurrent_rejects.inc();
-            return None;
+        let settings = self.settings();
+        let config = &settings.config;
+        let table = &self.misses.source_exchanges;
+        let charge = match source {
+            Some(at) if !table.take(at, config.max_upstream_in_flight_per_source) => {
+                return Err(Shed::SourceQuota);
+            }
+            Some(at) => Some(SourceCharge { table, at }),
+            None => None,
         };
-        // The task owns the slot; forget the borrow and release it there.
+        let limit = config.max_upstream_in_flight;
+        let Some(slot) = take_slot(&self.misses.upstream_in_flight, limit) else {
+            return Err(Shed::Overload);
+        };
+        if !self
+            .misses
+            .rate
+            .take(config.max_upstream_qps, Instant::now())
+        {
+            return Err(Shed::Rate);
+        }
+        // The task owns the slot and the charge; forget the borrows and release
+        // them there.
         std::mem::forget(slot);
+        std::mem::forget(charge);
         let (tx, rx) = watch::channel(None);
         inflight.insert(key.clone(), rx.clone());
         drop(inflight);
@@ -92,6 +152,10 @@ impl DnsService {
         let key = key.clone();
         tokio::spawn(async move {
             let _slot = Slot(&svc.misses.upstream_in_flight);
+            let _charge = source.map(|at| SourceCharge {
+                table: &svc.misses.source_exchanges,
+                at,
+            });
             // Removes the map entry even if resolution panicked, so the key is not
             // stuck behind a dead query (its waiters then see a closed channel).
             let _entry = InflightEntry {
@@ -101,7 +165,7 @@ impl DnsService {
             let outcome = svc.resolve_upstream(&key).await;
             let _ = tx.send(Some(outcome));
         });
-        Some(rx)
+        Ok(rx)
     }
 
     /// Asks upstream for `key`, stores what comes back, and says what waiters get.
@@ -220,6 +284,8 @@ pub struct PendingQuery {
     key: CacheKey,
     stale: Option<Arc<CachedAnswer>>,
     counting: Counting,
+    /// The client's buckets, charged one waiter (released on drop).
+    source: Option<SourceBuckets>,
 }
 
 /// How a pending query's answer travels and is counted: the server's shared shard (the
@@ -238,6 +304,9 @@ impl Drop for PendingQuery {
             .misses
             .waiting_queries
             .fetch_sub(1, Ordering::AcqRel);
+        if let Some(at) = self.source {
+            self.svc.misses.source_waiters.release(at);
+        }
     }
 }
 
@@ -265,8 +334,12 @@ impl PendingQuery {
             query: &self.query,
             info: &self.info,
         };
-        let Some(mut rx) = svc.join_or_start(&self.key) else {
-            return svc.fail_vec(asked, self.stale.as_deref(), &tally);
+        let mut rx = match svc.join_or_start(&self.key, self.source) {
+            Ok(rx) => rx,
+            Err(shed) => {
+                svc.count_shed(shed);
+                return svc.fail_vec(asked, self.stale.as_deref(), &tally);
+            }
         };
         // With a stale answer at hand, the client waits only `stale_client_timeout`
         // (the upstream query goes on and refreshes the cache).

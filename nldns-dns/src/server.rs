@@ -3,6 +3,7 @@
 //! tracked tasks so shutdown can let them finish.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,9 +115,9 @@ pub async fn serve_tcp(
         "tcp",
         move || limits.tcp_limits().0,
         SHUTDOWN_GRACE,
-        |stream, _peer| {
+        |stream, peer| {
             let (_, pipeline, idle) = svc.tcp_limits();
-            serve_connection(stream, svc.clone(), shutdown.clone(), pipeline, idle)
+            serve_connection(stream, peer, svc.clone(), shutdown.clone(), pipeline, idle)
         },
     )
     .await;
@@ -133,6 +134,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> io::Result<Vec<u8>> {
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     svc: Arc<DnsService>,
     shutdown: CancellationToken,
     pipeline: usize,
@@ -163,6 +165,8 @@ async fn serve_connection(
     let mut pending = JoinSet::new();
     // TCP connections are many and short: they count into the server's shared shard.
     let mut scratch = svc.shared_scratch(&server, ipv6);
+    // Every query of the connection is charged to its peer (per-source quotas).
+    scratch.set_client(Some(peer.ip()));
     loop {
         let frame = tokio::select! {
             biased;

@@ -3,6 +3,7 @@
 //! gets; what a miss does is `miss.rs`. Also the upstream health checks behind
 //! `/ready`.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,9 +49,19 @@ pub struct Scratch {
     pub(crate) family: u8,
     /// Answers given since the last [`Scratch::sent`], waiting for their send time.
     pub(crate) answered: Vec<QueryLabels>,
+    /// The source of the query about to be handled: what its misses are charged to
+    /// (the per-source quotas). Hashed only on a miss.
+    pub(crate) client: Option<IpAddr>,
 }
 
 impl Scratch {
+    /// Names the source of the next queries given to [`DnsService::handle`] (a
+    /// serving loop sets it before each one); `None`: not charged to any client,
+    /// only the node-wide bounds apply.
+    pub fn set_client(&mut self, client: Option<IpAddr>) {
+        self.client = client;
+    }
+
     /// The answers given since the last call were sent now (or are about to be): their
     /// receive-to-send time is counted from `received`, the loop's clock for them.
     pub fn sent(&mut self, received: Instant) {
@@ -201,6 +212,7 @@ impl DnsService {
             shared: self.metrics.shared_stats(server),
             family: u8::from(ipv6),
             answered: Vec::new(),
+            client: None,
         }
     }
 

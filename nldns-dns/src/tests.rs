@@ -1,6 +1,7 @@
 //! Service-level tests against real DNS servers on 127.0.0.1 (see `testing.rs`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1095,4 +1096,280 @@ async fn coredns_series_count_udp_tcp_hits_misses_and_errors() {
         !text.contains(".."),
         "no HELP text ends in two periods: {text}"
     );
+}
+
+/// A pod flooding new names of a zone whose upstream never answers ("water torture")
+/// holds at most its own share of the miss path: its extra misses get SERVFAIL at
+/// once, and another pod's new names still resolve.
+#[tokio::test]
+async fn flooding_client_cannot_starve_another_clients_new_names() {
+    let silent = TestUpstream::start(Mode::Silent).await;
+    let good = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&good], &[]);
+    cfg.stub_domains = vec![("tortured.test".into(), vec![silent.addr])];
+    // The silent upstream's exchanges outlive the test: an answer means "at once".
+    cfg.upstream_timeout = Duration::from_secs(60);
+    cfg.max_upstream_in_flight = 20;
+    cfg.max_waiting_queries = 40;
+    cfg.max_upstream_in_flight_per_source = 5;
+    cfg.max_waiting_queries_per_source = 10;
+    let (svc, metrics) = service(cfg);
+    let flooder: IpAddr = "10.244.1.7".parse().unwrap();
+    let victim: IpAddr = "10.244.1.8".parse().unwrap();
+    let flood_q = |i: usize| query(&format!("r{i}.tortured.test."), RecordType::A, 7, None);
+
+    // The flooder's first misses take its 5 exchanges and wait on them.
+    let mut hanging = Vec::new();
+    for i in 0..5 {
+        let svc = svc.clone();
+        let q = flood_q(i);
+        hanging.push(tokio::spawn(async move {
+            svc.answer_from(&q, Protocol::Udp, Some(flooder)).await
+        }));
+    }
+    let at = svc.misses.hasher.buckets(flooder);
+    let waited = Instant::now();
+    while svc.misses.source_exchanges.held(at) < 5 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(svc.misses.source_exchanges.held(at), 5);
+
+    // Every further new name of the flooder is answered at once: SERVFAIL, counted.
+    let flood = 500;
+    for i in 5..5 + flood {
+        let reply = tokio::time::timeout(
+            PATIENCE,
+            svc.answer_from(&flood_q(i), Protocol::Udp, Some(flooder)),
+        )
+        .await
+        .expect("a flooder over its quota is answered at once")
+        .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+    assert_eq!(metrics.source_quota_rejects.get(), flood as u64);
+
+    // Meanwhile the other pod's new names resolve, every one of them.
+    for i in 0..100 {
+        let q = query(&format!("n{i}.example.com."), RecordType::A, 9, None);
+        let reply =
+            tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(victim)))
+                .await
+                .expect("answered in time")
+                .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "name {i}"
+        );
+        assert_eq!(addresses(&reply), vec!["10.0.0.1"]);
+    }
+    assert_eq!(good.queries(), 100);
+
+    // The bounds held: the silent upstream saw only the flooder's 5 exchanges.
+    assert_eq!(
+        svc.misses.upstream_in_flight.load(Ordering::Acquire),
+        5,
+        "only the flooder's own exchanges are left in flight"
+    );
+    let waited = Instant::now();
+    while silent.queries() < 5 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(silent.queries(), 5);
+    assert_eq!(metrics.upstream_overload.get(), 0);
+    for h in hanging {
+        h.abort();
+    }
+}
+
+/// Joining an exchange already in flight starts nothing, but still holds one of the
+/// client's waiters: past `max_waiting_queries_per_source` the client gets SERVFAIL at
+/// once, another client can still join, and every charge is given back.
+#[tokio::test]
+async fn coalesced_waiters_count_against_their_own_client() {
+    let silent = TestUpstream::start(Mode::Silent).await;
+    let mut cfg = config(&[&silent], &[]);
+    cfg.upstream_timeout = Duration::from_secs(60);
+    cfg.max_upstream_in_flight_per_source = 1;
+    cfg.max_waiting_queries_per_source = 4;
+    let (svc, metrics) = service(cfg);
+    let a: IpAddr = "10.244.2.1".parse().unwrap();
+    let b: IpAddr = "fd00::2:2".parse().unwrap();
+    let q = query("same.example.com.", RecordType::A, 3, None);
+    let mut scratch = svc.shared_scratch("dns://:53", false);
+    let mut out = Vec::new();
+    let mut pending = Vec::new();
+    let (mut waiting, mut refused) = (0, 0);
+    for client in [a; 10].into_iter().chain([b; 2]) {
+        scratch.set_client(Some(client));
+        match svc.handle(&q, Protocol::Udp, Instant::now(), &mut scratch, &mut out) {
+            Handling::Resolve(p) => {
+                waiting += 1;
+                pending.push(tokio::spawn(p.resolve()));
+            }
+            Handling::Reply => {
+                refused += 1;
+                let reply = Message::from_vec(&out).unwrap();
+                assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+            }
+            Handling::Drop => panic!("a valid query"),
+        }
+    }
+    // a: 4 waiters, 6 refused at once; b: both of its waiters.
+    assert_eq!((waiting, refused), (6, 6));
+    assert_eq!(metrics.source_quota_rejects.get(), 6);
+    let waited = Instant::now();
+    while silent.queries() < 1 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // One exchange for all of them.
+    assert_eq!(silent.queries(), 1);
+    assert_eq!(svc.misses.upstream_in_flight.load(Ordering::Acquire), 1);
+    for p in pending {
+        p.abort();
+        let _ = p.await;
+    }
+    // Aborted waiters gave their charges back; the exchange still holds a's.
+    let (at_a, at_b) = (svc.misses.hasher.buckets(a), svc.misses.hasher.buckets(b));
+    assert_eq!(svc.misses.source_waiters.held(at_a), 0);
+    assert_eq!(svc.misses.source_waiters.held(at_b), 0);
+    assert_eq!(svc.misses.waiting_queries.load(Ordering::Acquire), 0);
+    assert!(svc.misses.source_exchanges.held(at_a) <= 1);
+}
+
+/// The node-wide upstream rate bound: exchanges started beyond it get SERVFAIL at
+/// once, counted; the upstream never sees more than the bound allows.
+#[tokio::test]
+async fn upstream_query_rate_is_bounded() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_upstream_qps = 2;
+    let (svc, metrics) = service(cfg);
+    let started = Instant::now();
+    let total: u32 = 20;
+    let mut answered: u32 = 0;
+    for i in 0..total {
+        // A different client each time: no per-source quota is involved.
+        let client = IpAddr::from([10, 244, 3, i as u8]);
+        let q = query(&format!("q{i}.example.com."), RecordType::A, 1, None);
+        let reply =
+            tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(client)))
+                .await
+                .expect("answered in time")
+                .expect("an answer");
+        let reply = Message::from_vec(&reply).unwrap();
+        match reply.metadata.response_code {
+            ResponseCode::NoError => answered += 1,
+            code => assert_eq!(code, ResponseCode::ServFail),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A burst of one second's worth, then `max_upstream_qps` per second.
+    let allowed = 2.0 + 2.0 * elapsed;
+    assert!(f64::from(answered) <= allowed, "{answered} > {allowed}");
+    assert!(answered >= 2);
+    assert_eq!(up.queries(), answered as usize);
+    assert_eq!(
+        metrics.upstream_rate_limited.get(),
+        u64::from(total - answered)
+    );
+}
+
+/// Forged replies during a burst of misses: the "upstream" here is the test's own
+/// socket, so it knows every exchange's source port and ID; from another socket it
+/// fires forgeries at exactly those ports (random IDs, and the true ID too, all
+/// answering 6.6.6.6) before the real answers. None may be taken: the exchange
+/// sockets are connected (the kernel drops datagrams from any other source) and the
+/// ID and question must match.
+#[tokio::test]
+async fn forged_replies_to_the_exchange_ports_are_never_cached() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = DnsConfig {
+        default_upstreams: vec![upstream.local_addr().unwrap()],
+        min_ttl: Duration::ZERO,
+        upstream_timeout: Duration::from_secs(30),
+        upstream_attempts: 1,
+        ..DnsConfig::default()
+    };
+    cfg.max_upstream_qps = 0;
+    let (svc, _) = service(cfg);
+    let names = 40;
+    let mut clients = Vec::new();
+    for i in 0..names {
+        let svc = svc.clone();
+        let q = query(&format!("f{i}.example.com."), RecordType::A, 5, None);
+        clients.push(tokio::spawn(
+            async move { ask(&svc, &q, Protocol::Udp).await },
+        ));
+    }
+    // The burst's upstream queries: who asked (port) and with which ID.
+    let mut asked = Vec::new();
+    let mut buf = vec![0u8; 65535];
+    while asked.len() < names {
+        let (len, peer) = tokio::time::timeout(PATIENCE, upstream.recv_from(&mut buf))
+            .await
+            .expect("the misses reach upstream")
+            .unwrap();
+        asked.push((Message::from_vec(&buf[..len]).unwrap(), peer));
+    }
+    let reply_to = |q: &Message, id: u16, addr: [u8; 4]| {
+        let mut r = Message::response(id, q.metadata.op_code);
+        r.metadata.recursion_desired = true;
+        r.metadata.recursion_available = true;
+        r.add_query(q.queries[0].clone());
+        r.add_answer(hickory_proto::rr::Record::from_rdata(
+            q.queries[0].name().clone(),
+            60,
+            RData::A(std::net::Ipv4Addr::from(addr).into()),
+        ));
+        r.to_vec().unwrap()
+    };
+    let rounds = 2500;
+    let mut forged = 0usize;
+    for round in 0..rounds {
+        for (q, port) in &asked {
+            // Every 100th carries the true ID: the source check alone must stop it.
+            let id = if round % 100 == 0 {
+                q.metadata.id
+            } else {
+                rand::random()
+            };
+            forger
+                .send_to(&reply_to(q, id, [6, 6, 6, 6]), port)
+                .await
+                .unwrap();
+            forged += 1;
+        }
+        if round % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(forged, names * rounds);
+    for (q, port) in &asked {
+        let real = reply_to(q, q.metadata.id, [10, 0, 0, 1]);
+        upstream.send_to(&real, port).await.unwrap();
+    }
+    for client in clients {
+        assert_eq!(addresses(&client.await.unwrap()), vec!["10.0.0.1"]);
+    }
+    // And the cache holds the real answers only.
+    let mut cached_forgeries = 0;
+    for i in 0..names {
+        let q = query(&format!("f{i}.example.com."), RecordType::A, 6, None);
+        let got = addresses(&ask(&svc, &q, Protocol::Udp).await);
+        cached_forgeries += usize::from(got != vec!["10.0.0.1"]);
+    }
+    assert_eq!(cached_forgeries, 0, "of {forged} forged replies");
 }

@@ -95,6 +95,9 @@ pub fn serve(shared: &Shared) {
             let Some(query) = datagram(&batch.headers, &batch.queries, i) else {
                 continue;
             };
+            // Read for the reply anyway; the engine hashes it only on a miss.
+            let peer = batch.peer(i);
+            scratch.set_client(peer.map(|p| p.ip()));
             match shared.svc.handle(
                 query,
                 Protocol::Udp,
@@ -108,7 +111,7 @@ pub fn serve(shared: &Shared) {
                 }
                 Handling::Drop => {}
                 Handling::Resolve(pending) => {
-                    let Some(peer) = batch.peer(i) else { continue };
+                    let Some(peer) = peer else { continue };
                     let socket = shared.socket.clone();
                     shared.tasks.spawn_on(
                         async move {

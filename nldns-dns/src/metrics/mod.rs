@@ -71,6 +71,12 @@ pub struct Metrics {
     pub coalesced: Counter,
     /// Queries answered SERVFAIL at once because the upstream in-flight cap was hit.
     pub upstream_overload: Counter,
+    /// Misses answered SERVFAIL (or stale) at once because their client was over its
+    /// own share of the miss path (`max_*_per_source`).
+    pub source_quota_rejects: Counter,
+    /// Misses answered SERVFAIL (or stale) at once because the node's upstream query
+    /// rate bound (`max_upstream_qps`) was reached.
+    pub upstream_rate_limited: Counter,
     pub upstream_latency: Family<UpstreamLabels, Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
 }
@@ -159,6 +165,18 @@ impl Metrics {
             "Queries answered SERVFAIL because too many upstream queries were in flight",
             upstream_overload.clone(),
         );
+        let source_quota_rejects = Counter::default();
+        registry.register(
+            "source_quota_rejects",
+            "Cache misses answered SERVFAIL or stale at once because their client was over its per-source quota",
+            source_quota_rejects.clone(),
+        );
+        let upstream_rate_limited = Counter::default();
+        registry.register(
+            "upstream_rate_limited",
+            "Cache misses answered SERVFAIL or stale at once because the node's upstream query rate bound was reached",
+            upstream_rate_limited.clone(),
+        );
         let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
             // 0.5 ms .. ~4 s
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
@@ -196,6 +214,8 @@ impl Metrics {
             stale_answers,
             coalesced,
             upstream_overload,
+            source_quota_rejects,
+            upstream_rate_limited,
             upstream_latency,
             upstream_errors,
         })

@@ -1,9 +1,10 @@
 //! The `--config` file: kube-dns's ConfigMap keys (`stubDomains`, `upstreamNameservers`)
-//! plus nldns's own `cache` settings (bounds, TTL caps and floor, prefetch, serve-stale)
-//! and `forceTcpZones`, read with serde from either one JSON file or a
+//! plus nldns's own `cache` settings (bounds, TTL caps and floor, prefetch, serve-stale),
+//! `limits` (the miss path's bounds) and `forceTcpZones`, read with serde from either
+//! one JSON file or a
 //! mounted ConfigMap directory (one file per key).
 //!
-//! Unknown keys are errors, at the top and inside `cache`: a typo (`stubDomain`) would
+//! Unknown keys are errors, at the top and inside `cache` and `limits`: a typo (`stubDomain`) would
 //! otherwise leave the defaults in place without a word. The one exception is
 //! kube-dns's `federations`, which a copied kube-dns ConfigMap may still carry: it is
 //! accepted and ignored with a warning. An error names the key path and the value at
@@ -51,6 +52,8 @@ pub struct ConfigFile {
     /// Names in these zones are asked upstream over TCP only (CoreDNS's `force_tcp`).
     #[serde(default, deserialize_with = "inline_or_string")]
     pub force_tcp_zones: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "inline_or_string")]
+    pub limits: Option<LimitsSection>,
     /// kube-dns's federation (deprecated there, no meaning here).
     #[serde(default)]
     pub federations: Option<IgnoredAny>,
@@ -93,6 +96,19 @@ pub struct PrefetchSection {
 pub struct ServeStaleSection {
     pub enabled: Option<bool>,
     pub max_seconds: Option<u64>,
+}
+
+/// `limits`: the miss path's bounds (docs/operations.md, "Bounds under pressure"),
+/// each optional (absent: the engine's defaults).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_upstream_in_flight: Option<usize>,
+    pub max_waiting_queries: Option<usize>,
+    pub max_upstream_in_flight_per_source: Option<usize>,
+    pub max_waiting_queries_per_source: Option<usize>,
+    /// 0: unbounded.
+    pub max_upstream_qps: Option<u32>,
 }
 
 /// "1.2.3.4", "1.2.3.4:5353", "fd00::1", "[fd00::1]:5353".
@@ -169,6 +185,25 @@ impl ConfigFile {
         }
         if let Some(cache) = &self.cache {
             cache.validate()?;
+        }
+        if let Some(l) = &self.limits {
+            // Zero would refuse every miss: surely a mistake.
+            for (key, value) in [
+                ("maxUpstreamInFlight", l.max_upstream_in_flight),
+                ("maxWaitingQueries", l.max_waiting_queries),
+                (
+                    "maxUpstreamInFlightPerSource",
+                    l.max_upstream_in_flight_per_source,
+                ),
+                (
+                    "maxWaitingQueriesPerSource",
+                    l.max_waiting_queries_per_source,
+                ),
+            ] {
+                if value == Some(0) {
+                    bail!("limits: {key}: 0 would answer every cache miss SERVFAIL");
+                }
+            }
         }
         if self.federations.is_some() {
             log::warn!("config: kube-dns's federations key has no meaning for nldns; ignored");
@@ -419,6 +454,15 @@ mod tests {
                 "duration",
             ),
             (r#"{"forceTcpZones": "corp"}"#, "forceTcpZones"),
+            (r#"{"limits": {"maxUpstreamQPS": 5}}"#, "maxUpstreamQPS"),
+            (
+                r#"{"limits": {"maxUpstreamQps": -1}}"#,
+                "limits: maxUpstreamQps",
+            ),
+            (
+                r#"{"limits": {"maxWaitingQueriesPerSource": 0}}"#,
+                "limits: maxWaitingQueriesPerSource",
+            ),
             (r#"{"stubDomain": {}}"#, "stubDomain"),
             (r#"{"upstreamNameservers": "nope"}"#, "upstreamNameservers"),
         ] {

@@ -117,6 +117,29 @@ fn apply(config: &mut DnsConfig, file: ConfigFile) {
     if let Some(zones) = file.force_tcp_zones {
         config.force_tcp_zones = zones;
     }
+    if let Some(limits) = file.limits {
+        let set = |field: &mut usize, value: Option<usize>| {
+            if let Some(n) = value {
+                *field = n;
+            }
+        };
+        set(
+            &mut config.max_upstream_in_flight,
+            limits.max_upstream_in_flight,
+        );
+        set(&mut config.max_waiting_queries, limits.max_waiting_queries);
+        set(
+            &mut config.max_upstream_in_flight_per_source,
+            limits.max_upstream_in_flight_per_source,
+        );
+        set(
+            &mut config.max_waiting_queries_per_source,
+            limits.max_waiting_queries_per_source,
+        );
+        if let Some(n) = limits.max_upstream_qps {
+            config.max_upstream_qps = n;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +155,8 @@ mod tests {
         let file = dir.join("config.json");
         std::fs::write(
             &file,
-            r#"{"stubDomains": {"corp": ["10.1.1.1"]}, "cache": {"maxEntries": 7}}"#,
+            r#"{"stubDomains": {"corp": ["10.1.1.1"]}, "cache": {"maxEntries": 7},
+                "limits": {"maxUpstreamInFlightPerSource": 3, "maxUpstreamQps": 0}}"#,
         )
         .unwrap();
         let upstream: Vec<SocketAddr> = vec!["10.96.0.11:53".parse().unwrap()];
@@ -166,6 +190,13 @@ mod tests {
             vec![("corp".to_string(), vec!["10.1.1.1:53".parse().unwrap()])]
         );
         assert_eq!(config.max_entries, 7);
+        assert_eq!(config.max_upstream_in_flight_per_source, 3);
+        assert_eq!(config.max_upstream_qps, 0);
+        let defaults = DnsConfig::default();
+        assert_eq!(
+            config.max_waiting_queries_per_source,
+            defaults.max_waiting_queries_per_source
+        );
         assert!(format!("{:#}", no_domain.unwrap_err()).contains("--cluster-domain"));
         let err = format!("{:#}", bad_file.unwrap_err());
         assert!(err.contains("--config") && err.contains("cache"), "{err}");

@@ -16,6 +16,12 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Where a foreign architecture's Debian packages are unpacked (`sysroot.rs`).
+    pub fn sysroot(self, root: &Path) -> PathBuf {
+        root.join("target/vm")
+            .join(format!("sysroot-{}", self.name()))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
@@ -133,7 +139,7 @@ impl Kernel {
         if self.arch.is_host() {
             PathBuf::from("/")
         } else {
-            super::sysroot::dir(root, self.arch)
+            self.arch.sysroot(root)
         }
     }
 

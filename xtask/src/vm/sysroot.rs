@@ -55,8 +55,7 @@ const STAMP: &str = ".nldns-sysroot";
 const RECIPE: u32 = 2;
 
 pub fn dir(root: &Path, arch: Arch) -> PathBuf {
-    root.join("target/vm")
-        .join(format!("sysroot-{}", arch.name()))
+    arch.sysroot(root)
 }
 
 fn debs_dir(root: &Path, arch: Arch) -> PathBuf {
