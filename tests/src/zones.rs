@@ -129,6 +129,9 @@ pub fn reverse_zone(origin: &str, v6: bool) -> String {
     z
 }
 
+/// The address of every `*.new.example.org` name.
+pub const NEW_EXT_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 8, 30);
+
 /// The "outside" zone `example.org` (its addresses are data only: inside the sim ranges).
 pub fn example_org() -> String {
     let mut z = format!(
@@ -142,6 +145,9 @@ pub fn example_org() -> String {
         "www IN A 10.244.8.20".to_string(),
         "www IN AAAA fd00:10:244:8::20".to_string(),
         "alias IN CNAME www.example.org.".to_string(),
+        // Any number of distinct names that exist, for tests that need fresh misses
+        // answered by the outside resolver (`<anything>.new.example.org`).
+        format!("*.new IN A {NEW_EXT_V4}"),
     ] {
         z.push_str(&line);
         z.push('\n');
