@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use super::{
     apt_install, caps, checked, container, env_value, find, tail, works, Checks, Scenario, Tools,
-    RUN_FLAGS,
+    RUN_FLAGS, SCHEMA_VERSIONS,
 };
 
 /// Labels the chart adds to every object besides the base's (templates/_helpers.tpl
@@ -49,9 +49,6 @@ const CHART_LABELS: &[&str] = &[
 /// fails: both checked below).
 const PROMETHEUS_OPERATOR_MODELS: (&str, &str) =
     ("@kubernetes-models/prometheus-operator", "6.0.0");
-
-/// Kubernetes versions for `helm lint` (the oldest and newest schemas validated).
-const KUBE_VERSIONS: &[&str] = &["v1.25.0", "v1.37.0"];
 
 const ALERTS: &[&str] = &[
     "NldnsAgentDown",
@@ -311,13 +308,14 @@ impl Helm<'_> {
     }
 
     fn lint(&self, values: &Value) -> Result<()> {
-        for v in KUBE_VERSIONS {
+        // The same Kubernetes versions as the schema validation, in helm's `vX.Y.Z` form.
+        for v in SCHEMA_VERSIONS.iter().map(|v| format!("v{v}")) {
             checked(
                 self.script()
                     .arg("lint")
                     .arg(self.chart())
                     .arg(values.to_string())
-                    .arg(v),
+                    .arg(&v),
             )
             .with_context(|| format!("helm lint --strict (Kubernetes {v})"))?;
         }
