@@ -31,13 +31,14 @@
 //! Service NAT), [`backend`] (knotd), [`zones`] (zone data), [`slow_dns`] (delay/drop proxy in front
 //! of knot), [`agent`] (the agent process), [`dig`] and [`dns_client`] (clients), [`perf`]
 //! (bounded dnsperf), [`query_loop`] (timed query streams), [`resolver_load`] (multi-pod
-//! load with a resolver's one retry), [`raw_bpf`] (bpf(2) without a BPF library), [`http`],
+//! load with a resolver's one retry), [`burst`] (a paced flood of distinct names), [`raw_bpf`] (bpf(2) without a BPF library), [`http`],
 //! [`cgroup`], [`cleanup`], [`run`], [`privilege`], [`kernel`] (dummy and IPVS support, the
 //! kernel VMs), [`cmd`], [`addresses`] (the address plan).
 
 pub mod addresses;
 pub mod agent;
 pub mod backend;
+pub mod burst;
 pub mod cgroup;
 pub mod cleanup;
 pub mod cmd;

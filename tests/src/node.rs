@@ -757,6 +757,33 @@ impl SimNode {
         self.spawn_agent_with_env(binary, args, &[])
     }
 
+    /// [`SimNode::spawn_agent`] with the node's own arguments ([`SimNode::agent_args`])
+    /// followed by `extra`.
+    pub fn start_agent(&self, binary: &Path, extra: &[&str]) -> Result<AgentProcess> {
+        let mut args = self.agent_args();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn_agent(binary, &args)
+    }
+
+    /// Waits (at most 30 s) until `agent` intercepts: /ready, and its datapath instance
+    /// reports a fresh heartbeat and its socket. Returns how long that took; an error
+    /// with the agent's log if it did not come.
+    pub fn wait_intercepting(&self, binary: &Path, agent: &mut AgentProcess) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let ok = crate::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            agent.is_running()
+                && self.wait_http_ok("/ready", Duration::ZERO)
+                && self
+                    .agent_instances(binary)
+                    .is_ok_and(|i| i.iter().any(|i| i["intercepting"] == true))
+        });
+        if !ok {
+            bail!("the agent did not start intercepting:\n{}", agent.stderr());
+        }
+        Ok(started.elapsed())
+    }
+
     /// [`SimNode::spawn_agent`] with extra environment variables (e.g. RUST_LOG).
     pub fn spawn_agent_with_env(
         &self,

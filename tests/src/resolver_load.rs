@@ -119,6 +119,25 @@ impl ResolverLoadReport {
         )
     }
 
+    /// The latency at quantile `p` (0..=1) over every query; zero without any.
+    pub fn latency_quantile(&self, p: f64) -> Duration {
+        quantile(self.queries.iter().map(|q| q.latency).collect(), p)
+    }
+
+    /// Prints the summary, the latency quantiles and the errors, under `what`.
+    pub fn print(&self, what: &str) {
+        println!(
+            "{what}: {}; latency p50 {:?} p99 {:?} max {:?}",
+            self.summary(),
+            self.latency_quantile(0.5),
+            self.latency_quantile(0.99),
+            self.latency_quantile(1.0),
+        );
+        for (error, n) in self.error_kinds() {
+            println!("  {n:>5} x {error}");
+        }
+    }
+
     /// The distinct errors of the failed tries, with counts, for failure messages.
     pub fn error_kinds(&self) -> Vec<(String, usize)> {
         let mut kinds: Vec<(String, usize)> = Vec::new();
@@ -275,4 +294,13 @@ fn run(
             });
         crate::query_loop::pace(&mut next, options.interval);
     }
+}
+
+/// The value at quantile `p` (0..=1) of `latencies` (nearest rank); zero when empty.
+pub fn quantile(mut latencies: Vec<Duration>, p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies.sort();
+    latencies[((latencies.len() as f64 - 1.0) * p).round() as usize]
 }

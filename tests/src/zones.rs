@@ -34,6 +34,19 @@ pub mod names {
     pub const EXT_MISSING: &str = "does-not-exist.example.org.";
 }
 
+/// Names that exist in cluster.local, of several types, so a steady load exercises
+/// more than one cache entry.
+pub fn steady_names() -> Vec<(String, hickory_proto::rr::RecordType)> {
+    use hickory_proto::rr::RecordType;
+    vec![
+        (names::WEB.into(), RecordType::A),
+        (names::KUBE_DNS.into(), RecordType::AAAA),
+        (names::DB_HEADLESS.into(), RecordType::A),
+        (names::SRV_DNS_UDP.into(), RecordType::SRV),
+        (names::WEB.into(), RecordType::AAAA),
+    ]
+}
+
 /// Pod IPs of the headless Service `db` (pods on another node: data only).
 pub fn db_pods() -> Vec<(String, Ipv4Addr, Ipv6Addr)> {
     (0..3u8)

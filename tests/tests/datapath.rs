@@ -4,7 +4,7 @@
 //! name) or kube-dns through kube-proxy (the backend saw it).
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -705,23 +705,23 @@ fn interception_wins_against_kube_proxy_in_nftables_mode_too() {
 /// kube-dns-uncached (the agent's upstream), likewise.
 fn ipvs_packets(node: &SimNode) -> (u64, u64) {
     let stats = node.ipvs_in_packets().unwrap();
-    let get = |proto: &str, ip: IpAddr| stats.get(&(proto.to_string(), ip, 53)).copied();
-    let mut cached = 0;
-    for proto in ["udp", "tcp"] {
-        for ip in [IpAddr::from(KUBE_DNS_V4), IpAddr::from(KUBE_DNS_V6)] {
-            cached += get(proto, ip).unwrap_or_else(|| panic!("no {proto} {ip}: {stats:?}"));
+    // Both transports of both families of one Service.
+    let service = |v4: Ipv4Addr, v6: Ipv6Addr| -> u64 {
+        let mut packets = 0;
+        for proto in ["udp", "tcp"] {
+            for ip in [IpAddr::from(v4), IpAddr::from(v6)] {
+                packets += stats
+                    .get(&(proto.to_string(), ip, 53))
+                    .copied()
+                    .unwrap_or_else(|| panic!("no {proto} {ip}: {stats:?}"));
+            }
         }
-    }
-    let mut uncached = 0;
-    for proto in ["udp", "tcp"] {
-        for ip in [
-            IpAddr::from(KUBE_DNS_UNCACHED_V4),
-            IpAddr::from(KUBE_DNS_UNCACHED_V6),
-        ] {
-            uncached += get(proto, ip).unwrap_or_else(|| panic!("no {proto} {ip}: {stats:?}"));
-        }
-    }
-    (cached, uncached)
+        packets
+    };
+    (
+        service(KUBE_DNS_V4, KUBE_DNS_V6),
+        service(KUBE_DNS_UNCACHED_V4, KUBE_DNS_UNCACHED_V6),
+    )
 }
 
 #[test]

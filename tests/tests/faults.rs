@@ -10,60 +10,22 @@
 //! restart pause and the replaced agent's notable log lines; `NLDNS_E2E_PAUSE_MS=<ms>` fixes the
 //! pause between a kill and the restart (random 0..1500 ms otherwise).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nldns_tests::addresses::*;
-use nldns_tests::dns_client::build_query;
-use nldns_tests::zones::names;
+use nldns_tests::burst::burst;
+use nldns_tests::zones::{self, names};
 use nldns_tests::{
-    agent_binary, require_root, AgentProcess, BackendMode, Behaviour, QueryOptions, ResolverLoad,
+    agent_binary, require_root, BackendMode, Behaviour, QueryOptions, ResolverLoad,
     ResolverLoadOptions, ResolverLoadReport, SimNode,
 };
 use rand::Rng;
 
 const SERVICE_IPS: [IpAddr; 2] = [IpAddr::V4(KUBE_DNS_V4), IpAddr::V6(KUBE_DNS_V6)];
-
-/// Names that exist, of several types, so the load exercises more than one cache entry.
-fn steady_names() -> Vec<(String, RecordType)> {
-    vec![
-        (names::WEB.into(), RecordType::A),
-        (names::KUBE_DNS.into(), RecordType::AAAA),
-        (names::DB_HEADLESS.into(), RecordType::A),
-        (names::SRV_DNS_UDP.into(), RecordType::SRV),
-        (names::WEB.into(), RecordType::AAAA),
-    ]
-}
-
-fn start_agent(node: &SimNode, bin: &Path, extra: &[&str]) -> AgentProcess {
-    let mut args = node.agent_args();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.spawn_agent(bin, &args).expect("starting the agent")
-}
-
-/// Waits until the agent intercepts: /ready, and its datapath instance reports a fresh
-/// heartbeat.
-fn wait_intercepting(node: &SimNode, bin: &Path, agent: &mut AgentProcess) -> Duration {
-    let started = Instant::now();
-    let ok =
-        nldns_tests::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            agent.is_running()
-                && node.wait_http_ok("/ready", Duration::ZERO)
-                && node
-                    .agent_instances(bin)
-                    .is_ok_and(|i| i.iter().any(|i| i["intercepting"] == true))
-        });
-    assert!(
-        ok,
-        "the agent did not start intercepting:\n{}",
-        agent.stderr()
-    );
-    started.elapsed()
-}
 
 /// One kill -9 of the cycle test and what followed.
 struct Kill {
@@ -164,10 +126,10 @@ fn losses_not_explained_by_kills(report: &ResolverLoadReport, kills: &[Kill]) ->
 
 /// 20 kill -9 / restart cycles under load; returns the load's report and the kill times.
 fn kill_cycles(node: &SimNode, bin: &Path, mode: &str) -> (ResolverLoadReport, Vec<Kill>) {
-    let mut agent = start_agent(node, bin, &["--attach-mode", mode]);
-    let startup = wait_intercepting(node, bin, &mut agent);
+    let mut agent = node.start_agent(bin, &["--attach-mode", mode]).unwrap();
+    let startup = node.wait_intercepting(bin, &mut agent).unwrap();
     println!("{mode}: agent intercepting {startup:?} after start");
-    let mut options = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), steady_names());
+    let mut options = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), zones::steady_names());
     options.max_duration = Duration::from_secs(120);
     let load = ResolverLoad::start(node, &node.pod_indexes(), options).expect("load");
     let mut rng = rand::rng();
@@ -213,8 +175,8 @@ fn kill_cycles(node: &SimNode, bin: &Path, mode: &str) -> (ResolverLoadReport, V
             }
         }
         let restarted = Instant::now();
-        agent = start_agent(node, bin, &["--attach-mode", mode]);
-        restarts.push(wait_intercepting(node, bin, &mut agent));
+        agent = node.start_agent(bin, &["--attach-mode", mode]).unwrap();
+        restarts.push(node.wait_intercepting(bin, &mut agent).unwrap());
         kills.push(Kill {
             at: killed_at,
             reaped,
@@ -241,13 +203,6 @@ fn kill_cycles(node: &SimNode, bin: &Path, mode: &str) -> (ResolverLoadReport, V
     (report, kills)
 }
 
-fn print_report(what: &str, report: &ResolverLoadReport) {
-    println!("{what}: {}", report.summary());
-    for (error, n) in report.error_kinds() {
-        println!("  {n:>5} x {error}");
-    }
-}
-
 #[test]
 fn kill_restart_cycles_tcx() {
     if !require_root("kill_restart_cycles_tcx") {
@@ -271,7 +226,7 @@ fn kill_restart_cycles(mode: &str) {
     let bin = agent_binary().expect("build the agent first");
     let node = SimNode::new(3, 2).expect("node");
     let (report, kills) = kill_cycles(&node, &bin, mode);
-    print_report(&format!("{mode} kill cycles"), &report);
+    report.print(&format!("{mode} kill cycles"));
     let violations = losses_not_explained_by_kills(&report, &kills);
     let status = node.agent_status(&bin).unwrap();
     assert!(
@@ -301,10 +256,10 @@ fn backend_stopped_cached_names_resolve_uncached_fail_fast() {
     }
     let bin = agent_binary().expect("build the agent first");
     let mut node = SimNode::new(3, 2).expect("node");
-    let mut agent = start_agent(&node, &bin, &[]);
-    wait_intercepting(&node, &bin, &mut agent);
+    let mut agent = node.start_agent(&bin, &[]).unwrap();
+    node.wait_intercepting(&bin, &mut agent).unwrap();
     // short-ttl (2 s) goes stale during the outage: serve-stale must answer it.
-    let mut cached = steady_names();
+    let mut cached = zones::steady_names();
     cached.push((names::SHORT_TTL.into(), RecordType::A));
     for (name, rtype) in &cached {
         for server in SERVICE_IPS {
@@ -325,7 +280,7 @@ fn backend_stopped_cached_names_resolve_uncached_fail_fast() {
     let load = ResolverLoad::start(&node, &node.pod_indexes(), options).unwrap();
     std::thread::sleep(Duration::from_secs(8));
     let report = load.stop();
-    print_report("backends stopped, cached names", &report);
+    report.print("backends stopped, cached names");
     println!(
         "backends stopped: slowest cached answer {:?}",
         report
@@ -409,70 +364,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Sends `names` as A queries from one socket, paced so the agent's socket buffer does
-/// not overflow, while a second thread reads the replies (a reader that waited until the
-/// end would overflow its own socket buffer) until `wait` after the last send. Returns,
-/// per reply, its rcode and latency; unanswered queries are missing.
-fn burst(server: SocketAddr, names: &[String], wait: Duration) -> Vec<(ResponseCode, Duration)> {
-    let socket = UdpSocket::bind(if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })
-    .unwrap();
-    socket.connect(server).unwrap();
-    let sent_at: Vec<Instant> = Vec::with_capacity(names.len());
-    let sent_at = std::sync::Mutex::new(sent_at);
-    let sending_done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let reader = scope.spawn(|| {
-            let mut replies = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 4096];
-            let mut deadline = None;
-            loop {
-                if deadline.is_none() && sending_done.load(std::sync::atomic::Ordering::SeqCst) {
-                    deadline = Some(Instant::now() + wait);
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(50)))
-                    .unwrap();
-                let Ok(len) = socket.recv(&mut buf) else {
-                    continue;
-                };
-                let Ok(reply) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let id = usize::from(reply.metadata.id);
-                let at = sent_at.lock().unwrap().get(id).copied();
-                if let Some(at) = at {
-                    if seen.insert(id) {
-                        replies.push((reply.metadata.response_code, at.elapsed()));
-                    }
-                }
-            }
-            replies
-        });
-        for (i, name) in names.iter().enumerate() {
-            let mut query = build_query(name, RecordType::A, &QueryOptions::default()).unwrap();
-            query.metadata.id = i as u16;
-            let wire = query.to_vec().unwrap();
-            sent_at.lock().unwrap().push(Instant::now());
-            socket.send(&wire).unwrap();
-            // About 2000 queries a second: more than the in-flight cap within the
-            // upstream timeout, without overflowing the agent's socket buffer.
-            if i % 10 == 9 {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        sending_done.store(true, std::sync::atomic::Ordering::SeqCst);
-        reader.join().unwrap()
-    })
-}
-
 #[test]
 fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
     if !require_root("slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap") {
@@ -485,9 +376,9 @@ fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
         .backend_mode(BackendMode::KnotBehindProxy)
         .build()
         .unwrap();
-    let mut agent = start_agent(&node, &bin, &[]);
-    wait_intercepting(&node, &bin, &mut agent);
-    for (name, rtype) in steady_names() {
+    let mut agent = node.start_agent(&bin, &[]).unwrap();
+    node.wait_intercepting(&bin, &mut agent).unwrap();
+    for (name, rtype) in zones::steady_names() {
         node.query(0, SERVICE_IPS[0], &name, rtype, &QueryOptions::default())
             .unwrap();
     }
@@ -498,7 +389,7 @@ fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
     node.set_backend_behaviour(Behaviour::Delay(Duration::from_secs(3)))
         .unwrap();
     // Cached names keep answering from pods 1 and 2 during the flood from pod 0.
-    let mut options = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), steady_names());
+    let mut options = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), zones::steady_names());
     options.max_duration = Duration::from_secs(30);
     let load = ResolverLoad::start(&node, &[1, 2], options).unwrap();
     let mut fast_servfails = 0;
@@ -509,11 +400,14 @@ fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
             .map(|i| format!("flood-{round}-{i}.default.svc.cluster.local."))
             .collect();
         let server = SocketAddr::new(SERVICE_IPS[round % 2], 53);
-        let replies = node
+        let flood = node
             .pod_netns(0)
             .unwrap()
-            .run_inside(|| burst(server, &names, Duration::from_secs(6)))
+            .run_inside(|| burst(server, names.clone(), Duration::MAX, Duration::from_secs(6)))
+            .unwrap()
             .unwrap();
+        assert_eq!(flood.send_errors, 0, "every query of the burst was sent");
+        let replies = flood.replies;
         let fast = replies
             .iter()
             .filter(|(rcode, latency)| {
@@ -531,7 +425,7 @@ fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
         total_replies += replies.len();
     }
     let report = load.stop();
-    print_report("cached names during the flood", &report);
+    report.print("cached names during the flood");
     std::thread::sleep(Duration::from_secs(3));
     let rss_after = rss_kib(agent.pid());
     println!(
@@ -547,7 +441,8 @@ fn slow_backend_memory_bounded_and_fast_servfail_past_in_flight_cap() {
         })
         .collect();
     println!("slow backend: node UDP receive-buffer drops {drops}; {overload:?}");
-    // Past the cap of 1000 in flight, the rest of each 1500 get SERVFAIL at once.
+    // Past the in-flight bounds (one pod: its quota of 100 exchanges; the node: 1000),
+    // the rest of each 1500 get SERVFAIL at once (measured: 1400 of each).
     assert!(
         fast_servfails >= 3 * 400,
         "only {fast_servfails} fast SERVFAILs"

@@ -223,6 +223,27 @@ fn native_client_sees_truncation_and_full_tcp_answers() {
     assert_eq!(reply.authorities.len(), 1);
 }
 
+/// kube-dns's own name over UDP and TCP, IPv4 and IPv6, through whatever kube-proxy
+/// mode the node has.
+fn kube_dns_answers_over_both_families_and_transports(node: &SimNode) {
+    for (server, rtype, want) in [
+        (KUBE_DNS, "A", "10.96.0.10"),
+        (KUBE_DNS6, "AAAA", "fd00:10:96::a"),
+    ] {
+        for transport in ["+notcp", "+tcp"] {
+            let out = node
+                .dig(0, &[server, names::KUBE_DNS, rtype, transport])
+                .unwrap();
+            assert_eq!(
+                out.answer_data(rtype),
+                [want],
+                "{server} {transport}:\n{}",
+                out.raw
+            );
+        }
+    }
+}
+
 #[test]
 fn ipvs_kube_proxy_mode_answers_too() {
     if !require_root("ipvs_kube_proxy_mode_answers_too") {
@@ -241,22 +262,7 @@ fn ipvs_kube_proxy_mode_answers_too() {
         .kube_proxy(KubeProxyMode::Ipvs)
         .build()
         .unwrap();
-    for (server, rtype, want) in [
-        (KUBE_DNS, "A", "10.96.0.10"),
-        (KUBE_DNS6, "AAAA", "fd00:10:96::a"),
-    ] {
-        for transport in ["+notcp", "+tcp"] {
-            let out = node
-                .dig(0, &[server, names::KUBE_DNS, rtype, transport])
-                .unwrap();
-            assert_eq!(
-                out.answer_data(rtype),
-                [want],
-                "{server} {transport}:\n{}",
-                out.raw
-            );
-        }
-    }
+    kube_dns_answers_over_both_families_and_transports(&node);
     // Locally generated traffic (the agent's upstream queries) goes through IPVS too.
     let out = node
         .dig_from_node(&["@10.96.0.11", names::WEB, "A"])
@@ -323,22 +329,7 @@ fn nftables_kube_proxy_mode_answers_too() {
         .kube_proxy(KubeProxyMode::Nftables)
         .build()
         .unwrap();
-    for (server, rtype, want) in [
-        (KUBE_DNS, "A", "10.96.0.10"),
-        (KUBE_DNS6, "AAAA", "fd00:10:96::a"),
-    ] {
-        for transport in ["+notcp", "+tcp"] {
-            let out = node
-                .dig(0, &[server, names::KUBE_DNS, rtype, transport])
-                .unwrap();
-            assert_eq!(
-                out.answer_data(rtype),
-                [want],
-                "{server} {transport}:\n{}",
-                out.raw
-            );
-        }
-    }
+    kube_dns_answers_over_both_families_and_transports(&node);
     let out = node
         .dig_from_node(&["@10.96.0.11", names::WEB, "A"])
         .unwrap();

@@ -1,4 +1,4 @@
-//! A hostile neighbour on the node (issue 17): one pod floods the kube-dns ClusterIP
+//! A hostile neighbour on the node: one pod floods the kube-dns ClusterIP
 //! with random subdomains of cluster.local (a "water torture" attack: every query a
 //! miss) while kube-dns never answers, and another pod on the same node must keep its
 //! DNS: its cached names from the cache, its new names from the upstream that still
@@ -11,24 +11,22 @@
 //! quota (`limits.maxUpstreamInFlightPerSource`, 100) the flood fills those bounds and
 //! the victim's new names get SERVFAIL.
 //!
-//! Bounded: the flood runs 10 s (at most 20,000 queries per address family, paced as
-//! faults.rs's burst is), the victim's loads at most 16 s. Success ratios come from the
+//! Bounded: the flood runs 10 s (at most 20,000 queries per address family, paced by the
+//! harness's `burst`), the victim's loads at most 16 s. Success ratios come from the
 //! victim's own counts; latencies are printed, never asserted.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use nldns_tests::addresses::*;
-use nldns_tests::dns_client::build_query;
-use nldns_tests::zones::names;
+use nldns_tests::burst::{burst, BurstReport};
+use nldns_tests::resolver_load::quantile;
+use nldns_tests::zones;
 use nldns_tests::{
-    agent_binary, require_root, AgentProcess, BackendMode, Behaviour, QueryOptions, ResolverLoad,
-    ResolverLoadOptions, ResolverLoadReport, SimNode,
+    agent_binary, require_root, BackendMode, Behaviour, QueryOptions, ResolverLoad,
+    ResolverLoadOptions, SimNode,
 };
 use rand::Rng;
 
@@ -42,35 +40,6 @@ const FLOOD_MAX: usize = 20_000;
 /// How long the flood's reader waits for late replies after the last send: past the
 /// agent's upstream timeouts (2 s per upstream family).
 const FLOOD_WAIT: Duration = Duration::from_secs(5);
-
-/// Names that exist in cluster.local, of several types.
-fn cached_names() -> Vec<(String, RecordType)> {
-    vec![
-        (names::WEB.into(), RecordType::A),
-        (names::KUBE_DNS.into(), RecordType::AAAA),
-        (names::DB_HEADLESS.into(), RecordType::A),
-        (names::SRV_DNS_UDP.into(), RecordType::SRV),
-        (names::WEB.into(), RecordType::AAAA),
-    ]
-}
-
-fn start_agent(node: &SimNode, bin: &Path) -> AgentProcess {
-    let args = node.agent_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.spawn_agent(bin, &args).expect("starting the agent")
-}
-
-fn wait_intercepting(node: &SimNode, bin: &Path, agent: &mut AgentProcess) {
-    let ok =
-        nldns_tests::cmd::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            agent.is_running()
-                && node.wait_http_ok("/ready", Duration::ZERO)
-                && node
-                    .agent_instances(bin)
-                    .is_ok_and(|i| i.iter().any(|i| i["intercepting"] == true))
-        });
-    assert!(ok, "the agent did not intercept: {}", agent.stderr());
-}
 
 /// The sum of a counter's samples (all label sets) in the agent's /metrics.
 fn counter(node: &SimNode, name: &str) -> f64 {
@@ -90,105 +59,15 @@ fn random_label(rng: &mut impl Rng) -> String {
         .collect()
 }
 
-/// What the flooding pod saw.
-#[derive(Debug, Default)]
-struct FloodReport {
-    sent: usize,
-    /// Rcode and latency of each answered query; unanswered ones are missing.
-    replies: Vec<(ResponseCode, Duration)>,
-}
-
-/// Sends distinct random subdomains of cluster.local to `server` from one socket for
-/// `FLOOD_FOR` (at most `FLOOD_MAX`), 10 queries every 5 ms (as fast as the agent's
-/// socket buffer takes them; faults.rs's burst), while a second thread reads the
-/// replies until `FLOOD_WAIT` after the last send.
-fn flood(server: SocketAddr) -> FloodReport {
-    let socket = UdpSocket::bind(if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
+/// Distinct random subdomains of cluster.local to `server` for `FLOOD_FOR` (at most
+/// `FLOOD_MAX`), as fast as the burst paces them, replies read until `FLOOD_WAIT` after.
+fn flood(server: SocketAddr) -> anyhow::Result<BurstReport> {
+    let mut rng = rand::rng();
+    let names = std::iter::repeat_with(move || {
+        format!("{}.default.svc.cluster.local.", random_label(&mut rng))
     })
-    .unwrap();
-    socket.connect(server).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let sent_at: Mutex<Vec<Instant>> = Mutex::new(Vec::with_capacity(FLOOD_MAX));
-    let sending_done = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let reader = scope.spawn(|| {
-            let mut replies = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 4096];
-            let mut deadline = None;
-            loop {
-                if deadline.is_none() && sending_done.load(Ordering::SeqCst) {
-                    deadline = Some(Instant::now() + FLOOD_WAIT);
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let Ok(len) = socket.recv(&mut buf) else {
-                    continue;
-                };
-                let Ok(reply) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let id = usize::from(reply.metadata.id);
-                let at = sent_at.lock().unwrap().get(id).copied();
-                if let Some(at) = at {
-                    if seen.insert(id) {
-                        replies.push((reply.metadata.response_code, at.elapsed()));
-                    }
-                }
-            }
-            replies
-        });
-        let mut rng = rand::rng();
-        let started = Instant::now();
-        let mut sent = 0;
-        while sent < FLOOD_MAX && started.elapsed() < FLOOD_FOR {
-            let name = format!("{}.default.svc.cluster.local.", random_label(&mut rng));
-            let mut query = build_query(&name, RecordType::A, &QueryOptions::default()).unwrap();
-            query.metadata.id = sent as u16;
-            let wire = query.to_vec().unwrap();
-            sent_at.lock().unwrap().push(Instant::now());
-            // A full socket buffer is the flooder's problem; keep going.
-            let _ = socket.send(&wire);
-            sent += 1;
-            if sent % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        sending_done.store(true, Ordering::SeqCst);
-        FloodReport {
-            sent,
-            replies: reader.join().unwrap(),
-        }
-    })
-}
-
-fn percentile(mut latencies: Vec<Duration>, p: f64) -> Duration {
-    if latencies.is_empty() {
-        return Duration::ZERO;
-    }
-    latencies.sort();
-    let at = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-    latencies[at]
-}
-
-fn print_report(what: &str, report: &ResolverLoadReport) {
-    let latencies: Vec<Duration> = report.queries.iter().map(|q| q.latency).collect();
-    println!(
-        "{what}: {}; latency p50 {:?} p99 {:?} max {:?}",
-        report.summary(),
-        percentile(latencies.clone(), 0.5),
-        percentile(latencies.clone(), 0.99),
-        latencies.iter().max().copied().unwrap_or_default(),
-    );
-    for (error, n) in report.error_kinds() {
-        println!("  {n:>5} x {error}");
-    }
+    .take(FLOOD_MAX);
+    burst(server, names, FLOOD_FOR, FLOOD_WAIT)
 }
 
 #[test]
@@ -203,12 +82,12 @@ fn noisy_neighbour_flood_of_misses_leaves_other_pods_dns_working() {
         .backend_mode(BackendMode::KnotBehindProxy)
         .build()
         .unwrap();
-    let mut agent = start_agent(&node, &bin);
-    wait_intercepting(&node, &bin, &mut agent);
+    let mut agent = node.start_agent(&bin, &[]).unwrap();
+    node.wait_intercepting(&bin, &mut agent).unwrap();
 
     // Warm the victim's cached names over both families, and check that a new name of
     // the outside zone resolves before the attack.
-    for (name, rtype) in cached_names() {
+    for (name, rtype) in zones::steady_names() {
         for server in SERVICE_IPS {
             let reply = node
                 .query(VICTIM, server, &name, rtype, &QueryOptions::default())
@@ -234,7 +113,7 @@ fn noisy_neighbour_flood_of_misses_leaves_other_pods_dns_working() {
 
     // The victim: cached names as fast as one resolver thread asks them (up to 1000 a
     // second), and new names (each asked once) at 50 a second.
-    let mut cached = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), cached_names());
+    let mut cached = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), zones::steady_names());
     cached.interval = Duration::from_millis(1);
     cached.max_duration = FLOOD_FOR + FLOOD_WAIT + Duration::from_secs(1);
     let cached_load = ResolverLoad::start(&node, &[VICTIM], cached).unwrap();
@@ -251,20 +130,20 @@ fn noisy_neighbour_flood_of_misses_leaves_other_pods_dns_working() {
     new.max_duration = FLOOD_FOR + FLOOD_WAIT + Duration::from_secs(1);
     let new_load = ResolverLoad::start(&node, &[VICTIM], new).unwrap();
     // A third pod with cached names at the usual pace, for the record.
-    let mut bystander = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), cached_names());
+    let mut bystander = ResolverLoadOptions::new(SERVICE_IPS.to_vec(), zones::steady_names());
     bystander.max_duration = FLOOD_FOR + FLOOD_WAIT + Duration::from_secs(1);
     let bystander_load = ResolverLoad::start(&node, &[BYSTANDER], bystander).unwrap();
 
     // The flooder: both families at once (two source addresses, two quotas).
     let flood_started = Instant::now();
-    let floods: Vec<FloodReport> = node
+    let floods: Vec<BurstReport> = node
         .pod_netns(FLOODER)
         .unwrap()
         .run_inside(|| {
             std::thread::scope(|scope| {
                 let threads: Vec<_> = SERVICE_IPS
                     .iter()
-                    .map(|ip| scope.spawn(move || flood(SocketAddr::new(*ip, 53))))
+                    .map(|ip| scope.spawn(move || flood(SocketAddr::new(*ip, 53)).unwrap()))
                     .collect();
                 threads
                     .into_iter()
@@ -299,15 +178,12 @@ fn noisy_neighbour_flood_of_misses_leaves_other_pods_dns_working() {
          SERVFAIL {} (faster than 1 s: {fast_servfails}; p50 {:?}, p99 {:?}); \
          nldns_source_quota_rejects_total +{rejects}, nldns_upstream_overload_total {overload}",
         servfails.len(),
-        percentile(servfails.clone(), 0.5),
-        percentile(servfails.clone(), 0.99),
+        quantile(servfails.clone(), 0.5),
+        quantile(servfails.clone(), 0.99),
     );
-    print_report(
-        &format!("pod {VICTIM} cached names (first try)"),
-        &cached_report,
-    );
-    print_report(&format!("pod {VICTIM} new names"), &new_report);
-    print_report(&format!("pod {BYSTANDER} cached names"), &bystander_report);
+    cached_report.print(&format!("pod {VICTIM} cached names (first try)"));
+    new_report.print(&format!("pod {VICTIM} new names"));
+    bystander_report.print(&format!("pod {BYSTANDER} cached names"));
 
     assert!(agent_running, "the agent died: {}", agent.stderr());
     // The victim's own counts.
