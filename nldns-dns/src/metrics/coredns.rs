@@ -171,196 +171,180 @@ fn histogram(cells: &[u64], bounds: &[f64], sum_scale: f64) -> (f64, u64, Vec<(f
     (cells[bounds.len() + 1] as f64 * sum_scale, count, buckets)
 }
 
+/// One series' label pairs.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// A counter family from its series; zero series are left out, as CoreDNS leaves out
+/// label sets it never saw.
+fn counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels<'a>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        if v > 0 {
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// A histogram family from its series' shard cells (per bucket of `bounds`, the
+/// overflow, the sum in units of `sum_scale`); series with no observation are left out.
+fn histograms<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    sum_scale: f64,
+    series: impl IntoIterator<Item = (Labels<'a>, &'a [u64])>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, cells) in series {
+        let (total, count, buckets) = histogram(cells, bounds, sum_scale);
+        if count > 0 {
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(total, count, &buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for ShardCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let totals = self.shards.totals();
         let zone_names: Vec<String> = (0..ZONES).map(|z| self.zones.name(z)).collect();
-        let counter = |v: u64| ConstCounter::new(v);
-
-        {
-            let mut family = encoder.encode_descriptor(
-                "dns_requests",
-                "Counter of DNS requests made per zone, protocol and family.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (server, sum) in &totals {
-                for (z, zone) in zone_names.iter().enumerate() {
-                    for (p, proto) in shard::PROTOS.iter().enumerate() {
-                        for (f, fam) in shard::FAMILIES.iter().enumerate() {
-                            for (t, (_, ty)) in shard::TYPES.iter().enumerate() {
-                                let v = sum[layout::requests(z, p, f, t)];
-                                if v == 0 {
-                                    continue;
-                                }
-                                let labels = [
-                                    ("server", &**server),
-                                    ("zone", zone.as_str()),
-                                    ("proto", proto),
-                                    ("family", fam),
-                                    ("type", ty),
-                                ];
-                                counter(v).encode(family.encode_family(&labels)?)?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "dns_do_requests",
-                "Counter of DNS requests with DO bit set per zone.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (server, sum) in &totals {
-                for (z, zone) in zone_names.iter().enumerate() {
-                    let v = sum[at::DO_REQUESTS + z];
-                    if v > 0 {
-                        let labels = [("server", &**server), ("zone", zone.as_str())];
-                        counter(v).encode(family.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        for (name, help, base) in [
-            (
-                "dns_request_size_bytes",
-                "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
-                at::REQUEST_SIZE,
-            ),
-            (
-                "dns_response_size_bytes",
-                "Size of the returned response in bytes.",
-                at::RESPONSE_SIZE,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for (server, sum) in &totals {
-                for (z, zone) in zone_names.iter().enumerate() {
-                    for (p, proto) in shard::PROTOS.iter().enumerate() {
-                        let row = layout::size_row(base, z, p);
-                        let cells = &sum[row..row + layout::SIZE_CELLS];
-                        let (total, count, buckets) = histogram(cells, &shard::SIZE_BUCKETS, 1.0);
-                        if count == 0 {
-                            continue;
-                        }
-                        let labels = [
-                            ("server", &**server),
-                            ("zone", zone.as_str()),
-                            ("proto", proto),
-                        ];
-                        family
-                            .encode_family(&labels)?
-                            .encode_histogram::<NoLabelSet>(total, count, &buckets, None)?;
-                    }
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "dns_responses",
-                "Counter of response status codes.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (server, sum) in &totals {
-                for (z, zone) in zone_names.iter().enumerate() {
-                    for (r, rcode) in shard::RCODES.iter().enumerate() {
-                        for (pl, plugin) in shard::PLUGINS.iter().enumerate() {
-                            let v = sum[layout::responses(z, r, pl)];
-                            if v == 0 {
-                                continue;
-                            }
-                            let labels = [
-                                ("server", &**server),
-                                ("zone", zone.as_str()),
-                                ("rcode", rcode),
-                                ("plugin", plugin),
-                            ];
-                            counter(v).encode(family.encode_family(&labels)?)?;
-                        }
-                    }
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "dns_request_duration_seconds",
-                "Histogram of the time (in seconds) each request took per zone.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (server, sum) in &totals {
-                for (z, zone) in zone_names.iter().enumerate() {
+        let mut requests = Vec::new();
+        let mut do_requests = Vec::new();
+        let mut request_sizes = Vec::new();
+        let mut response_sizes = Vec::new();
+        let mut responses = Vec::new();
+        let mut durations = Vec::new();
+        let (mut cache_requests, mut cache_misses, mut served_stale, mut cache_hits) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Every series of every (server, zone), each family's in its own list.
+        let server_zones = totals.iter().flat_map(|(server, sum)| {
+            let zones = zone_names.iter().enumerate();
+            zones.map(move |(z, zone)| (&**server, sum.as_slice(), z, zone.as_str()))
+        });
+        for (server, sum, z, zone) in server_zones {
+            for (p, proto) in shard::PROTOS.iter().enumerate() {
+                for (f, family) in shard::FAMILIES.iter().enumerate() {
                     for (t, (_, ty)) in shard::TYPES.iter().enumerate() {
-                        let row = layout::duration_row(z, t);
-                        let cells = &sum[row..row + layout::TIME_CELLS];
-                        let (total, count, buckets) = histogram(cells, &shard::TIME_BUCKETS, 1e-9);
-                        if count == 0 {
-                            continue;
-                        }
-                        let labels = [("server", &**server), ("zone", zone.as_str()), ("type", ty)];
-                        family
-                            .encode_family(&labels)?
-                            .encode_histogram::<NoLabelSet>(total, count, &buckets, None)?;
+                        let labels = vec![
+                            ("server", server),
+                            ("zone", zone),
+                            ("proto", *proto),
+                            ("family", *family),
+                            ("type", *ty),
+                        ];
+                        requests.push((labels, sum[layout::requests(z, p, f, t)]));
                     }
                 }
-            }
-        }
-        for (name, help, base) in [
-            (
-                "cache_requests",
-                "The count of cache requests.",
-                at::CACHE_REQUESTS,
-            ),
-            (
-                "cache_misses",
-                "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
-                at::CACHE_MISSES,
-            ),
-            (
-                "cache_served_stale",
-                "The number of requests served from stale cache entries.",
-                at::SERVED_STALE,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (server, sum) in &totals {
-                for (z, zones) in zone_names.iter().enumerate() {
-                    let v = sum[base + z];
-                    if v > 0 {
-                        let labels = [("server", &**server), ("zones", zones.as_str())];
-                        counter(v).encode(family.encode_family(&labels)?)?;
-                    }
+                for (base, sizes) in [
+                    (at::REQUEST_SIZE, &mut request_sizes),
+                    (at::RESPONSE_SIZE, &mut response_sizes),
+                ] {
+                    let row = layout::size_row(base, z, p);
+                    let labels = vec![("server", server), ("zone", zone), ("proto", *proto)];
+                    sizes.push((labels, &sum[row..row + layout::SIZE_CELLS]));
                 }
             }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "cache_hits",
-                "The count of cache hits.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (server, sum) in &totals {
-                for (z, zones) in zone_names.iter().enumerate() {
-                    for (d, ty) in ["success", "denial"].into_iter().enumerate() {
-                        let v = sum[at::CACHE_HITS + z * 2 + d];
-                        if v > 0 {
-                            let labels = [
-                                ("server", &**server),
-                                ("type", ty),
-                                ("zones", zones.as_str()),
-                            ];
-                            counter(v).encode(family.encode_family(&labels)?)?;
-                        }
-                    }
+            do_requests.push((
+                vec![("server", server), ("zone", zone)],
+                sum[at::DO_REQUESTS + z],
+            ));
+            for (r, rcode) in shard::RCODES.iter().enumerate() {
+                for (pl, plugin) in shard::PLUGINS.iter().enumerate() {
+                    let labels = vec![
+                        ("server", server),
+                        ("zone", zone),
+                        ("rcode", *rcode),
+                        ("plugin", *plugin),
+                    ];
+                    responses.push((labels, sum[layout::responses(z, r, pl)]));
                 }
             }
+            for (t, (_, ty)) in shard::TYPES.iter().enumerate() {
+                let row = layout::duration_row(z, t);
+                let labels = vec![("server", server), ("zone", zone), ("type", *ty)];
+                durations.push((labels, &sum[row..row + layout::TIME_CELLS]));
+            }
+            let cache = || vec![("server", server), ("zones", zone)];
+            cache_requests.push((cache(), sum[at::CACHE_REQUESTS + z]));
+            cache_misses.push((cache(), sum[at::CACHE_MISSES + z]));
+            served_stale.push((cache(), sum[at::SERVED_STALE + z]));
+            for (d, ty) in ["success", "denial"].into_iter().enumerate() {
+                let labels = vec![("server", server), ("type", ty), ("zones", zone)];
+                cache_hits.push((labels, sum[at::CACHE_HITS + z * 2 + d]));
+            }
         }
-        counter(PANICS.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+        let e = &mut encoder;
+        counters(
+            e,
+            "dns_requests",
+            "Counter of DNS requests made per zone, protocol and family.",
+            requests,
+        )?;
+        counters(
+            e,
+            "dns_do_requests",
+            "Counter of DNS requests with DO bit set per zone.",
+            do_requests,
+        )?;
+        histograms(
+            e,
+            "dns_request_size_bytes",
+            "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
+            &shard::SIZE_BUCKETS,
+            1.0,
+            request_sizes,
+        )?;
+        histograms(
+            e,
+            "dns_response_size_bytes",
+            "Size of the returned response in bytes.",
+            &shard::SIZE_BUCKETS,
+            1.0,
+            response_sizes,
+        )?;
+        counters(
+            e,
+            "dns_responses",
+            "Counter of response status codes.",
+            responses,
+        )?;
+        histograms(
+            e,
+            "dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took per zone.",
+            &shard::TIME_BUCKETS,
+            1e-9,
+            durations,
+        )?;
+        counters(
+            e,
+            "cache_requests",
+            "The count of cache requests.",
+            cache_requests,
+        )?;
+        counters(
+            e,
+            "cache_misses",
+            "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
+            cache_misses,
+        )?;
+        counters(
+            e,
+            "cache_served_stale",
+            "The number of requests served from stale cache entries.",
+            served_stale,
+        )?;
+        counters(e, "cache_hits", "The count of cache hits.", cache_hits)?;
+        ConstCounter::new(PANICS.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
             "panics",
             "A metrics that counts the number of panics.",
             None,
