@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cache::{AnswerKind, Lookup};
-use crate::metrics::shard::ZONE_DROPPED;
-use crate::metrics::Plugin;
+use crate::cache::{AnswerKind, CachedAnswer, Lookup};
+use crate::metrics::shard::{type_index, ZONE_DROPPED};
+use crate::metrics::{Plugin, QueryLabels};
 use crate::miss::{cache_key, Counting, PendingQuery};
 use crate::reply::{Asked, Tally};
 use crate::service::{DnsService, Protocol, Scratch};
@@ -68,7 +68,6 @@ impl DnsService {
         out: &mut Vec<u8>,
     ) -> Handling {
         out.clear();
-        let proto = protocol as u8;
         let info = match wire::parse_query(query, &mut scratch.name) {
             Ok(info) => info,
             Err(QueryError::Drop) => return Handling::Drop,
@@ -79,14 +78,8 @@ impl DnsService {
                     _ => u16::from(wire::RCODE_FORMERR),
                 };
                 *out = wire::synthesize(query, None, rcode, 0);
-                let labels = scratch.labels(ZONE_DROPPED, proto, 0);
-                scratch.stats.query(labels, query.len(), false);
-                let tally = Tally {
-                    stats: &scratch.stats,
-                    labels,
-                    protocol,
-                };
-                self.count_answer(0, out, &tally, Plugin::Server);
+                let labels = scratch.count_query(ZONE_DROPPED, protocol, 0, query.len(), false);
+                self.count_answer(0, out, &scratch.tally(labels, protocol), Plugin::Server);
                 scratch.answered.push(labels);
                 return Handling::Reply;
             }
@@ -101,17 +94,15 @@ impl DnsService {
             // IXFR/AXFR make no sense through a cache.
             *out = wire::synthesize(query, Some(&info), u16::from(wire::RCODE_NOTIMP), 0);
             let zone = self.settings().router.route(name).label;
-            let labels = scratch.labels(zone, proto, info.qtype);
-            scratch.stats.query(labels, query.len(), info.dnssec_ok());
-            let tally = Tally {
-                stats: &scratch.stats,
-                labels,
-                protocol,
-            };
+            let do_bit = info.dnssec_ok();
+            let labels = scratch.count_query(zone, protocol, info.qtype, query.len(), do_bit);
+            let tally = scratch.tally(labels, protocol);
             self.count_answer(info.qtype, out, &tally, Plugin::Server);
             scratch.answered.push(labels);
             return Handling::Reply;
         }
+        let do_bit = info.dnssec_ok();
+        let asked = Asked { query, info: &info };
         let key = cache_key(name, &info);
         let lookup = self.lock_cache().lookup_ref(key, now);
         let stale = match lookup {
@@ -121,20 +112,13 @@ impl DnsService {
                 zone,
             } => {
                 self.metrics.cache_hits.inc();
-                let labels = scratch.labels(zone, proto, info.qtype);
-                let stats = &scratch.stats;
-                stats.query(labels, query.len(), info.dnssec_ok());
-                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
+                let labels = scratch.count_query(zone, protocol, info.qtype, query.len(), do_bit);
+                scratch.count_hit(zone, &answer);
                 if prefetch {
                     self.prefetch(key.to_owned_key(), zone);
                 }
                 let ttls = TtlPatch::CountDown(answer.elapsed_secs(now));
-                let tally = Tally {
-                    stats,
-                    labels,
-                    protocol,
-                };
-                let asked = Asked { query, info: &info };
+                let tally = scratch.tally(labels, protocol);
                 self.render(out, asked, &answer, ttls, &tally, Plugin::Cache);
                 scratch.answered.push(labels);
                 return Handling::Reply;
@@ -144,17 +128,9 @@ impl DnsService {
                 ask_upstream: false,
                 zone,
             } => {
-                let labels = scratch.labels(zone, proto, info.qtype);
-                let stats = &scratch.stats;
-                stats.query(labels, query.len(), info.dnssec_ok());
-                stats.cache_lookup(zone, Some(answer.kind() != AnswerKind::Positive));
-                let tally = Tally {
-                    stats,
-                    labels,
-                    protocol,
-                };
-                let asked = Asked { query, info: &info };
-                self.render_stale(out, asked, &answer, &tally);
+                let labels = scratch.count_query(zone, protocol, info.qtype, query.len(), do_bit);
+                scratch.count_hit(zone, &answer);
+                self.render_stale(out, asked, &answer, &scratch.tally(labels, protocol));
                 scratch.answered.push(labels);
                 return Handling::Reply;
             }
@@ -170,8 +146,7 @@ impl DnsService {
         };
         self.metrics.cache_misses.inc();
         let zone = self.settings().router.route(name).label;
-        let labels = scratch.labels(zone, proto, info.qtype);
-        scratch.stats.query(labels, query.len(), info.dnssec_ok());
+        let labels = scratch.count_query(zone, protocol, info.qtype, query.len(), do_bit);
         scratch.stats.cache_lookup(zone, None);
         let counting = Counting {
             stats: scratch.shared.fork(),
@@ -184,16 +159,52 @@ impl DnsService {
             Ok(pending) => Handling::Resolve(pending),
             Err((info, stale, shed)) => {
                 self.count_shed(shed);
-                let tally = Tally {
-                    stats: &scratch.stats,
-                    labels,
-                    protocol,
-                };
                 let asked = Asked { query, info: &info };
-                self.fail(out, asked, stale.as_deref(), &tally);
+                self.fail(
+                    out,
+                    asked,
+                    stale.as_deref(),
+                    &scratch.tally(labels, protocol),
+                );
                 scratch.answered.push(labels);
                 Handling::Reply
             }
+        }
+    }
+}
+
+impl Scratch {
+    /// The labels of a query for `zone`, and its request, size and DO counters.
+    fn count_query(
+        &self,
+        zone: u8,
+        protocol: Protocol,
+        qtype: u16,
+        size: usize,
+        dnssec_ok: bool,
+    ) -> QueryLabels {
+        let labels = QueryLabels {
+            zone,
+            proto: protocol as u8,
+            family: self.family,
+            qtype: type_index(qtype),
+        };
+        self.stats.query(labels, size, dnssec_ok);
+        labels
+    }
+
+    /// A cache hit (fresh or stale) of `answer` in `zone`: success or denial.
+    fn count_hit(&self, zone: u8, answer: &CachedAnswer) {
+        let denial = answer.kind() != AnswerKind::Positive;
+        self.stats.cache_lookup(zone, Some(denial));
+    }
+
+    /// Where an answer to this loop's query is counted.
+    fn tally(&self, labels: QueryLabels, protocol: Protocol) -> Tally<'_> {
+        Tally {
+            stats: &self.stats,
+            labels,
+            protocol,
         }
     }
 }

@@ -12,7 +12,6 @@ use hickory_proto::rr::{DNSClass, Name, RecordType};
 use crate::cache::Cache;
 use crate::config::DnsConfig;
 use crate::inflight::Misses;
-use crate::metrics::shard::type_index;
 use crate::metrics::{CacheTypeLabels, Metrics, QueryLabels, StatsWriter};
 use crate::router::Router;
 use crate::upstream::{ExchangeOptions, Exchanger, UpstreamQuery};
@@ -257,16 +256,5 @@ fn cache_type_labels(ty: &'static str) -> CacheTypeLabels {
         server: String::new(),
         r#type: ty,
         zones: ".".to_string(),
-    }
-}
-
-impl Scratch {
-    pub(crate) fn labels(&self, zone: u8, proto: u8, qtype: u16) -> QueryLabels {
-        QueryLabels {
-            zone,
-            proto,
-            family: self.family,
-            qtype: type_index(qtype),
-        }
     }
 }
