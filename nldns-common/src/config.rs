@@ -5,6 +5,22 @@
 /// without any per-flow state, which Service IP a reply must appear to come from.
 pub const MAX_SERVICES: u32 = 16;
 
+/// An agent's intercept ports: two runs of [`MAX_SERVICES`] ports from its base port.
+///
+/// - `base + slot`: queries the TC ingress program and the host-network socket hooks
+///   redirected. The TC egress program turns replies from these ports back into
+///   `ServiceIP:53` on their way to a pod.
+/// - `base + POD_SOCKET_PORTS + slot`: queries of pod sockets that the pods' own socket
+///   hooks redirected in connect()/sendmsg(). Such a socket is connected to (or talks to)
+///   the intercept endpoint itself, so the reply must reach the pod unchanged, and the
+///   pod's recvmsg()/getpeername() hook shows the application the Service IP. The TC
+///   egress program never rewrites replies from these ports: being a separate run of
+///   ports is what keeps the NAT stateless and keeps it from rewriting twice.
+pub const POD_SOCKET_PORTS: u16 = MAX_SERVICES as u16;
+
+/// Ports one agent's block spans; a second agent (an upgrade) takes the next block.
+pub const PORTS_PER_AGENT: u16 = 2 * MAX_SERVICES as u16;
+
 /// An IP address in the 16-byte form the maps use: IPv6 as is, IPv4 as an IPv4-mapped
 /// IPv6 address (`::ffff:a.b.c.d`), both in network byte order.
 #[repr(C)]

@@ -9,7 +9,9 @@
 pub mod config;
 pub mod stats;
 
-pub use config::{DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES};
+pub use config::{
+    DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES, POD_SOCKET_PORTS, PORTS_PER_AGENT,
+};
 pub use stats::Counter;
 
 /// Names of the maps, as the kernel and bpftool show them (at most 15 bytes).
@@ -34,6 +36,16 @@ pub mod program_names {
     pub const RECVMSG6: &str = "nldns_recvmsg6";
     pub const GETPEER4: &str = "nldns_getpeer4";
     pub const GETPEER6: &str = "nldns_getpeer6";
+    /// The same hooks for the pods' cgroup (`--pod-cgroup`): they also rewrite sockets of
+    /// pod network namespaces, toward the pod-socket ports (see `POD_SOCKET_PORTS`).
+    pub const POD_CONNECT4: &str = "nldns_pconnect4";
+    pub const POD_CONNECT6: &str = "nldns_pconnect6";
+    pub const POD_SENDMSG4: &str = "nldns_psendmsg4";
+    pub const POD_SENDMSG6: &str = "nldns_psendmsg6";
+    pub const POD_RECVMSG4: &str = "nldns_precvmsg4";
+    pub const POD_RECVMSG6: &str = "nldns_precvmsg6";
+    pub const POD_GETPEER4: &str = "nldns_pgetpeer4";
+    pub const POD_GETPEER6: &str = "nldns_pgetpeer6";
     /// Every program and filter nldns owns starts with this; cleanup matches on it and
     /// on nothing else, so it never touches anyone else's filters.
     pub const PREFIX: &str = "nldns_";

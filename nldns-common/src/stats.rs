@@ -35,10 +35,19 @@ pub enum Counter {
     AgentGonePasses = 10,
     /// The same for connect()/sendmsg() in the socket hooks.
     SockAgentGonePasses = 11,
+    /// connect()/sendmsg() of a pod's socket (a pod network namespace, in the pods'
+    /// cgroup) to a Service IP rewritten toward the pod-socket intercept ports.
+    PodSockRedirected = 12,
+    /// recvmsg()/getpeername() results of pod sockets rewritten back to the Service IP.
+    PodSockRestored = 13,
+    /// connect()/sendmsg() of a pod's socket to a Service IP left alone because the
+    /// agent's heartbeat is stale (fail-open): the dataplane's own programs see the
+    /// ClusterIP as if nldns were not installed.
+    PodSockFailOpenPasses = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::QueriesRedirected,
@@ -53,6 +62,9 @@ impl Counter {
         Counter::SockFailOpenPasses,
         Counter::AgentGonePasses,
         Counter::SockAgentGonePasses,
+        Counter::PodSockRedirected,
+        Counter::PodSockRestored,
+        Counter::PodSockFailOpenPasses,
     ];
 
     /// Stable snake_case name, used by `nldns status` and the Prometheus metrics.
@@ -70,6 +82,9 @@ impl Counter {
             Counter::SockFailOpenPasses => "sock_fail_open_passes",
             Counter::AgentGonePasses => "agent_gone_passes",
             Counter::SockAgentGonePasses => "sock_agent_gone_passes",
+            Counter::PodSockRedirected => "pod_sock_redirected",
+            Counter::PodSockRestored => "pod_sock_restored",
+            Counter::PodSockFailOpenPasses => "pod_sock_fail_open_passes",
         }
     }
 }

@@ -10,8 +10,9 @@
 //! the pod sees ClusterIP:53 answering.
 //!
 //! `nldns_connect4/6`, `nldns_sendmsg4/6`, `nldns_recvmsg4/6` and `nldns_getpeer4/6` are
-//! cgroup sock_addr hooks for host-network processes (see sock.rs); they always allow the
-//! call (return 1).
+//! cgroup sock_addr hooks for host-network processes, and `nldns_pconnect4` ... the same
+//! for the pods' cgroup, where a socket-level load balancer would otherwise translate the
+//! ClusterIP first (see sock.rs); they always allow the call (return 1).
 //!
 //! Every doubt ends with the packet untouched: the programs never drop. They return
 //! `TC_ACT_UNSPEC` (TCX_NEXT), never `TC_ACT_OK`: with TCX, OK would end the chain and
@@ -32,6 +33,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 use nldns_common::Counter;
+use sock::Scope;
 
 #[classifier]
 pub fn nldns_ingress(ctx: TcContext) -> i32 {
@@ -49,49 +51,99 @@ pub fn nldns_egress(ctx: TcContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn nldns_connect4(ctx: SockAddrContext) -> i32 {
-    count_some(sock::redirect4(&ctx));
+    count_some(sock::redirect4(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn nldns_connect6(ctx: SockAddrContext) -> i32 {
-    count_some(sock::redirect6(&ctx));
+    count_some(sock::redirect6(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn nldns_sendmsg4(ctx: SockAddrContext) -> i32 {
-    count_some(sock::redirect4(&ctx));
+    count_some(sock::redirect4(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn nldns_sendmsg6(ctx: SockAddrContext) -> i32 {
-    count_some(sock::redirect6(&ctx));
+    count_some(sock::redirect6(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn nldns_recvmsg4(ctx: SockAddrContext) -> i32 {
-    count_some(sock::restore4(&ctx));
+    count_some(sock::restore4(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn nldns_recvmsg6(ctx: SockAddrContext) -> i32 {
-    count_some(sock::restore6(&ctx));
+    count_some(sock::restore6(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn nldns_getpeer4(ctx: SockAddrContext) -> i32 {
-    count_some(sock::restore4(&ctx));
+    count_some(sock::restore4(&ctx, Scope::Host));
     sock::ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn nldns_getpeer6(ctx: SockAddrContext) -> i32 {
-    count_some(sock::restore6(&ctx));
+    count_some(sock::restore6(&ctx, Scope::Host));
+    sock::ALLOW
+}
+
+// The pods' set (attached on `--pod-cgroup`), see sock.rs.
+
+#[cgroup_sock_addr(connect4)]
+pub fn nldns_pconnect4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect4(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn nldns_pconnect6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect6(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn nldns_psendmsg4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect4(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn nldns_psendmsg6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::redirect6(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn nldns_precvmsg4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore4(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn nldns_precvmsg6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore6(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn nldns_pgetpeer4(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore4(&ctx, Scope::Pods));
+    sock::ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nldns_pgetpeer6(ctx: SockAddrContext) -> i32 {
+    count_some(sock::restore6(&ctx, Scope::Pods));
     sock::ALLOW
 }
 

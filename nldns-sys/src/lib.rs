@@ -18,6 +18,8 @@ mod types;
 
 pub use prog::{
     link_create, prog_attach, prog_detach, prog_get_fd_by_id, prog_info, prog_load, prog_query,
-    prog_test_run, ProgInfo, Target, TestRun,
+    prog_query_with_flags, prog_test_run, ProgInfo, Target, TestRun,
 };
-pub use types::{AttachType, Cmd, ProgType, BPF_F_ALLOW_MULTI, BPF_F_QUERY_EFFECTIVE};
+pub use types::{
+    AttachType, Cmd, ProgType, BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BPF_F_QUERY_EFFECTIVE,
+};

@@ -104,8 +104,20 @@ pub fn prog_detach(
 }
 
 /// BPF_PROG_QUERY: the ids of the programs on `target`'s hook `attach_type`, links and
-/// legacy attachments alike (`flags`: e.g. [`crate::BPF_F_QUERY_EFFECTIVE`]).
+/// legacy attachments alike (`flags`: e.g. [`crate::BPF_F_QUERY_EFFECTIVE`]), in the
+/// order they run.
 pub fn prog_query(target: Target<'_>, attach_type: AttachType, flags: u32) -> io::Result<Vec<u32>> {
+    prog_query_with_flags(target, attach_type, flags).map(|(_, ids)| ids)
+}
+
+/// [`prog_query`] with the hook's attach flags on `target` itself (for a cgroup:
+/// [`crate::BPF_F_ALLOW_MULTI`], BPF_F_ALLOW_OVERRIDE or 0), which decide whether a
+/// descendant's programs run before these or replace them.
+pub fn prog_query_with_flags(
+    target: Target<'_>,
+    attach_type: AttachType,
+    flags: u32,
+) -> io::Result<(u32, Vec<u32>)> {
     let mut ids = vec![0u32; MAX_QUERY_IDS];
     let mut attr = attr::ProgQuery {
         target: target.raw(),
@@ -119,7 +131,7 @@ pub fn prog_query(target: Target<'_>, attach_type: AttachType, flags: u32) -> io
     // into `ids`, which holds that many and lives across the call.
     unsafe { sys_bpf(Cmd::BPF_PROG_QUERY, &mut attr) }?;
     ids.truncate((attr.prog_cnt as usize).min(MAX_QUERY_IDS));
-    Ok(ids)
+    Ok((attr.attach_flags, ids))
 }
 
 /// BPF_LINK_CREATE (appended to the hook's chain); closing the returned descriptor

@@ -47,5 +47,7 @@ impl AttachType {
 
 /// `BPF_F_ALLOW_MULTI` (BPF_PROG_ATTACH): run alongside the hook's other programs.
 pub const BPF_F_ALLOW_MULTI: u32 = 2;
+/// A program attached with this flag is replaced, not joined, by a descendant's.
+pub const BPF_F_ALLOW_OVERRIDE: u32 = 1;
 /// `BPF_F_QUERY_EFFECTIVE` (BPF_PROG_QUERY): include programs inherited from ancestors.
 pub const BPF_F_QUERY_EFFECTIVE: u32 = 1;

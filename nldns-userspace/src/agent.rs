@@ -31,6 +31,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -57,7 +58,7 @@ use crate::{
         interception::{lock, Interception},
         interfaces::InterfaceFilter,
         loader::{Datapath, DatapathSettings},
-        sockhooks::{attach::netns_cookie, Cgroup, CgroupTarget},
+        sockhooks::{self, attach::netns_cookie, Cgroup, CgroupTarget, PodCgroupTarget},
         tasks,
     },
     heartbeat::{self, Beat},
@@ -71,12 +72,16 @@ use nldns_dns::{memory, metrics::Metrics, server, DnsConfig, DnsService};
 pub async fn run(args: RunArgs) -> Result<()> {
     // Start-up: every phase before `attach_interfaces` leaves the node's DNS untouched.
     let settings = read_settings(&args)?;
-    let hooks_cgroup = open_hooks_cgroup(&args, &settings.dns_config)?;
+    let hooks_cgroups = open_hooks_cgroups(&args, &settings.dns_config)?;
     let netlink = refuse_conflicts(&args, settings.mode).await?;
     let endpoint_device = prepare_endpoint(&netlink, &settings.endpoint).await?;
-    let sockets = bind_intercept_sockets(&args, &settings.endpoint, &endpoint_device)?;
+    let runs = match hooks_cgroups.as_ref().and_then(|h| h.pods.as_ref()) {
+        Some(_) => intercept::Runs::TcAndPodSockets,
+        None => intercept::Runs::Tc,
+    };
+    let sockets = bind_intercept_sockets(&args, &settings.endpoint, &endpoint_device, runs)?;
     let serving = start_serving(&args, settings.dns_config, sockets).await?;
-    let mut datapath = load_datapath(&args, serving.endpoint, hooks_cgroup.as_ref())?;
+    let mut datapath = load_datapath(&args, serving.endpoint, hooks_cgroups.as_ref())?;
     prove_serving_path(&serving, &mut datapath).await?;
     let interception = share_interception(datapath, settings.mode, &serving.datapath_counters);
     let background = CancellationToken::new();
@@ -84,8 +89,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let following = attach_interfaces(&interception, settings.filter, &serving.metrics);
     start_upkeep(&args, settings.mode, &serving, &background);
     serve_health(&args, &serving, &following.watching, &background)?;
-    if let Some((cgroup, _)) = &hooks_cgroup {
-        tasks::attach_socket_hooks(&interception, cgroup)?;
+    // Held until the process exits: dropping them detaches the pods' hooks.
+    let mut _pod_hooks = None;
+    if let Some(cgroups) = &hooks_cgroups {
+        tasks::attach_socket_hooks(&interception, &cgroups.node)?;
+        if let Some(pods) = &cgroups.pods {
+            _pod_hooks =
+                tasks::attach_pod_socket_hooks(&interception, pods, &cgroups.hierarchy_root)?;
+        }
     }
     log::info!(
         "nldns intercepting {:?} in {:?} mode; cache upstreams {:?}",
@@ -179,15 +190,24 @@ fn bind_intercept_sockets(
     args: &RunArgs,
     requested: &InterceptEndpoint,
     device: &str,
+    runs: intercept::Runs,
 ) -> Result<InterceptSockets> {
-    let sockets = intercept::bind(requested, &args.service_ip)?;
+    let sockets = intercept::bind(requested, &args.service_ip, runs)?;
     let endpoint = &sockets.endpoint;
+    let last_slot = args.service_ip.len() as u16 - 1;
+    let pod_ports = match runs {
+        intercept::Runs::Tc => String::new(),
+        intercept::Runs::TcAndPodSockets => {
+            let first = endpoint.base_port + nldns_common::POD_SOCKET_PORTS;
+            format!(", pod sockets {first}..{}", first + last_slot)
+        }
+    };
     log::info!(
-        "intercept endpoint {} / {} ports {}..{} on {device}",
+        "intercept endpoint {} / {} ports {}..{}{pod_ports} on {device}",
         endpoint.v4,
         endpoint.v6,
         endpoint.base_port,
-        endpoint.base_port + args.service_ip.len() as u16 - 1
+        endpoint.base_port + last_slot
     );
     Ok(sockets)
 }
@@ -217,8 +237,8 @@ async fn start_serving(
     let heartbeat_target = udp[0].local_addr()?;
     let (metrics, datapath_counters) = crate::metrics::with_datapath_counters();
     // CoreDNS's `server` label: an intercept socket is named after the Service IP its
-    // queries were sent to (slot i serves Service IP i).
-    for (socket, service_ip) in udp.iter().zip(&args.service_ip) {
+    // queries were sent to (slot i of each run of ports serves Service IP i).
+    for (socket, service_ip) in udp.iter().zip(args.service_ip.iter().cycle()) {
         let asked = SocketAddr::new(*service_ip, 53);
         metrics.set_server_label(socket.local_addr()?, format!("dns://{asked}"));
     }
@@ -274,14 +294,15 @@ async fn start_serving(
 fn load_datapath(
     args: &RunArgs,
     endpoint: InterceptEndpoint,
-    hooks_cgroup: Option<&(Cgroup, u64)>,
+    hooks_cgroups: Option<&HookCgroups>,
 ) -> Result<Datapath> {
     let mut datapath = Datapath::load(&DatapathSettings {
         service_ips: args.service_ip.clone(),
         endpoint,
         heartbeat_max_age: Duration::from_millis(args.heartbeat_max_age_ms),
         log_level: args.datapath_log,
-        netns_cookie: hooks_cgroup.map_or(0, |(_, cookie)| *cookie),
+        netns_cookie: hooks_cgroups.map_or(0, |h| h.netns_cookie),
+        pod_hooks: hooks_cgroups.is_some_and(|h| h.pods.is_some()),
     })?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(tasks::poll_datapath_log(logger));
@@ -500,28 +521,44 @@ fn default_udp_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2).clamp(1, 4))
 }
 
-/// Phase: the cgroup for the host-network socket hooks, opened now (before anything could
-/// make its path unreachable), with the netns cookie the hooks check. None (with a
-/// warning) when disabled or impossible: host-network interception is optional, pod
-/// interception goes on without it.
-fn open_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<(Cgroup, u64)>> {
+/// Where the socket hooks go, opened before anything could make the paths unreachable.
+struct HookCgroups {
+    /// The node's cgroup root (`--cgroup`): the host-network hooks.
+    node: Cgroup,
+    /// The pods' cgroup (`--pod-cgroup`): the pods' hooks, if they are to be attached.
+    pods: Option<Cgroup>,
+    /// The cgroup2 mount: the top of the ancestors whose attach flags decide whether the
+    /// pods' hooks may go below them.
+    hierarchy_root: PathBuf,
+    /// The agent's network namespace cookie, which the hooks check.
+    netns_cookie: u64,
+}
+
+/// Phase: the cgroups for the socket hooks, opened now, with the netns cookie the hooks
+/// check. None (with a warning) when disabled or impossible: the socket hooks are
+/// optional, TC interception of pods goes on without them. The pods' cgroup is left out
+/// (with a warning) where hooks there would replace a dataplane's programs instead of
+/// running before them.
+fn open_hooks_cgroups(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<HookCgroups>> {
     let target = CgroupTarget::parse(args.cgroup.as_deref());
     let path = match target.resolve() {
         Ok(Some(path)) => path,
         Ok(None) => return Ok(None),
         // No cgroup2 at all (a v1-only host): pod interception still works.
         Err(err) if target == CgroupTarget::Root => {
-            log::warn!("no host-network interception: {err:#}");
+            log::warn!("no socket hooks: {err:#}");
             return Ok(None);
         }
         Err(err) => return Err(err),
     };
-    let cgroup = Cgroup::open(&path)?;
-    let Some(cookie) = netns_cookie() else {
+    let node = Cgroup::open(&path)?;
+    // Checked before the kernel's support, so a wrong flag is an error everywhere.
+    let pods_path = PodCgroupTarget::parse(args.pod_cgroup.as_deref()).resolve(&path)?;
+    let Some(netns_cookie) = netns_cookie() else {
         log::warn!(
-            "no host-network interception: the kernel does not give network namespace \
-             cookies (SO_NETNS_COOKIE, Linux 5.14), without which the socket hooks could \
-             not tell the node's sockets from the pods'"
+            "no socket hooks: the kernel does not give network namespace cookies \
+             (SO_NETNS_COOKIE, Linux 5.14), without which the socket hooks could not tell \
+             the node's sockets from the pods'; pods are intercepted by TC only"
         );
         return Ok(None);
     };
@@ -536,12 +573,50 @@ fn open_hooks_cgroup(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<(C
         .collect();
     if !looping.is_empty() {
         log::warn!(
-            "no host-network interception: upstream(s) {looping:?} are intercepted Service \
-             IPs, the cache would ask itself; use the uncached kube-dns Service as upstream"
+            "no socket hooks: upstream(s) {looping:?} are intercepted Service IPs, the \
+             cache would ask itself; use the uncached kube-dns Service as upstream"
         );
         return Ok(None);
     }
-    Ok(Some((cgroup, cookie)))
+    let hierarchy_root = sockhooks::cgroup2_mount().unwrap_or_else(|| path.clone());
+    let pods = match pods_path {
+        None => {
+            log::info!(
+                "no pods' socket hooks (--pod-cgroup {}): pods are intercepted by TC only; \
+                 a dataplane that load-balances Services in connect() would bypass nldns",
+                args.pod_cgroup
+                    .as_deref()
+                    .unwrap_or("auto: no kubepods.slice or kubepods")
+            );
+            None
+        }
+        Some(pods_path) => {
+            let blocking = sockhooks::conflict::overridable_ancestors(&pods_path, &hierarchy_root);
+            for problem in &blocking {
+                log::warn!(
+                    "no pods' socket hooks on {}: {} program {} (id {}, likely {}) on {} is {}",
+                    pods_path.display(),
+                    problem.program.hook,
+                    problem.program.program_name,
+                    problem.program.program_id,
+                    problem.program.dataplane,
+                    problem.program.cgroup,
+                    problem.reason
+                );
+            }
+            if blocking.is_empty() {
+                Some(Cgroup::open(&pods_path)?)
+            } else {
+                None
+            }
+        }
+    };
+    Ok(Some(HookCgroups {
+        node,
+        pods,
+        hierarchy_root,
+        netns_cookie,
+    }))
 }
 
 /// Checks the upstreams every 10 s, so /ready does not depend on client traffic.

@@ -43,9 +43,13 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// A cgroup to inspect for socket hooks besides the cgroup2 root.
+        /// A cgroup to inspect for socket hooks besides the cgroup2 root: the agent's
+        /// --cgroup.
         #[arg(long, env = "NLDNS_CGROUP")]
         cgroup: Option<String>,
+        /// The agent's --pod-cgroup (auto: kubepods.slice or kubepods under --cgroup).
+        #[arg(long, env = "NLDNS_POD_CGROUP")]
+        pod_cgroup: Option<String>,
     },
     /// Set the datapath's log level (aya-log) in the running agents, without a restart.
     DatapathLog {
@@ -175,9 +179,17 @@ pub struct RunArgs {
     pub udp_threads: Option<u16>,
 
     /// cgroup2 directory for the host-network socket hooks (connect/sendmsg/recvmsg/
-    /// getpeername). Default: the cgroup2 root from /proc/self/mounts; `none` disables.
+    /// getpeername): the node's cgroup root. Default: the cgroup2 root from
+    /// /proc/self/mounts; `none` turns all socket hooks off (host and pods).
     #[arg(long, env = "NLDNS_CGROUP")]
     pub cgroup: Option<String>,
+
+    /// cgroup2 directory for the pods' socket hooks, which reach a pod's ClusterIP before
+    /// a dataplane that load-balances Services in connect() (Cilium, GKE Dataplane V2,
+    /// Calico eBPF). `auto` (default): kubepods.slice or kubepods under --cgroup; a
+    /// relative PATH is taken under --cgroup; `none`: pods are intercepted by TC only.
+    #[arg(long, env = "NLDNS_POD_CGROUP")]
+    pub pod_cgroup: Option<String>,
 
     /// Datapath log level through aya-log: off, error, warn, info, debug, trace.
     #[arg(long, env = "NLDNS_DATAPATH_LOG", default_value = "off", value_parser = parse_level)]

@@ -2,7 +2,9 @@
 //!
 //! One UDP socket and one TCP listener per Service IP slot, on the intercept endpoint,
 //! on the first free block of ports (an older agent still running during an upgrade holds
-//! the first).
+//! the first). With the pods' socket hooks on, a second run of the same sockets on the
+//! pod-socket ports (`nldns_common::POD_SOCKET_PORTS`): pods whose sockets those hooks
+//! redirected talk to these, and their replies are never rewritten by TC.
 //!
 //! Their descriptors are parked at the top of the descriptor table, because the datapath
 //! redirects a query only while the socket that would take it exists (nldns-ebpf
@@ -21,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use nldns_common::MAX_SERVICES;
+use nldns_common::{POD_SOCKET_PORTS, PORTS_PER_AGENT};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::datapath::endpoint::InterceptEndpoint;
@@ -38,23 +40,40 @@ const PARK_NOFILE: libc::rlim_t = 8192;
 
 pub struct InterceptSockets {
     pub endpoint: InterceptEndpoint,
+    /// In slot order: the TC run of ports, then (with the pods' hooks) the pod-socket run.
     pub udp: Vec<UdpSocket>,
     pub tcp: Vec<TcpListener>,
 }
 
+/// Which runs of intercept ports to bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// TC and the host-network hooks.
+    Tc,
+    /// Those and the pods' socket hooks.
+    TcAndPodSockets,
+}
+
 /// Binds UDP and TCP for each Service IP's slot, on the first free block of ports.
-pub fn bind(requested: &InterceptEndpoint, service_ips: &[IpAddr]) -> Result<InterceptSockets> {
+pub fn bind(
+    requested: &InterceptEndpoint,
+    service_ips: &[IpAddr],
+    runs: Runs,
+) -> Result<InterceptSockets> {
     let parking = make_room_to_park();
     let mut last_err = None;
     for block in 0..PORT_BLOCKS {
-        let Some(base) = requested.base_port.checked_add(block * MAX_SERVICES as u16) else {
+        let Some(base) = requested.base_port.checked_add(block * PORTS_PER_AGENT) else {
             break;
         };
+        if base.checked_add(PORTS_PER_AGENT).is_none() {
+            break;
+        }
         let endpoint = InterceptEndpoint {
             base_port: base,
             ..*requested
         };
-        match bind_block(&endpoint, service_ips, parking) {
+        match bind_block(&endpoint, service_ips, runs, parking) {
             Ok((udp, tcp)) => return Ok(InterceptSockets { endpoint, udp, tcp }),
             Err(err) if err.kind() == io::ErrorKind::AddrInUse => last_err = Some(err),
             Err(err) => {
@@ -71,16 +90,27 @@ pub fn bind(requested: &InterceptEndpoint, service_ips: &[IpAddr]) -> Result<Int
 fn bind_block(
     endpoint: &InterceptEndpoint,
     service_ips: &[IpAddr],
+    runs: Runs,
     parking: bool,
 ) -> io::Result<(Vec<UdpSocket>, Vec<TcpListener>)> {
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
-    for (slot, service) in service_ips.iter().enumerate() {
+    let run_offsets: &[u16] = match runs {
+        Runs::Tc => &[0],
+        Runs::TcAndPodSockets => &[0, POD_SOCKET_PORTS],
+    };
+    let slots = run_offsets.iter().flat_map(|offset| {
+        service_ips
+            .iter()
+            .enumerate()
+            .map(move |(slot, service)| (offset + slot as u16, service))
+    });
+    for (port_offset, service) in slots {
         let ip: IpAddr = match service {
             IpAddr::V4(_) => endpoint.v4.into(),
             IpAddr::V6(_) => endpoint.v6.into(),
         };
-        let addr = SocketAddr::new(ip, endpoint.base_port + slot as u16);
+        let addr = SocketAddr::new(ip, endpoint.base_port + port_offset);
         let domain = Domain::for_address(addr);
         let u = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {

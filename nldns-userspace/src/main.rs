@@ -52,7 +52,11 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => agent::run(*args).await,
-            Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
+            Command::Status {
+                json,
+                cgroup,
+                pod_cgroup,
+            } => status::print_status(json, cgroup, pod_cgroup).await,
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
             Command::Probe { .. } | Command::ImportCorefile { .. } => {

@@ -4,12 +4,20 @@
 
 use anyhow::{Context, Result};
 
-use crate::datapath::inspect;
+use crate::datapath::{
+    inspect,
+    sockhooks::{conflict::PodHookOrder, Scope},
+};
 
-pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
+pub async fn print_status(
+    json: bool,
+    cgroup: Option<String>,
+    pod_cgroup: Option<String>,
+) -> Result<()> {
     let handle = rtnetlink_handle()?;
     let cgroups = inspect::cgroups_to_inspect(cgroup.as_deref());
-    let status = inspect::status(&handle, &cgroups).await?;
+    let pods = inspect::pod_cgroup_to_inspect(cgroup.as_deref(), pod_cgroup.as_deref());
+    let status = inspect::status(&handle, &cgroups, pods.as_ref()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -38,20 +46,26 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
     } else {
         println!("socket hooks:");
         println!(
-            "  {:<14} {:>8}  {:<16} cgroup",
-            "hook", "prog id", "program"
+            "  {:<14} {:<5} {:>8}  {:<16} cgroup",
+            "hook", "set", "prog id", "program"
         );
         for a in &status.cgroup_attachments {
+            let set = match a.scope {
+                Scope::Host => "host",
+                Scope::Pods => "pods",
+            };
             println!(
-                "  {:<14} {:>8}  {:<16} {}",
+                "  {:<14} {set:<5} {:>8}  {:<16} {}",
                 a.hook, a.program_id, a.program_name, a.cgroup
             );
         }
     }
+    print_pod_hooks(status.pod_hooks.as_ref());
     for f in &status.socket_lb_conflicts {
         println!(
             "WARNING: {} program {} (id {}) runs for {}: likely {}; it rewrites ClusterIPs \
-             in connect() before nldns sees them, DNS may bypass the cache",
+             in connect(): host-network processes outside the pods' cgroup may reach \
+             kube-dns pods without the cache",
             f.hook, f.program_name, f.program_id, f.cgroup, f.dataplane
         );
     }
@@ -79,10 +93,43 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
             }
         );
         for (name, value) in &i.counters {
-            println!("  {name:<22} {value}");
+            println!("  {name:<26} {value}");
         }
     }
     Ok(())
+}
+
+/// Where the pods' hooks are and whether a pod's ClusterIP reaches them first.
+fn print_pod_hooks(order: Option<&PodHookOrder>) {
+    let Some(order) = order else {
+        println!("pods' socket hooks: no pods' cgroup (pods are intercepted by TC only)");
+        return;
+    };
+    let verdict = if order.runs_first {
+        "attached, run first"
+    } else if order.attached {
+        "attached, NOT first"
+    } else {
+        "not attached (pods are intercepted by TC only)"
+    };
+    println!("pods' socket hooks on {}: {verdict}", order.cgroup);
+    for f in &order.after_ours {
+        println!(
+            "  before {} ({} on {}, likely {})",
+            f.program_name, f.hook, f.cgroup, f.dataplane
+        );
+    }
+    for p in &order.problems {
+        println!(
+            "WARNING: {} program {} (id {}, likely {}) on {} is {}",
+            p.program.hook,
+            p.program.program_name,
+            p.program.program_id,
+            p.program.dataplane,
+            p.program.cgroup,
+            p.reason
+        );
+    }
 }
 
 pub async fn cleanup(all: bool, cgroup: Option<String>) -> Result<()> {

@@ -65,6 +65,7 @@ impl Programs {
             log_level: 0,
             // No socket hooks: only the TC programs are under test here.
             netns_cookie: 0,
+            pod_hooks: false,
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();
@@ -519,6 +520,47 @@ fn fragments_malformed_and_foreign_packets_pass_byte_for_byte() {
     for (what, frame) in &egress_cases {
         assert_eq!(&p.egress(frame), frame, "egress changed: {what}");
     }
+}
+
+/// A pod whose socket the pods' socket hooks redirected talks to the intercept endpoint's
+/// pod-socket ports directly. TC must leave both directions alone: its query is not to a
+/// Service IP, and its reply must reach the pod's socket (connected to the intercept
+/// endpoint) from exactly that endpoint, never rewritten to the ClusterIP.
+#[test]
+fn pod_socket_traffic_is_never_rewritten_by_tc() {
+    if !have_privileges("pod_socket_traffic_is_never_rewritten_by_tc") {
+        return;
+    }
+    let mut p = Programs::load();
+    let (v4, v6) = (p.endpoint.v4, p.endpoint.v6);
+    let pod_ports = p.endpoint.base_port + nldns_common::POD_SOCKET_PORTS;
+    let redirected = p.counter("queries_redirected");
+    let rewritten = p.counter("replies_rewritten");
+    for (slot, query, reply) in [
+        (
+            0,
+            udp4(POD_V4, CLIENT_PORT, v4, pod_ports),
+            udp4(v4, pod_ports, POD_V4, CLIENT_PORT),
+        ),
+        (
+            1,
+            udp6(POD_V6, CLIENT_PORT, v6, pod_ports + 1),
+            udp6(v6, pod_ports + 1, POD_V6, CLIENT_PORT),
+        ),
+        (
+            0,
+            tcp4(POD_V4, CLIENT_PORT, v4, pod_ports),
+            tcp4(v4, pod_ports, POD_V4, CLIENT_PORT),
+        ),
+    ] {
+        assert_eq!(p.ingress(&query), query, "slot {slot}: query rewritten");
+        assert_eq!(p.egress(&reply), reply, "slot {slot}: reply rewritten");
+    }
+    assert_eq!(p.counter("queries_redirected"), redirected);
+    assert_eq!(p.counter("replies_rewritten"), rewritten);
+    // The TC run of ports right below is still restored: the boundary is exact.
+    let tc_reply = udp4(v4, p.endpoint.base_port, POD_V4, CLIENT_PORT);
+    assert_ne!(p.egress(&tc_reply), tc_reply);
 }
 
 #[test]

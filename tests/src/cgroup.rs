@@ -30,8 +30,36 @@ pub fn create(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Kills the processes of a cgroup and removes it (a cgroup can only be removed empty).
+/// Creates `path` and any missing parents (a pod cgroup below the run's cgroup).
+pub fn create_nested(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating cgroup {}", path.display()))
+}
+
+/// Moves the process `pid` into the cgroup at `path`.
+pub fn enter(path: &Path, pid: u32) -> Result<()> {
+    std::fs::write(path.join("cgroup.procs"), pid.to_string())
+        .with_context(|| format!("moving {pid} into {}", path.display()))
+}
+
+/// Kills the processes of a cgroup and of every cgroup below it, and removes them all,
+/// deepest first (a cgroup can only be removed empty and without children).
 pub fn destroy(path: &Path) -> Result<()> {
+    let children: Vec<PathBuf> = std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    for child in children {
+        destroy(&child)?;
+    }
+    destroy_leaf(path)
+}
+
+fn destroy_leaf(path: &Path) -> Result<()> {
     let procs = path.join("cgroup.procs");
     let kill_all = || {
         let text = std::fs::read_to_string(&procs).unwrap_or_default();

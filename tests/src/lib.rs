@@ -57,6 +57,7 @@ pub mod raw_bpf;
 pub mod resolver_load;
 pub mod run;
 pub mod slow_dns;
+pub mod socket_lb;
 pub mod zones;
 
 pub use agent::{agent_binary, AgentProcess};

@@ -672,34 +672,51 @@ impl SimNode {
             .cgroup
             .as_ref()
             .context("build the node with_cgroup() first")?;
-        // The shell moves itself into the cgroup, then becomes the command: the command
-        // starts inside the cgroup and no other process is moved.
-        let procs = cgroup.join("cgroup.procs");
-        let mut full: Vec<String> = vec![
-            "-c".into(),
-            "echo $$ > \"$0\" && exec \"$@\"".into(),
-            procs.display().to_string(),
-            "nsenter".into(),
-        ];
-        full.extend(
-            self.node
-                .nsenter_args(program, args)
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned()),
-        );
-        crate::cmd::output_with_timeout("sh", &full, None, timeout)
+        exec_in_cgroup(&self.node, cgroup, program, args, timeout)
     }
 
     /// dig from the node namespace, inside the run's cgroup.
     pub fn dig_from_node_cgroup(&self, args: &[&str]) -> Result<DigOutput> {
-        dig::require_server(args)?;
-        let mut full: Vec<&str> = dig::BOUNDED_DEFAULTS.to_vec();
-        full.extend_from_slice(args);
-        let output = self.exec_in_node_cgroup("dig", &full, Duration::from_secs(60))?;
-        let mut parsed = dig::parse(&String::from_utf8_lossy(&output.stdout));
-        parsed.exit_code = output.status.code().unwrap_or(-1);
-        parsed.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        Ok(parsed)
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .context("build the node with_cgroup() first")?;
+        dig_in_cgroup(&self.node, cgroup, args)
+    }
+
+    /// `<run cgroup>/<relative>`, created with its parents: kubelet's pod cgroups
+    /// (`kubepods.slice/...`) for the pods' socket hooks. The node's teardown removes it.
+    pub fn child_cgroup(&self, relative: &str) -> Result<PathBuf> {
+        let root = self
+            .cgroup
+            .as_ref()
+            .context("build the node with_cgroup() first")?;
+        let path = root.join(relative);
+        cgroup::create_nested(&path)?;
+        Ok(path)
+    }
+
+    /// Runs a command in pod `index`'s namespace inside `cgroup` (a pod process as
+    /// kubelet would place it).
+    pub fn exec_in_pod_cgroup(
+        &self,
+        index: usize,
+        cgroup: &Path,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output> {
+        exec_in_cgroup(self.pod_netns(index)?, cgroup, program, args, timeout)
+    }
+
+    /// dig from pod `index`, inside `cgroup`.
+    pub fn dig_in_pod_cgroup(
+        &self,
+        index: usize,
+        cgroup: &Path,
+        args: &[&str],
+    ) -> Result<DigOutput> {
+        dig_in_cgroup(self.pod_netns(index)?, cgroup, args)
     }
 
     /// Replaces the cluster.local zone on every backend (e.g. to change an answer and
@@ -1079,4 +1096,42 @@ fn query_in(
 ) -> Result<Message> {
     let server = SocketAddr::new(server, 53);
     netns.run_inside(|| dns_client::query(server, name, rtype, options))?
+}
+
+/// Runs `program` in `netns` inside `cgroup`. The shell moves itself into the cgroup,
+/// then becomes the command: the command starts inside the cgroup and no other process
+/// is moved.
+fn exec_in_cgroup(
+    netns: &Netns,
+    cgroup: &Path,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Output> {
+    let procs = cgroup.join("cgroup.procs");
+    let mut full: Vec<String> = vec![
+        "-c".into(),
+        "echo $$ > \"$0\" && exec \"$@\"".into(),
+        procs.display().to_string(),
+        "nsenter".into(),
+    ];
+    full.extend(
+        netns
+            .nsenter_args(program, args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    crate::cmd::output_with_timeout("sh", &full, None, timeout)
+}
+
+/// dig (bounded like [`dig::dig`]) in `netns` inside `cgroup`.
+fn dig_in_cgroup(netns: &Netns, cgroup: &Path, args: &[&str]) -> Result<DigOutput> {
+    dig::require_server(args)?;
+    let mut full: Vec<&str> = dig::BOUNDED_DEFAULTS.to_vec();
+    full.extend_from_slice(args);
+    let output = exec_in_cgroup(netns, cgroup, "dig", &full, Duration::from_secs(60))?;
+    let mut parsed = dig::parse(&String::from_utf8_lossy(&output.stdout));
+    parsed.exit_code = output.status.code().unwrap_or(-1);
+    parsed.stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    Ok(parsed)
 }

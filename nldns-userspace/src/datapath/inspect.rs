@@ -20,8 +20,10 @@ use super::{
     attach::{AttachMode, Direction},
     loader::{from_service_addr, monotonic_ns, read_counters},
     sockhooks::{
-        self, attach::netns_cookie, conflict::ForeignSocketProgram, Cgroup, CgroupAttachment,
-        CgroupTarget,
+        self,
+        attach::netns_cookie,
+        conflict::{ForeignSocketProgram, PodHookOrder},
+        Cgroup, CgroupAttachment, CgroupTarget, PodCgroupTarget,
     },
     watcher::{link_name, list_links},
 };
@@ -68,6 +70,9 @@ pub struct Status {
     /// layer itself (Cilium kube-proxy replacement, Calico eBPF) sends host processes'
     /// queries to kube-dns pods before any nldns hook or TC program sees the ClusterIP.
     pub socket_lb_conflicts: Vec<ForeignSocketProgram>,
+    /// The pods' hooks on the pods' cgroup, and whether they run before the dataplane's
+    /// programs; None where there is no pods' cgroup (`--pod-cgroup none`, no kubelet).
+    pub pod_hooks: Option<PodHookOrder>,
     pub instances: Vec<Instance>,
 }
 
@@ -91,12 +96,34 @@ pub fn cgroups_to_inspect(extra: Option<&str>) -> Vec<Cgroup> {
         .collect()
 }
 
-pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
+/// The pods' cgroup as the agent resolves it: `--pod-cgroup` under `--cgroup` (or under
+/// the cgroup2 root).
+pub fn pod_cgroup_to_inspect(node: Option<&str>, pods: Option<&str>) -> Option<Cgroup> {
+    let root = match CgroupTarget::parse(node).resolve() {
+        Ok(Some(root)) => root,
+        _ => return None,
+    };
+    match PodCgroupTarget::parse(pods).resolve(&root) {
+        Ok(Some(path)) => Cgroup::open(&path).ok(),
+        Ok(None) => None,
+        Err(err) => {
+            log::warn!("{err:#}");
+            None
+        }
+    }
+}
+
+pub async fn status(handle: &Handle, cgroups: &[Cgroup], pods: Option<&Cgroup>) -> Result<Status> {
     let attachments = attachments(handle).await?;
     let cgroup_attachments = cgroups
         .iter()
+        .chain(pods)
         .flat_map(sockhooks::inspect::our_attachments)
         .collect();
+    let hierarchy_root = sockhooks::cgroup2_mount();
+    let pod_hooks = pods
+        .zip(hierarchy_root.as_deref())
+        .map(|(pods, root)| sockhooks::conflict::pod_hook_order(pods, root));
     let mut socket_lb_conflicts: Vec<ForeignSocketProgram> = Vec::new();
     for found in cgroups
         .iter()
@@ -124,6 +151,7 @@ pub async fn status(handle: &Handle, cgroups: &[Cgroup]) -> Result<Status> {
         attachments,
         cgroup_attachments,
         socket_lb_conflicts,
+        pod_hooks,
         instances,
     })
 }

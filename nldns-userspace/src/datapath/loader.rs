@@ -13,10 +13,7 @@ use nldns_common::{
     map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
 };
 
-use super::{
-    endpoint::InterceptEndpoint,
-    sockhooks::{SocketHook, HOOKS},
-};
+use super::{endpoint::InterceptEndpoint, sockhooks::HOOKS};
 
 /// The datapath object (the TC programs and the cgroup socket hooks), built by build.rs
 /// from nldns-ebpf and embedded in the binary so the agent and its datapath can never be
@@ -47,6 +44,8 @@ pub struct DatapathSettings {
     /// The agent's network namespace cookie; 0 keeps the cgroup socket hooks inert (see
     /// `DatapathConfig::netns_cookie`).
     pub netns_cookie: u64,
+    /// Also load the pods' set of socket hooks (`--pod-cgroup`).
+    pub pod_hooks: bool,
 }
 
 impl Datapath {
@@ -81,7 +80,11 @@ impl Datapath {
                 .with_context(|| format!("the kernel verifier rejected {name}"))?;
         }
         if settings.netns_cookie != 0 {
-            for SocketHook { program: name, .. } in HOOKS {
+            let pod_programs = HOOKS
+                .iter()
+                .map(|h| h.pod_program)
+                .filter(|_| settings.pod_hooks);
+            for name in HOOKS.iter().map(|h| h.host_program).chain(pod_programs) {
                 let program: &mut CgroupSockAddr = ebpf
                     .program_mut(name)
                     .with_context(|| format!("program {name} missing from the object"))?

@@ -18,7 +18,7 @@ use super::{
     interception::{lock, Interception},
     interfaces::InterfaceFilter,
     loader::DatapathLogger,
-    sockhooks::{self, Cgroup},
+    sockhooks::{self, attach::PodHookLinks, Cgroup},
     watcher::{self, LinkEvent},
 };
 
@@ -73,10 +73,19 @@ pub async fn follow_interfaces(
     watching.store(false, Ordering::Relaxed);
 }
 
-/// Attaches the socket hooks to `cgroup` and says so, or warns about a dataplane that
-/// rewrites ClusterIPs in connect() before them.
+/// Attaches the host-network socket hooks to `cgroup` and says so, or warns about a
+/// dataplane that rewrites ClusterIPs in connect() before them. Host-network interception
+/// is optional: where the kernel refuses the hooks (a program on the cgroup attached
+/// without BPF_F_ALLOW_MULTI, which admits no other), the agent warns and goes on, and
+/// host processes keep their path to kube-dns.
 pub fn attach_socket_hooks(interception: &Mutex<Interception>, cgroup: &Cgroup) -> Result<()> {
-    let attached = sockhooks::attach::attach(&mut lock(interception)?.datapath, cgroup)?;
+    let attached = match sockhooks::attach::attach(&mut lock(interception)?.datapath, cgroup) {
+        Ok(attached) => attached,
+        Err(err) => {
+            log::warn!("no host-network interception: {err:#}");
+            return Ok(());
+        }
+    };
     log::info!(
         "host-network interception: {} socket hooks on {}",
         attached.len(),
@@ -85,7 +94,8 @@ pub fn attach_socket_hooks(interception: &Mutex<Interception>, cgroup: &Cgroup) 
     for foreign in sockhooks::conflict::foreign_socket_programs(cgroup) {
         log::warn!(
             "{} program {} (id {}) also runs for {}: likely {}. It rewrites ClusterIPs in \
-             connect() itself; host-network DNS may reach kube-dns pods without nldns",
+             connect() itself; host-network processes outside the pods' cgroup may reach \
+             kube-dns pods without nldns",
             foreign.hook,
             foreign.program_name,
             foreign.program_id,
@@ -94,6 +104,54 @@ pub fn attach_socket_hooks(interception: &Mutex<Interception>, cgroup: &Cgroup) 
         );
     }
     Ok(())
+}
+
+/// Attaches the pods' socket hooks to `pods` and says where they stand against the
+/// dataplane's programs: first (a pod's ClusterIP reaches nldns before a socket load
+/// balancer), or not (warned; those pods' queries then take the dataplane's path, as
+/// without nldns). The returned links must be held until the process exits. None (with
+/// a warning) where the kernel refuses them: pods keep TC interception.
+pub fn attach_pod_socket_hooks(
+    interception: &Mutex<Interception>,
+    pods: &Cgroup,
+    hierarchy_root: &std::path::Path,
+) -> Result<Option<PodHookLinks>> {
+    // All or none: on an error the links made so far are dropped, which detaches them.
+    let links = match sockhooks::attach::attach_pods(&mut lock(interception)?.datapath, pods) {
+        Ok(links) => links,
+        Err(err) => {
+            log::warn!("no pods' socket hooks: {err:#}");
+            return Ok(None);
+        }
+    };
+    let order = sockhooks::conflict::pod_hook_order(pods, hierarchy_root);
+    let dataplanes: Vec<String> = order
+        .after_ours
+        .iter()
+        .map(|f| format!("{} ({} on {})", f.program_name, f.hook, f.cgroup))
+        .collect();
+    log::info!(
+        "pod interception in the socket layer: {} socket hooks on {}{}",
+        links.attachments.len(),
+        pods.path.display(),
+        if dataplanes.is_empty() {
+            String::new()
+        } else {
+            format!(", running before {}", dataplanes.join(", "))
+        }
+    );
+    for problem in &order.problems {
+        log::warn!(
+            "{} program {} (id {}, likely {}) on {} is {}; pods' DNS may bypass nldns",
+            problem.program.hook,
+            problem.program.program_name,
+            problem.program.program_id,
+            problem.program.dataplane,
+            problem.program.cgroup,
+            problem.reason
+        );
+    }
+    Ok(Some(links))
 }
 
 /// Netlink filters outlive their agent. The start-up cleanup removes those of agents

@@ -69,7 +69,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 let d = &tables[3].1;
                 expect_row(d, "datapath #1", &["not attached", "prog 60"])?;
                 expect_row(d, "heartbeat #1", &["never / stopped"])?;
-                expect_row(d, "datapath #2", &["INTERCEPTING", "10069"])?;
+                expect_row(d, "datapath #2", &["INTERCEPTING", "10085"])?;
                 expect_row(d, "hit ratio", &["no queries yet"])?;
                 let e = &tables[4].1;
                 expect_row(e, "error", &["not running"])?;

@@ -7,7 +7,7 @@ use aya::programs::{loaded_programs, ProgramInfo};
 use nldns_common::program_names;
 use nldns_sys::Target;
 
-use super::{Cgroup, CgroupAttachment, HOOKS};
+use super::{Cgroup, CgroupAttachment, Scope, HOOKS};
 
 /// Our programs attached directly to `cgroup` (links and legacy attachments alike).
 pub fn our_attachments(cgroup: &Cgroup) -> Vec<CgroupAttachment> {
@@ -20,8 +20,14 @@ pub fn our_attachments(cgroup: &Cgroup) -> Vec<CgroupAttachment> {
         for id in ids {
             let Some(name) = names.get(&id) else { continue };
             if name.starts_with(program_names::PREFIX) {
+                let scope = if name == hook.pod_program {
+                    Scope::Pods
+                } else {
+                    Scope::Host
+                };
                 found.push(CgroupAttachment {
                     cgroup: cgroup.path.display().to_string(),
+                    scope,
                     hook: hook.label,
                     program_id: id,
                     program_name: name.clone(),

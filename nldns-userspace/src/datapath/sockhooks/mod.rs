@@ -1,11 +1,21 @@
 //! Host-network interception: the cgroup sock_addr hooks, split like the TC side.
 //!
 //! - this module: which hooks there are ([`HOOKS`], the one table the loader, attach,
-//!   inspection and cleanup all read), which cgroup they go to (`--cgroup`, found in
-//!   /proc/self/mounts) and the open cgroup directory;
+//!   inspection and cleanup all read, with a program per [`Scope`]), which cgroups they
+//!   go to (`--cgroup`, found in /proc/self/mounts; `--pod-cgroup`, kubelet's pod cgroup
+//!   under it) and the open cgroup directory;
 //! - [`attach`]: attaching them as links, and the network namespace cookie they check;
 //! - [`inspect`]: listing our attachments and removing legacy leftovers;
-//! - [`conflict`]: other dataplanes' programs that rewrite ClusterIPs in connect().
+//! - [`conflict`]: other dataplanes' programs that rewrite ClusterIPs in connect(), and
+//!   whether the pods' hooks run before them.
+//!
+//! Two sets, the same programs' two scopes (nldns-ebpf sock.rs): the host set on the
+//! node's cgroup root for host-network processes, the pods' set on kubelet's pod cgroup.
+//! The kernel runs a descendant cgroup's programs before its ancestors' (for programs
+//! attached with BPF_F_ALLOW_MULTI, and links always are), so the pods' set sees a pod's
+//! ClusterIP before a dataplane's socket load balancer on the root does. Pod cgroups made
+//! later inherit the effective programs of their ancestors when they are created: new
+//! pods are covered without the agent doing anything.
 //!
 //! The hooks are attached as bpf links. Cgroup links always run alongside the cgroup's
 //! other programs (the kernel treats them as BPF_F_ALLOW_MULTI, and refuses any flag in
@@ -35,65 +45,111 @@ use nldns_common::program_names;
 use nldns_sys::AttachType;
 use serde::Serialize;
 
-/// One socket hook: the program, the kernel hook it attaches to, and the short label
+/// Which set of hooks: the node's (`--cgroup`) or the pods' (`--pod-cgroup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Host-network processes: sockets of the agent's network namespace only.
+    Host,
+    /// The pods' cgroup: pod sockets (any other namespace) too, so that nldns sees their
+    /// ClusterIP before a socket-level load balancer on an ancestor cgroup does.
+    Pods,
+}
+
+/// One socket hook: the kernel hook, its program in each set, and the short label
 /// `nldns status` and its JSON show for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketHook {
-    pub program: &'static str,
     pub attach_type: AttachType,
     pub label: &'static str,
+    pub host_program: &'static str,
+    pub pod_program: &'static str,
 }
 
-const fn hook(program: &'static str, attach_type: AttachType, label: &'static str) -> SocketHook {
-    SocketHook {
-        program,
-        attach_type,
-        label,
+impl SocketHook {
+    pub fn program(&self, scope: Scope) -> &'static str {
+        match scope {
+            Scope::Host => self.host_program,
+            Scope::Pods => self.pod_program,
+        }
+    }
+
+    /// connect() and sendmsg(): where a socket-level load balancer translates ClusterIPs.
+    pub fn picks_destination(&self) -> bool {
+        [
+            AttachType::BPF_CGROUP_INET4_CONNECT,
+            AttachType::BPF_CGROUP_INET6_CONNECT,
+            AttachType::BPF_CGROUP_UDP4_SENDMSG,
+            AttachType::BPF_CGROUP_UDP6_SENDMSG,
+        ]
+        .contains(&self.attach_type)
     }
 }
 
-/// Every socket hook nldns has. connect() and sendmsg() aim a host process's DNS at the
-/// intercept endpoint, recvmsg() and getpeername() show it the Service IP again.
+const fn hook(
+    attach_type: AttachType,
+    label: &'static str,
+    host_program: &'static str,
+    pod_program: &'static str,
+) -> SocketHook {
+    SocketHook {
+        attach_type,
+        label,
+        host_program,
+        pod_program,
+    }
+}
+
+/// Every socket hook nldns has. connect() and sendmsg() aim a DNS query at the intercept
+/// endpoint, recvmsg() and getpeername() show the application the Service IP again.
 pub const HOOKS: [SocketHook; 8] = [
     hook(
-        program_names::CONNECT4,
         AttachType::BPF_CGROUP_INET4_CONNECT,
         "connect4",
+        program_names::CONNECT4,
+        program_names::POD_CONNECT4,
     ),
     hook(
-        program_names::CONNECT6,
         AttachType::BPF_CGROUP_INET6_CONNECT,
         "connect6",
+        program_names::CONNECT6,
+        program_names::POD_CONNECT6,
     ),
     hook(
-        program_names::SENDMSG4,
         AttachType::BPF_CGROUP_UDP4_SENDMSG,
         "sendmsg4",
+        program_names::SENDMSG4,
+        program_names::POD_SENDMSG4,
     ),
     hook(
-        program_names::SENDMSG6,
         AttachType::BPF_CGROUP_UDP6_SENDMSG,
         "sendmsg6",
+        program_names::SENDMSG6,
+        program_names::POD_SENDMSG6,
     ),
     hook(
-        program_names::RECVMSG4,
         AttachType::BPF_CGROUP_UDP4_RECVMSG,
         "recvmsg4",
+        program_names::RECVMSG4,
+        program_names::POD_RECVMSG4,
     ),
     hook(
-        program_names::RECVMSG6,
         AttachType::BPF_CGROUP_UDP6_RECVMSG,
         "recvmsg6",
+        program_names::RECVMSG6,
+        program_names::POD_RECVMSG6,
     ),
     hook(
-        program_names::GETPEER4,
         AttachType::BPF_CGROUP_INET4_GETPEERNAME,
         "getpeername4",
+        program_names::GETPEER4,
+        program_names::POD_GETPEER4,
     ),
     hook(
-        program_names::GETPEER6,
         AttachType::BPF_CGROUP_INET6_GETPEERNAME,
         "getpeername6",
+        program_names::GETPEER6,
+        program_names::POD_GETPEER6,
     ),
 ];
 
@@ -101,6 +157,7 @@ pub const HOOKS: [SocketHook; 8] = [
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CgroupAttachment {
     pub cgroup: String,
+    pub scope: Scope,
     pub hook: &'static str,
     pub program_id: u32,
     pub program_name: String,
@@ -134,6 +191,52 @@ impl CgroupTarget {
             CgroupTarget::Root => cgroup2_mount()
                 .map(Some)
                 .context("no cgroup2 mount in /proc/self/mounts (use --cgroup PATH or none)"),
+        }
+    }
+}
+
+/// `--pod-cgroup`: where the pods' hooks go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodCgroupTarget {
+    /// The default: kubelet's pod cgroup under the node's cgroup root, `kubepods.slice`
+    /// (systemd cgroup driver) or `kubepods` (cgroupfs driver), if there is one.
+    Auto,
+    /// A given directory; a relative path is taken under the node's cgroup root.
+    Path(PathBuf),
+    /// `--pod-cgroup none`: pods are intercepted by the TC programs only.
+    Disabled,
+}
+
+/// The pod cgroups kubelet makes under the cgroup root, by cgroup driver.
+pub const KUBELET_POD_CGROUPS: [&str; 2] = ["kubepods.slice", "kubepods"];
+
+impl PodCgroupTarget {
+    pub fn parse(value: Option<&str>) -> PodCgroupTarget {
+        match value.map(str::trim) {
+            None | Some("") | Some("auto") => PodCgroupTarget::Auto,
+            Some("none") => PodCgroupTarget::Disabled,
+            Some(path) => PodCgroupTarget::Path(PathBuf::from(path)),
+        }
+    }
+
+    /// The directory under `node_root`, or None when disabled or (auto) when the node
+    /// has no kubelet pod cgroup. A given path that is not a directory is an error.
+    pub fn resolve(&self, node_root: &Path) -> Result<Option<PathBuf>> {
+        match self {
+            PodCgroupTarget::Disabled => Ok(None),
+            PodCgroupTarget::Auto => Ok(KUBELET_POD_CGROUPS
+                .iter()
+                .map(|name| node_root.join(name))
+                .find(|path| path.is_dir())),
+            PodCgroupTarget::Path(path) => {
+                let path = node_root.join(path);
+                anyhow::ensure!(
+                    path.is_dir(),
+                    "--pod-cgroup {}: not a cgroup directory",
+                    path.display()
+                );
+                Ok(Some(path))
+            }
         }
     }
 }
@@ -266,17 +369,59 @@ none /run/cilium/cgroupv2 cgroup2 rw,relatime 0 0
 
     #[test]
     fn program_names_fit_the_kernel_limit_and_hooks_are_distinct() {
-        for SocketHook { program: name, .. } in HOOKS {
+        let names: Vec<&str> = HOOKS
+            .iter()
+            .flat_map(|h| [h.host_program, h.pod_program])
+            .collect();
+        for name in &names {
             assert!(
                 name.len() <= 15 && name.starts_with(program_names::PREFIX),
                 "{name}"
             );
         }
+        for (i, a) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(a), "{a} twice");
+        }
         for (i, a) in HOOKS.iter().enumerate() {
             for b in &HOOKS[i + 1..] {
-                assert!(a.program != b.program && a.attach_type != b.attach_type);
-                assert!(a.label != b.label);
+                assert!(a.attach_type != b.attach_type && a.label != b.label);
             }
         }
+    }
+
+    #[test]
+    fn pod_cgroup_forms_and_kubelet_drivers() {
+        assert_eq!(PodCgroupTarget::parse(None), PodCgroupTarget::Auto);
+        assert_eq!(PodCgroupTarget::parse(Some("auto")), PodCgroupTarget::Auto);
+        assert_eq!(
+            PodCgroupTarget::parse(Some("none")),
+            PodCgroupTarget::Disabled
+        );
+        let root = std::env::temp_dir().join(format!("nldns-podcg-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        assert_eq!(PodCgroupTarget::Auto.resolve(&root).unwrap(), None);
+        std::fs::create_dir(root.join("kubepods")).unwrap();
+        assert_eq!(
+            PodCgroupTarget::Auto.resolve(&root).unwrap(),
+            Some(root.join("kubepods"))
+        );
+        // The systemd driver's name wins when both exist.
+        std::fs::create_dir(root.join("kubepods.slice")).unwrap();
+        assert_eq!(
+            PodCgroupTarget::Auto.resolve(&root).unwrap(),
+            Some(root.join("kubepods.slice"))
+        );
+        assert_eq!(
+            PodCgroupTarget::parse(Some("kubepods"))
+                .resolve(&root)
+                .unwrap(),
+            Some(root.join("kubepods"))
+        );
+        let err = PodCgroupTarget::parse(Some("missing"))
+            .resolve(&root)
+            .unwrap_err();
+        assert!(err.to_string().contains("--pod-cgroup"), "{err}");
+        assert_eq!(PodCgroupTarget::Disabled.resolve(&root).unwrap(), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
