@@ -289,6 +289,15 @@ const PLAN: &[(&str, &str, &[&str])] = &[
             "stopped_agent_fails_open_within_a_second_and_recovers",
         ],
     ),
+    (
+        "nldns-tests",
+        "socketlb",
+        &[
+            "cilium_standin_pods_are_answered_by_the_cache_first",
+            "killed_agent_leaves_pods_to_the_dataplane_at_once",
+            "override_attached_dataplane_is_never_replaced",
+        ],
+    ),
 ];
 
 /// What arm64 leaves out: TCG emulates arm64 on these amd64 machines, and the budget of
