@@ -594,14 +594,8 @@ fn open_hooks_cgroups(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<H
             let blocking = sockhooks::conflict::overridable_ancestors(&pods_path, &hierarchy_root);
             for problem in &blocking {
                 log::warn!(
-                    "no pods' socket hooks on {}: {} program {} (id {}, likely {}) on {} is {}",
-                    pods_path.display(),
-                    problem.program.hook,
-                    problem.program.program_name,
-                    problem.program.program_id,
-                    problem.program.dataplane,
-                    problem.program.cgroup,
-                    problem.reason
+                    "no pods' socket hooks on {}: {problem}",
+                    pods_path.display()
                 );
             }
             if blocking.is_empty() {

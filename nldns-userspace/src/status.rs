@@ -119,16 +119,8 @@ fn print_pod_hooks(order: Option<&PodHookOrder>) {
             f.program_name, f.hook, f.cgroup, f.dataplane
         );
     }
-    for p in &order.problems {
-        println!(
-            "WARNING: {} program {} (id {}, likely {}) on {} is {}",
-            p.program.hook,
-            p.program.program_name,
-            p.program.program_id,
-            p.program.dataplane,
-            p.program.cgroup,
-            p.reason
-        );
+    for problem in &order.problems {
+        println!("WARNING: {problem}");
     }
 }
 

@@ -64,6 +64,28 @@ impl DigOutput {
         self.flags.iter().any(|f| f == flag)
     }
 
+    /// Panics unless the answer holds exactly `expected` of `rtype` and dig saw it come
+    /// from `server` (as dig was given it, `@addr`) on port 53: what an application
+    /// sees when the cache answers for the ClusterIP it asked.
+    pub fn assert_answered_by(&self, rtype: &str, expected: &[String], server: &str) {
+        assert_eq!(
+            self.answer_data(rtype),
+            expected,
+            "{}\n{}",
+            self.raw,
+            self.stderr
+        );
+        let asked = server.trim_start_matches('@');
+        assert!(
+            self.server
+                .as_deref()
+                .is_some_and(|s| s.starts_with(&format!("{asked}#53"))),
+            "the answer did not come from {asked}#53: {:?}\n{}",
+            self.server,
+            self.raw
+        );
+    }
+
     /// The transport dig reports in the SERVER line (`UDP` or `TCP`).
     pub fn transport(&self) -> Option<String> {
         let server = self.server.as_ref()?;

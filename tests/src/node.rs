@@ -660,6 +660,17 @@ impl SimNode {
         perf::run(self.pod_netns(index)?, self.run.workdir(), options)
     }
 
+    /// `nldns_datapath_<name>_total` from the running agent's /metrics.
+    pub fn datapath_counter(&self, name: &str) -> Result<u64> {
+        let (code, text) = self.http_get(self.metrics_addr(), "/metrics")?;
+        anyhow::ensure!(code == 200, "/metrics answered {code}");
+        let prefix = format!("nldns_datapath_{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {prefix} in {text}"))
+    }
+
     /// Runs a command in the node namespace inside the run's cgroup (a host-network client
     /// that the agent's cgroup programs see). Needs [`SimNodeBuilder::with_cgroup`].
     pub fn exec_in_node_cgroup(

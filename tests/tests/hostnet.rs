@@ -58,15 +58,8 @@ fn start_agent(node: &SimNode, extra: &[&str]) -> AgentProcess {
     agent
 }
 
-/// `nldns_datapath_<name>_total` from the agent's /metrics.
 fn datapath_counter(node: &SimNode, name: &str) -> u64 {
-    let (code, text) = node.http_get(node.metrics_addr(), "/metrics").unwrap();
-    assert_eq!(code, 200);
-    let prefix = format!("nldns_datapath_{name}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    node.datapath_counter(name).unwrap()
 }
 
 fn backend_queries(node: &SimNode, name: &str, rtype: &str) -> usize {
@@ -78,21 +71,7 @@ fn dig_in_cgroup(node: &SimNode, server: &str, extra: &[&str]) -> nldns_tests::D
     let mut args = vec![server, names::WEB, "A"];
     args.extend_from_slice(extra);
     let out = node.dig_from_node_cgroup(&args).unwrap();
-    assert_eq!(
-        out.answer_data("A"),
-        [WEB_V4.to_string()],
-        "{}\n{}",
-        out.raw,
-        out.stderr
-    );
-    let expected = &server[1..];
-    assert!(
-        out.server
-            .as_deref()
-            .is_some_and(|s| s.starts_with(&format!("{expected}#53"))),
-        "SERVER is not the ClusterIP: {:?}",
-        out.server
-    );
+    out.assert_answered_by("A", &[WEB_V4.to_string()], server);
     out
 }
 

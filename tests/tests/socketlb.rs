@@ -90,33 +90,12 @@ fn dig_web(node: &SimNode, cgroup: &Path, server: &str, extra: &[&str]) -> DigOu
     let mut args = vec![server, names::WEB, "A"];
     args.extend_from_slice(extra);
     let out = node.dig_in_pod_cgroup(0, cgroup, &args).unwrap();
-    assert_eq!(
-        out.answer_data("A"),
-        [WEB_V4.to_string()],
-        "{}\n{}",
-        out.raw,
-        out.stderr
-    );
-    let asked = &server[1..];
-    assert!(
-        out.server
-            .as_deref()
-            .is_some_and(|s| s.starts_with(&format!("{asked}#53"))),
-        "the application did not see the ClusterIP answer: {:?}\n{}",
-        out.server,
-        out.raw
-    );
+    out.assert_answered_by("A", &[WEB_V4.to_string()], server);
     out
 }
 
 fn datapath_counter(node: &SimNode, name: &str) -> u64 {
-    let (code, text) = node.http_get(node.metrics_addr(), "/metrics").unwrap();
-    assert_eq!(code, 200);
-    let prefix = format!("nldns_datapath_{name}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    node.datapath_counter(name).unwrap()
 }
 
 fn status(node: &SimNode) -> serde_json::Value {

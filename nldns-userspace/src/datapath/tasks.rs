@@ -141,15 +141,7 @@ pub fn attach_pod_socket_hooks(
         }
     );
     for problem in &order.problems {
-        log::warn!(
-            "{} program {} (id {}, likely {}) on {} is {}; pods' DNS may bypass nldns",
-            problem.program.hook,
-            problem.program.program_name,
-            problem.program.program_id,
-            problem.program.dataplane,
-            problem.program.cgroup,
-            problem.reason
-        );
+        log::warn!("{problem}; pods' DNS may bypass nldns");
     }
     Ok(Some(links))
 }

@@ -87,6 +87,17 @@ pub struct OrderProblem {
     pub reason: &'static str,
 }
 
+impl std::fmt::Display for OrderProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.program;
+        write!(
+            f,
+            "{} program {} (id {}, likely {}) on {} is {}",
+            p.hook, p.program_name, p.program_id, p.dataplane, p.cgroup, self.reason
+        )
+    }
+}
+
 /// Reason: an ancestor's program attached without BPF_F_ALLOW_MULTI.
 pub const OVERRIDABLE_ANCESTOR: &str = "attached on an ancestor without BPF_F_ALLOW_MULTI: \
      a program on the pods' cgroup would replace it for every pod, so the pods' hooks are \
