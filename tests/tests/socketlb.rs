@@ -226,7 +226,19 @@ fn killed_agent_leaves_pods_to_the_dataplane_at_once() {
     if !require_root("killed_agent_leaves_pods_to_the_dataplane_at_once") {
         return;
     }
-    let (node, _lb, pods) = node_with_standin(Flavour::Cilium, Attach::Link);
+    kill_and_restart(Flavour::Cilium, Attach::Link);
+}
+
+#[test]
+fn killed_agent_leaves_pods_to_calico_at_once() {
+    if !require_root("killed_agent_leaves_pods_to_calico_at_once") {
+        return;
+    }
+    kill_and_restart(Flavour::Calico, Attach::LegacyMulti);
+}
+
+fn kill_and_restart(flavour: Flavour, how: Attach) {
+    let (node, _lb, pods) = node_with_standin(flavour, how);
     let mut agent = start_agent(&node, &[]);
     wait_pod_hooks(&agent);
     dig_web(&node, &pods, KUBE_DNS, &[]);
@@ -267,7 +279,19 @@ fn hung_agent_leaves_pods_to_the_dataplane_within_a_second() {
     if !require_root("hung_agent_leaves_pods_to_the_dataplane_within_a_second") {
         return;
     }
-    let (node, _lb, pods) = node_with_standin(Flavour::Cilium, Attach::Link);
+    hang_and_resume(Flavour::Cilium, Attach::Link);
+}
+
+#[test]
+fn hung_agent_leaves_pods_to_calico_within_a_second() {
+    if !require_root("hung_agent_leaves_pods_to_calico_within_a_second") {
+        return;
+    }
+    hang_and_resume(Flavour::Calico, Attach::LegacyMulti);
+}
+
+fn hang_and_resume(flavour: Flavour, how: Attach) {
+    let (node, _lb, pods) = node_with_standin(flavour, how);
     let mut agent = start_agent(&node, &[]);
     wait_pod_hooks(&agent);
     dig_web(&node, &pods, KUBE_DNS, &[]);
@@ -364,7 +388,19 @@ fn surge_upgrade_with_a_socket_lb_dataplane_loses_no_query() {
     if !require_root("surge_upgrade_with_a_socket_lb_dataplane_loses_no_query") {
         return;
     }
-    let (node, _lb, pods) = node_with_standin(Flavour::Cilium, Attach::Link);
+    surge_upgrade(Flavour::Cilium, Attach::Link);
+}
+
+#[test]
+fn surge_upgrade_with_calico_loses_no_query() {
+    if !require_root("surge_upgrade_with_calico_loses_no_query") {
+        return;
+    }
+    surge_upgrade(Flavour::Calico, Attach::LegacyMulti);
+}
+
+fn surge_upgrade(flavour: Flavour, how: Attach) {
+    let (node, _lb, pods) = node_with_standin(flavour, how);
     let mut old = start_agent(&node, &[]);
     wait_pod_hooks(&old);
 
