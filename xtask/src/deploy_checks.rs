@@ -75,6 +75,8 @@ const RUN_FLAGS: &[&str] = &[
     "METRICS_ADDR",
     "CONFIG",
     "PROBE_SOCKET",
+    "CGROUP",
+    "POD_CGROUP",
     // global (every subcommand): cli.rs `Cli::log_format`
     "LOG_FORMAT",
 ];

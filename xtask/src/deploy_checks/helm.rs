@@ -77,7 +77,8 @@ fn non_default_values(monitor_kind: &str) -> Value {
             "healthPort": 19354,
             "metricsPort": 19353,
             "logLevel": "debug",
-            "logFormat": "json"
+            "logFormat": "json",
+            "podCgroup": "none"
         },
         "extraEnv": [{"name": "NLDNS_INTERFACES", "value": "cali*"}],
         "legacyKernel": true,
@@ -591,6 +592,7 @@ fn non_default_policy(docs: &[Value]) -> Result<()> {
         ("NLDNS_INTERFACES", "cali*"),
         ("RUST_LOG", "debug"),
         ("NLDNS_LOG_FORMAT", "json"),
+        ("NLDNS_POD_CGROUP", "none"),
     ] {
         ensure!(
             env_value(c, name) == Some(want),

@@ -54,6 +54,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                     &["INTERCEPTING", "10.96.0.10, fd00:10:96::a", "10053"],
                 )?;
                 expect_row(a, "heartbeat", &["12 ms (max 750 ms)"])?;
+                expect_row(a, "pod hooks", &["run first", "before cil_sock4_connect"])?;
                 expect_row(a, "hit ratio", &["90.0%", "900 hits", "100 misses"])?;
                 expect_row(a, "fail-open", &["stale heartbeat: TC 0, socket 0"])?;
                 let b = &tables[1].1;
@@ -287,6 +288,7 @@ pub(super) fn fixtures_match_the_agent(root: &Path) -> Result<()> {
     let attachment = struct_fields(&src, "Attachment")?;
     let cgroup = struct_fields(&src, "CgroupAttachment")?;
     let conflict = struct_fields(&src, "ForeignSocketProgram")?;
+    let pod_hooks = struct_fields(&src, "PodHookOrder")?;
     let stats = fs::read_to_string(root.join("nldns-common/src/stats.rs"))?;
     let counters: BTreeSet<String> = stats
         .lines()
@@ -317,6 +319,16 @@ pub(super) fn fixtures_match_the_agent(root: &Path) -> Result<()> {
         ] {
             for item in v[list].as_array().into_iter().flatten() {
                 expect_shape(&format!("{name} {list}[]"), item, shape)?;
+            }
+        }
+        if !v["pod_hooks"].is_null() {
+            expect_shape(&format!("{name} pod_hooks"), &v["pod_hooks"], &pod_hooks)?;
+            for item in v["pod_hooks"]["after_ours"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                expect_shape(&format!("{name} pod_hooks.after_ours[]"), item, &conflict)?;
             }
         }
         for i in v["instances"].as_array().into_iter().flatten() {
