@@ -453,3 +453,72 @@ fn surge_upgrade(flavour: Flavour, how: Attach) {
     new.sigterm().unwrap();
     assert!(new.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// A dataplane program attached below the pods' cgroup runs before nldns's for the pods
+/// there: the agent cannot be first for them and says so (start-up and status); those
+/// pods keep the dataplane's path, every other pod is answered by the cache.
+#[test]
+fn dataplane_below_the_pods_cgroup_is_reported_not_first() {
+    if !require_root("dataplane_below_the_pods_cgroup_is_reported_not_first") {
+        return;
+    }
+    let node = SimNode::builder()
+        .pods(1)
+        .backends(2)
+        .backend_mode(BackendMode::Knot)
+        .with_cgroup()
+        .build()
+        .unwrap();
+    node.set_kube_dns_endpoints(&[CACHE_BACKEND]).unwrap();
+    let other_pod = node.child_cgroup(POD_CGROUP).unwrap();
+    let grabbed_pod = node
+        .child_cgroup("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podb.slice")
+        .unwrap();
+    let translation = socket_lb::translation(
+        both(KUBE_DNS_V4, KUBE_DNS_V6),
+        both(backend_v4(STANDIN_BACKEND), backend_v6(STANDIN_BACKEND)),
+    )
+    .unwrap();
+    let _lb = SocketLb::attach(&grabbed_pod, Flavour::Calico, Attach::Link, &translation).unwrap();
+
+    let agent = start_agent(&node, &[]);
+    wait_pod_hooks(&agent);
+    assert!(
+        agent.wait_for_output("below the pods' cgroup", Duration::from_secs(5)),
+        "{}",
+        agent.stderr()
+    );
+    let s = status(&node);
+    let order = &s["pod_hooks"];
+    assert_eq!(
+        (order["attached"].as_bool(), order["runs_first"].as_bool()),
+        (Some(true), Some(false)),
+        "{s:#}"
+    );
+    assert!(
+        order["problems"].as_array().unwrap().iter().any(|p| {
+            p["program"]["cgroup"] == grabbed_pod.display().to_string().as_str()
+                && p["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("below the pods' cgroup")
+        }),
+        "{s:#}"
+    );
+
+    let before = counts(&node);
+    dig_web(&node, &grabbed_pod, KUBE_DNS, &[]);
+    assert_eq!(
+        counts(&node)[STANDIN_BACKEND],
+        before[STANDIN_BACKEND] + 1,
+        "the pod below keeps the dataplane's path"
+    );
+    dig_web(&node, &other_pod, KUBE_DNS, &[]);
+    let warm = counts(&node);
+    dig_web(&node, &other_pod, KUBE_DNS, &[]);
+    assert_eq!(
+        counts(&node),
+        warm,
+        "every other pod is answered by the cache"
+    );
+}
