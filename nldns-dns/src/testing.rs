@@ -40,10 +40,16 @@ pub enum Mode {
         ttl: u32,
     },
     /// Over UDP, first replies with a wrong ID, then a wrong question, then from
-    /// another source port (all carrying 6.6.6.6), then correctly (10.0.0.1) unless
-    /// `then_answer` is false.
+    /// another source port, then with the right ID and source but the question's
+    /// letters in another case (all carrying 6.6.6.6), then correctly (10.0.0.1)
+    /// unless `then_answer` is false.
     Spoof {
         then_answer: bool,
+    },
+    /// Like `Answer` with one record, but the reply's question and record are in
+    /// lowercase whatever the query's letter case: a server that does not echo 0x20.
+    LowercaseQuestion {
+        ttl: u32,
     },
 }
 
@@ -148,7 +154,7 @@ impl Shared {
             q.name()
                 .iter()
                 .next()
-                .is_some_and(|l| l.starts_with(b"slow"))
+                .is_some_and(|l| l.to_ascii_lowercase().starts_with(b"slow"))
         });
         let mut delay = *self.delay.lock().unwrap();
         if slow {
@@ -196,6 +202,17 @@ impl Shared {
             Mode::NoEdns { .. } => {}
             Mode::Spoof { .. } => {
                 reply.add_answer(Record::from_rdata(name, 60, RData::A(A::new(10, 0, 0, 1))));
+            }
+            Mode::LowercaseQuestion { ttl } => {
+                let lower = name.to_lowercase();
+                for q in reply.queries.iter_mut() {
+                    q.set_name(lower.clone());
+                }
+                reply.add_answer(Record::from_rdata(
+                    lower,
+                    ttl,
+                    RData::A(A::new(10, 0, 0, 1)),
+                ));
             }
         }
         Some(reply)
@@ -254,8 +271,27 @@ async fn send_spoofed(socket: &UdpSocket, reply: &Message, peer: SocketAddr) {
         .await;
     let other = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let _ = other.send_to(&bad.to_vec().unwrap(), peer).await;
+    // Everything right but the letter case: what 0x20 rejects (the name flipped
+    // wholesale, so it differs from any random mix with at least one letter).
+    let mut wrong_case = bad.clone();
+    let flipped: String = name_ascii(reply)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    wrong_case.queries[0].set_name(Name::from_ascii(&flipped).unwrap());
+    let _ = socket.send_to(&wrong_case.to_vec().unwrap(), peer).await;
     // Give the spoofed datagrams a head start over the real one.
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn name_ascii(reply: &Message) -> String {
+    reply.queries[0].name().to_ascii()
 }
 
 async fn serve_tcp(

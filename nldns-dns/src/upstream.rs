@@ -1,7 +1,15 @@
-//! Asking upstream servers: one fresh socket (kernel-randomized source port) and a
-//! random ID per attempt, replies accepted only when source, ID and question all
-//! match, UDP falling back to TCP on truncation, attempts moving across servers
-//! and skipping those that failed recently. UDP sockets are connected, so the kernel
+//! Asking upstream servers: one fresh socket (kernel-randomized source port), a
+//! random ID and, over UDP, the question's letters in random case (0x20) per attempt,
+//! replies accepted only when source, ID and question (case included) all match, UDP
+//! falling back to TCP on truncation, attempts moving across servers and skipping
+//! those that failed recently.
+//!
+//! What that leaves a forger who cannot see the queries: the source port (about 28,000
+//! ephemeral ports), the ID (65,536) and one bit per letter of the name (a
+//! `web.default.svc.cluster.local.` has 26), all to be guessed within the one attempt's
+//! timeout. A server that does not echo the case (rare; CoreDNS, knot, unbound and
+//! BIND do) costs one timed-out attempt, and is then asked in lowercase for
+//! [`CASE_FALLBACK`]. UDP sockets are connected, so the kernel
 //! checks the source and reports a closed upstream port (ICMP port unreachable) at
 //! once instead of letting the attempt run into its timeout.
 
@@ -43,6 +51,10 @@ pub enum UpstreamError {
     BadReply(SocketAddr),
     #[error("encoding the upstream query: {0}")]
     Encode(String),
+    /// Only replies whose question differed from ours in letter case came, until the
+    /// timeout: a server that does not echo the case (or a forger who missed it).
+    #[error("upstream {0} did not echo the question's letter case (0x20)")]
+    CaseMismatch(SocketAddr),
 }
 
 impl UpstreamError {
@@ -53,6 +65,7 @@ impl UpstreamError {
             UpstreamError::Io(..) => "io",
             UpstreamError::BadReply(_) => "bad_reply",
             UpstreamError::Encode(_) => "encode",
+            UpstreamError::CaseMismatch(_) => "case_mismatch",
         }
     }
 }
@@ -74,7 +87,12 @@ pub struct ExchangeOptions {
 #[derive(Default)]
 pub struct UpstreamHealth {
     failed_until: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Servers that did not echo a 0x20 question, asked in lowercase until then.
+    plain_case_until: Mutex<HashMap<SocketAddr, Instant>>,
 }
+
+/// How long a server that did not echo the letter case is asked in lowercase.
+pub const CASE_FALLBACK: Duration = Duration::from_secs(600);
 
 impl UpstreamHealth {
     fn is_healthy(&self, addr: &SocketAddr, now: Instant) -> bool {
@@ -92,6 +110,23 @@ impl UpstreamHealth {
         map.remove(addr);
     }
 
+    /// Whether `addr` is asked with its question in random case (0x20).
+    fn echoes_case(&self, addr: &SocketAddr, now: Instant) -> bool {
+        let map = self
+            .plain_case_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(addr).is_none_or(|&until| now >= until)
+    }
+
+    fn mark_case_mismatch(&self, addr: SocketAddr) {
+        let mut map = self
+            .plain_case_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.insert(addr, Instant::now() + CASE_FALLBACK);
+    }
+
     /// True when at least one of `servers` has not failed recently.
     pub fn any_healthy(&self, servers: &[SocketAddr]) -> bool {
         let now = Instant::now();
@@ -101,6 +136,11 @@ impl UpstreamHealth {
     /// Drops state for servers no longer configured, so the table stays bounded.
     pub fn retain(&self, servers: &[SocketAddr]) {
         let mut map = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|addr, _| servers.contains(addr));
+        let mut map = self
+            .plain_case_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.retain(|addr, _| servers.contains(addr));
     }
 }
@@ -172,6 +212,14 @@ impl Exchanger {
                         break; // every server said so already
                     }
                 }
+                Err(e @ UpstreamError::CaseMismatch(_)) => {
+                    // The server answers, in its own case: not down, just asked plainly
+                    // from now on (the next attempt already).
+                    log::info!("{e}; asking it in lowercase for {CASE_FALLBACK:?}");
+                    self.count_error(server, e.kind());
+                    self.health.mark_case_mismatch(server);
+                    last_error = e;
+                }
                 Err(e) => {
                     log::debug!("{e}");
                     self.count_error(server, e.kind());
@@ -216,14 +264,29 @@ impl Exchanger {
         query: &UpstreamQuery,
         opts: &ExchangeOptions,
     ) -> Result<Message, UpstreamError> {
-        let reply = exchange_transport(server, query, opts, true).await?;
+        let case = if self.health.echoes_case(&server, Instant::now()) {
+            Case::Random
+        } else {
+            Case::Lower
+        };
+        let reply = exchange_transport(server, query, opts, true, case).await?;
         if reply.metadata.response_code == ResponseCode::FormErr && reply.edns.is_none() {
             // RFC 6891 section 7: a server without EDNS answers FORMERR; ask plainly.
             log::debug!("{server} does not support EDNS, retrying without");
-            return exchange_transport(server, query, opts, false).await;
+            return exchange_transport(server, query, opts, false, case).await;
         }
         Ok(reply)
     }
+}
+
+/// The letter case of the question sent over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// 0x20: each letter upper or lower at random, and the reply must echo it.
+    Random,
+    /// As the cache keys it: for servers that do not echo the case. TCP always asks
+    /// this way (no off-path forger can inject into a connection it cannot see).
+    Lower,
 }
 
 /// One exchange with `server`: UDP then TCP on truncation, or TCP only if forced.
@@ -232,11 +295,12 @@ async fn exchange_transport(
     query: &UpstreamQuery,
     opts: &ExchangeOptions,
     edns: bool,
+    case: Case,
 ) -> Result<Message, UpstreamError> {
     if opts.force_tcp {
         return exchange_tcp(server, query, opts.timeout, edns).await;
     }
-    let reply = exchange_udp(server, query, opts.timeout, edns).await?;
+    let reply = exchange_udp(server, query, opts.timeout, edns, case).await?;
     if reply.metadata.truncation {
         log::debug!("truncated UDP answer from {server}, retrying over TCP");
         return exchange_tcp(server, query, opts.timeout, edns).await;
@@ -270,6 +334,66 @@ pub(crate) fn decode_reply(packet: &[u8], id: u16, query: &UpstreamQuery) -> Opt
         .filter(|reply| reply_matches(reply, id, query))
 }
 
+/// How a reply's question compares with the one sent, letter case included.
+#[derive(Debug, PartialEq, Eq)]
+enum CaseCheck {
+    Echoed,
+    Differs,
+}
+
+fn case_check(reply: &Message, asked: &Name) -> CaseCheck {
+    match reply.queries.first() {
+        Some(q) if q.name().eq_case(asked) => CaseCheck::Echoed,
+        _ => CaseCheck::Differs,
+    }
+}
+
+/// `name` with each ASCII letter in random case (0x20); other bytes as they are.
+fn randomize_case(name: &Name) -> Name {
+    let labels: Vec<Vec<u8>> = name
+        .iter()
+        .map(|label| {
+            label
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_alphabetic() && rand::random::<bool>() {
+                        b ^ 0x20
+                    } else {
+                        b
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    match Name::from_labels(labels) {
+        Ok(mut mixed) => {
+            mixed.set_fqdn(name.is_fqdn());
+            mixed
+        }
+        Err(_) => name.clone(),
+    }
+}
+
+/// The reply to a 0x20 question written back in the cache's own (lowercased) case:
+/// its question, and every record owned by the question's name (a server that does
+/// not compress would otherwise hand the random case on to every client).
+fn restore_case(mut reply: Message, query: &UpstreamQuery) -> Message {
+    for q in reply.queries.iter_mut() {
+        q.set_name(query.name.clone());
+    }
+    for record in reply
+        .answers
+        .iter_mut()
+        .chain(reply.authorities.iter_mut())
+        .chain(reply.additionals.iter_mut())
+    {
+        if record.name == query.name {
+            record.name = query.name.clone();
+        }
+    }
+    reply
+}
+
 /// True when `reply` answers exactly our question with our ID.
 fn reply_matches(reply: &Message, id: u16, query: &UpstreamQuery) -> bool {
     reply.metadata.id == id
@@ -288,9 +412,17 @@ async fn exchange_udp(
     query: &UpstreamQuery,
     timeout: Duration,
     edns: bool,
+    case: Case,
 ) -> Result<Message, UpstreamError> {
     let id: u16 = rand::random();
-    let bytes = encode_query(query, id, edns)?;
+    let asked = match case {
+        Case::Random => UpstreamQuery {
+            name: randomize_case(&query.name),
+            ..query.clone()
+        },
+        Case::Lower => query.clone(),
+    };
+    let bytes = encode_query(&asked, id, edns)?;
     // A new socket per query: the kernel picks a random ephemeral source port.
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -316,11 +448,13 @@ async fn exchange_udp(
     // zeroed 64 KiB per query in flight made every one of them resident, and the
     // heap grown for them stayed pinned by cache entries allocated in between.
     let mut buf = Vec::with_capacity(65535);
+    let mut case_differed = false;
     // Bounded by the deadline: anything that does not match is ignored (it may be
     // a spoofing attempt) and we keep waiting for the real reply.
     loop {
         buf.clear();
         let len = match tokio::time::timeout_at(deadline, socket.recv_buf(&mut buf)).await {
+            Err(_) if case_differed => return Err(UpstreamError::CaseMismatch(server)),
             Err(_) => return Err(UpstreamError::Timeout(server)),
             Ok(Err(e)) => return Err(UpstreamError::Io(server, e)),
             Ok(Ok(len)) => len,
@@ -328,8 +462,15 @@ async fn exchange_udp(
         let Some(packet) = buf.get(..len) else {
             continue;
         };
-        match decode_reply(packet, id, query) {
-            Some(reply) => return Ok(reply),
+        match decode_reply(packet, id, &asked) {
+            Some(reply) if case == Case::Lower => return Ok(reply),
+            Some(reply) if case_check(&reply, &asked.name) == CaseCheck::Echoed => {
+                return Ok(restore_case(reply, query));
+            }
+            Some(_) => {
+                log::debug!("ignoring a reply from {server} in another letter case");
+                case_differed = true;
+            }
             None => log::debug!("ignoring mismatched or malformed reply from {server}"),
         }
     }
@@ -378,5 +519,111 @@ fn rcode_name(rcode: u16) -> &'static str {
         9 => "NOTAUTH",
         10 => "NOTZONE",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Mode, TestUpstream};
+
+    fn question(name: &str) -> UpstreamQuery {
+        UpstreamQuery {
+            name: Name::from_ascii(name).unwrap(),
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            dnssec_ok: false,
+            checking_disabled: false,
+        }
+    }
+
+    fn options(attempts: usize) -> ExchangeOptions {
+        ExchangeOptions {
+            timeout: Duration::from_millis(400),
+            attempts,
+            failure_backoff: Duration::from_secs(5),
+            force_tcp: false,
+        }
+    }
+
+    #[test]
+    fn random_case_keeps_the_name_and_varies_only_letters() {
+        let name = Name::from_ascii("web-1.default.svc.cluster.local.").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let mixed = randomize_case(&name);
+            assert_eq!(mixed, name, "equal ignoring case");
+            assert!(mixed.is_fqdn());
+            let text = mixed.to_ascii();
+            assert!(text.contains("-1."), "digits and hyphens untouched: {text}");
+            seen.insert(text);
+        }
+        // 25 letters: 64 draws all alike would be a broken generator.
+        assert!(seen.len() > 32, "{seen:?}");
+        let digits = Name::from_ascii("1.2.3.4.").unwrap();
+        assert!(randomize_case(&digits).eq_case(&digits));
+    }
+
+    #[tokio::test]
+    async fn questions_go_in_random_case_and_replies_come_back_lowercased() {
+        let up = TestUpstream::start(Mode::Answer {
+            ttl: 60,
+            records: 1,
+        })
+        .await;
+        let exchanger = Exchanger::new(Metrics::new());
+        let query = question("case.default.svc.cluster.local.");
+        let mut casings = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let reply = exchanger
+                .exchange(&[up.addr], &query, &options(1))
+                .await
+                .unwrap();
+            assert!(reply.queries[0].name().eq_case(&query.name));
+            assert!(reply.answers.iter().all(|r| r.name.eq_case(&query.name)));
+            casings.insert(up.last_query().unwrap().queries[0].name().to_ascii());
+        }
+        assert!(
+            casings.len() > 1,
+            "the upstream saw one casing only: {casings:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_in_another_case_is_a_forgery_even_with_the_right_id() {
+        // Wrong ID, wrong question, wrong source, wrong case (all 6.6.6.6), then real.
+        let up = TestUpstream::start(Mode::Spoof { then_answer: true }).await;
+        let exchanger = Exchanger::new(Metrics::new());
+        let reply = exchanger
+            .exchange(&[up.addr], &question("forged.example."), &options(1))
+            .await
+            .unwrap();
+        let addresses: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_echo_the_case_is_asked_in_lowercase() {
+        let up = TestUpstream::start(Mode::LowercaseQuestion { ttl: 60 }).await;
+        let exchanger = Exchanger::new(Metrics::new());
+        let query = question("lower.example.");
+        // The first attempt meets a reply in the wrong case and times out; the second,
+        // in lowercase, is answered.
+        let reply = exchanger
+            .exchange(&[up.addr], &query, &options(2))
+            .await
+            .unwrap();
+        assert_eq!(reply.answers.len(), 1);
+        assert_eq!(up.udp_queries.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // From then on one attempt, in lowercase.
+        exchanger
+            .exchange(&[up.addr], &query, &options(1))
+            .await
+            .unwrap();
+        assert_eq!(up.udp_queries.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(up.last_query().unwrap().queries[0]
+            .name()
+            .eq_case(&query.name));
+        assert!(exchanger.health.any_healthy(&[up.addr]), "not marked down");
     }
 }
