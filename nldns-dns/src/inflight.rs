@@ -12,13 +12,14 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedAnswer};
+use crate::metrics::MissCounts;
 
 /// The miss path's state, owned by the service.
 #[derive(Default)]
 pub(crate) struct Misses {
     pub inflight: Mutex<HashMap<CacheKey, Inflight>>,
-    pub upstream_in_flight: AtomicUsize,
-    pub waiting_queries: AtomicUsize,
+    /// The node-wide bounds' counters, shared with the metrics (gauges read at scrape).
+    pub counts: Arc<MissCounts>,
     /// Upstream exchanges each source started and that are still in flight.
     pub source_exchanges: SourceTable,
     /// Waiting queries each source holds (its own exchanges and coalesced ones).

@@ -955,10 +955,30 @@ async fn waiting_queries_are_bounded_during_an_outage() {
     };
     assert_eq!(fourth.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(metrics.upstream_overload.get(), 1);
+    // The scrape shows the bounds' counts as they are: three waiters, one exchange
+    // (started once the first waiter's task runs).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics.encode();
+    assert_eq!(
+        series_value(&text, "nldns_waiting_queries"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series_value(&text, "nldns_upstream_in_flight"),
+        Some(1.0),
+        "{text}"
+    );
     for p in parked {
         let r = Message::from_vec(&p.await.unwrap()).unwrap();
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     }
+    let text = metrics.encode();
+    assert_eq!(
+        series_value(&text, "nldns_waiting_queries"),
+        Some(0.0),
+        "{text}"
+    );
     // Slots are released once answered.
     assert!(matches!(
         handle(
@@ -1173,7 +1193,7 @@ async fn flooding_client_cannot_starve_another_clients_new_names() {
 
     // The bounds held: the silent upstream saw only the flooder's 5 exchanges.
     assert_eq!(
-        svc.misses.upstream_in_flight.load(Ordering::Acquire),
+        svc.misses.counts.upstream_in_flight.load(Ordering::Acquire),
         5,
         "only the flooder's own exchanges are left in flight"
     );
@@ -1231,7 +1251,10 @@ async fn coalesced_waiters_count_against_their_own_client() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     // One exchange for all of them.
     assert_eq!(silent.queries(), 1);
-    assert_eq!(svc.misses.upstream_in_flight.load(Ordering::Acquire), 1);
+    assert_eq!(
+        svc.misses.counts.upstream_in_flight.load(Ordering::Acquire),
+        1
+    );
     for p in pending {
         p.abort();
         let _ = p.await;
@@ -1240,7 +1263,7 @@ async fn coalesced_waiters_count_against_their_own_client() {
     let (at_a, at_b) = (svc.misses.hasher.buckets(a), svc.misses.hasher.buckets(b));
     assert_eq!(svc.misses.source_waiters.held(at_a), 0);
     assert_eq!(svc.misses.source_waiters.held(at_b), 0);
-    assert_eq!(svc.misses.waiting_queries.load(Ordering::Acquire), 0);
+    assert_eq!(svc.misses.counts.waiting_queries.load(Ordering::Acquire), 0);
     assert!(svc.misses.source_exchanges.held(at_a) <= 1);
 }
 
