@@ -7,7 +7,7 @@ use clap::Parser;
 use nldns::{
     agent,
     cli::{Cli, Command, LogFormat},
-    probe, status,
+    probe, shedding, status,
 };
 
 fn main() -> Result<()> {
@@ -52,7 +52,18 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => agent::run(*args).await,
-            Command::Status { json, cgroup } => status::print_status(json, cgroup).await,
+            Command::Status {
+                json,
+                cgroup,
+                probe_socket,
+                metrics_addr,
+            } => {
+                let agent = match probe_socket {
+                    Some(path) => shedding::MetricsSource::ProbeSocket(path),
+                    None => shedding::MetricsSource::Address(metrics_addr),
+                };
+                status::print_status(json, cgroup, agent).await
+            }
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
             Command::Probe { .. } | Command::ImportCorefile { .. } => {

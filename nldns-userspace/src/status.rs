@@ -5,13 +5,21 @@
 use anyhow::{Context, Result};
 
 use crate::datapath::inspect;
+use crate::shedding;
 
-pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
+pub async fn print_status(
+    json: bool,
+    cgroup: Option<String>,
+    agent: shedding::MetricsSource,
+) -> Result<()> {
     let handle = rtnetlink_handle()?;
     let cgroups = inspect::cgroups_to_inspect(cgroup.as_deref());
     let status = inspect::status(&handle, &cgroups).await?;
+    let limits = shedding::read(&agent, std::time::Duration::from_secs(1));
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        value["limits"] = serde_json::to_value(&limits)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     if status.attachments.is_empty() {
@@ -82,6 +90,7 @@ pub async fn print_status(json: bool, cgroup: Option<String>) -> Result<()> {
             println!("  {name:<22} {value}");
         }
     }
+    shedding::print(&limits);
     Ok(())
 }
 
