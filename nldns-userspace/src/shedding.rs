@@ -5,6 +5,7 @@
 //! probe socket when one is given (exactly this pod's agent, even while a surge upgrade
 //! runs two), else from its metrics address (during a surge, either agent may answer).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -64,8 +65,8 @@ const SERIES: [(&str, &str); 7] = [
 pub struct Limits {
     /// Where they were read.
     pub source: String,
-    /// Series name to value, in [`SERIES`] order; empty when the agent did not answer.
-    pub counters: Vec<(String, f64)>,
+    /// Series name to value; empty when the agent did not answer.
+    pub counters: BTreeMap<String, f64>,
     /// Why nothing could be read (no agent running, another address).
     pub error: Option<String>,
 }
@@ -96,7 +97,7 @@ pub fn read(source: &MetricsSource, timeout: Duration) -> Limits {
         },
         Err(error) => Limits {
             source: source.to_string(),
-            counters: Vec::new(),
+            counters: BTreeMap::new(),
             error: Some(format!("{error:#}")),
         },
     }
@@ -119,7 +120,7 @@ fn get_metrics(mut stream: impl Read + Write) -> Result<String> {
 }
 
 /// The [`SERIES`] found in a Prometheus text exposition (unlabelled samples).
-fn parse(text: &str) -> Vec<(String, f64)> {
+fn parse(text: &str) -> BTreeMap<String, f64> {
     SERIES
         .iter()
         .filter_map(|(name, _)| {
@@ -142,12 +143,10 @@ pub fn print(limits: &Limits) {
         return;
     }
     println!("limits (agent at {}):", limits.source);
-    for (name, value) in &limits.counters {
-        let label = SERIES
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or("", |(_, label)| label);
-        println!("  {label:<50} {value}");
+    for (name, label) in SERIES {
+        if let Some(value) = limits.counters.get(name) {
+            println!("  {label:<50} {value}");
+        }
     }
 }
 
@@ -166,10 +165,10 @@ mod tests {
                     # EOF\n";
         assert_eq!(
             parse(text),
-            vec![
+            BTreeMap::from([
                 ("nldns_source_quota_rejects_total".to_string(), 630400.0),
                 ("nldns_upstream_in_flight".to_string(), 12.0),
-            ]
+            ])
         );
     }
 
