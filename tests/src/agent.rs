@@ -118,6 +118,22 @@ impl AgentProcess {
         self.child.id()
     }
 
+    /// A memory field of `/proc/<pid>/status` in bytes (`VmRSS`: resident now, `VmHWM`:
+    /// the peak resident set since the process started); None once the process is gone.
+    pub fn memory_bytes(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib: u64 = status.lines().find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
+        Some(kib * 1024)
+    }
+
     /// Whether the process is still running (an exit is recorded, never lost).
     pub fn is_running(&mut self) -> bool {
         self.poll_exit().is_none()

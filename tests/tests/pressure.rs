@@ -14,25 +14,24 @@
 //!   the miss path's gauges must stay within their bounds.
 //!
 //! Load is bounded in count and time (docs/testing.md, rule 5): each flood socket sends
-//! at most 2,000 queries a second in bursts of at most [`BURST_NAMES`] names. Latencies
+//! at most 2,000 queries a second in bursts of at most `nldns_tests::burst::FLOOD_BURST_NAMES` names. Latencies
 //! and throughput are printed, never asserted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use nldns_tests::addresses::*;
-use nldns_tests::burst::burst;
+use nldns_tests::burst::flood_unique_names;
 use nldns_tests::cgroup::AgentCgroup;
 use nldns_tests::zones;
 use nldns_tests::{
     agent_binary, require_root, AgentProcess, BackendMode, Behaviour, QueryOptions, ResolverLoad,
     ResolverLoadOptions, SimNode,
 };
-use rand::Rng;
 
 const SERVICE_IPS: [IpAddr; 2] = [IpAddr::V4(KUBE_DNS_V4), IpAddr::V6(KUBE_DNS_V6)];
 const FLOODERS: [usize; 2] = [0, 1];
@@ -52,11 +51,6 @@ const MEMORY_MAX: u64 = 128 << 20;
 const RSS_BOUND: u64 = 64 << 20;
 /// kube-dns's delay: longer than the agent's upstream timeout (2 s).
 const UPSTREAM_DELAY: Duration = Duration::from_secs(3);
-/// Names per burst: the burst's query IDs are its send order modulo 65,536.
-const BURST_NAMES: usize = 40_000;
-/// How long a burst reads late replies after its last send (past the agent's upstream
-/// timeouts): the next burst of the same socket starts after it.
-const BURST_WAIT: Duration = Duration::from_secs(3);
 /// The CPU quota: 20 ms of CPU time per 100 ms.
 const CPU_QUOTA: Duration = Duration::from_millis(20);
 const CPU_PERIOD: Duration = Duration::from_millis(100);
@@ -81,108 +75,9 @@ fn metric(node: &SimNode, name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-fn random_label(rng: &mut impl Rng) -> String {
-    (0..12)
-        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-        .collect()
-}
-
-/// What all the flood's sockets sent and got back.
-#[derive(Debug, Default)]
-struct FloodTotals {
-    sent: AtomicU64,
-    replies: AtomicU64,
-    servfails: AtomicU64,
-    /// SERVFAILs answered within 1 s: shed by a bound, not an upstream timeout.
-    fast_servfails: AtomicU64,
-}
-
-impl FloodTotals {
-    fn print(&self, what: &str) {
-        println!(
-            "{what}: sent {}, replies {}, SERVFAIL {} (within 1 s: {})",
-            self.sent.load(Ordering::Relaxed),
-            self.replies.load(Ordering::Relaxed),
-            self.servfails.load(Ordering::Relaxed),
-            self.fast_servfails.load(Ordering::Relaxed),
-        );
-    }
-}
-
-/// Unique random subdomains of cluster.local from every flooder pod, over both families
-/// (one socket each), in consecutive bursts until `duration` has passed.
-fn flood(node: &SimNode, duration: Duration, totals: &FloodTotals) {
-    let until = Instant::now() + duration;
-    std::thread::scope(|scope| {
-        for pod in FLOODERS {
-            for ip in SERVICE_IPS {
-                let netns = node.pod_netns(pod).unwrap();
-                scope.spawn(move || {
-                    netns
-                        .run_inside(|| {
-                            let mut rng = rand::rng();
-                            loop {
-                                let left = until.saturating_duration_since(Instant::now());
-                                if left.is_zero() {
-                                    break;
-                                }
-                                let names: Vec<String> = (0..BURST_NAMES)
-                                    .map(|_| {
-                                        format!(
-                                            "{}.default.svc.cluster.local.",
-                                            random_label(&mut rng)
-                                        )
-                                    })
-                                    .collect();
-                                let report =
-                                    burst(SocketAddr::new(ip, 53), names, left, BURST_WAIT)
-                                        .unwrap();
-                                let servfails: Vec<Duration> = report
-                                    .replies
-                                    .iter()
-                                    .filter(|(rcode, _)| *rcode == ResponseCode::ServFail)
-                                    .map(|(_, latency)| *latency)
-                                    .collect();
-                                let fast = servfails
-                                    .iter()
-                                    .filter(|l| **l < Duration::from_secs(1))
-                                    .count();
-                                totals.sent.fetch_add(report.sent as u64, Ordering::Relaxed);
-                                totals
-                                    .replies
-                                    .fetch_add(report.replies.len() as u64, Ordering::Relaxed);
-                                totals
-                                    .servfails
-                                    .fetch_add(servfails.len() as u64, Ordering::Relaxed);
-                                totals
-                                    .fast_servfails
-                                    .fetch_add(fast as u64, Ordering::Relaxed);
-                            }
-                        })
-                        .unwrap()
-                });
-            }
-        }
-    });
-}
-
-/// A `/proc/<pid>/status` field in bytes (`VmRSS`, `VmHWM`: kB there).
-fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line[field.len()..]
-        .trim_start_matches(':')
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Samples the agent's RSS every 250 ms while `run` runs; returns the largest sample and
 /// prints one every 30 s, so a report shows what grew when.
-fn sampling_rss<T>(pid: u32, run: impl FnOnce() -> T) -> (T, u64) {
+fn sampling_rss<T>(agent: &AgentProcess, run: impl FnOnce() -> T) -> (T, u64) {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
@@ -190,7 +85,7 @@ fn sampling_rss<T>(pid: u32, run: impl FnOnce() -> T) -> (T, u64) {
             let mut peak = 0;
             let mut printed = Duration::ZERO;
             while !done.load(Ordering::Relaxed) {
-                let rss = proc_status_bytes(pid, "VmRSS").unwrap_or(0);
+                let rss = agent.memory_bytes("VmRSS").unwrap_or(0);
                 peak = peak.max(rss);
                 if started.elapsed() >= printed {
                     println!(
@@ -280,26 +175,27 @@ fn memory_limited_agent_survives_a_flood_of_unique_names_against_a_slow_upstream
     let mut agent = node.start_agent_in(&cgroup, &bin, &[]).unwrap();
     node.wait_intercepting(&bin, &mut agent).unwrap();
     let pid = agent.pid();
-    let rss_idle = proc_status_bytes(pid, "VmRSS").unwrap();
+    let rss_idle = agent.memory_bytes("VmRSS").unwrap();
     assert_victim_cached(&node, "before the flood");
     node.set_backend_behaviour(Behaviour::Delay(UPSTREAM_DELAY))
         .unwrap();
 
     let victim = ResolverLoad::start(&node, &[VICTIM], victim_load(MEMORY_FLOOD_FOR)).unwrap();
-    let totals = FloodTotals::default();
     println!(
         "agent {pid} in {}, memory.max {} MiB; flood {MEMORY_FLOOD_FOR:?}",
         cgroup.describe(),
         MEMORY_MAX >> 20
     );
-    let ((), rss_sampled) = sampling_rss(pid, || flood(&node, MEMORY_FLOOD_FOR, &totals));
+    let (totals, rss_sampled) = sampling_rss(&agent, || {
+        flood_unique_names(&node, &FLOODERS, &SERVICE_IPS, MEMORY_FLOOD_FOR).unwrap()
+    });
     let victim_report = victim.stop();
     let alive = agent.is_running();
     let oom_kills = cgroup.oom_kills().unwrap();
-    let hwm = proc_status_bytes(pid, "VmHWM").unwrap_or(0);
+    let hwm = agent.memory_bytes("VmHWM").unwrap_or(0);
     let cgroup_peak = cgroup.memory_peak();
     let mib = |b: u64| b as f64 / 1048576.0;
-    totals.print("flood");
+    println!("flood: {}", totals.summary());
     victim_report.print(&format!("pod {VICTIM} cached names during the flood"));
     println!(
         "agent RSS idle {:.1} MiB, largest sample {:.1} MiB, VmHWM {:.1} MiB; cgroup peak {}; \
@@ -419,10 +315,9 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
         .collect();
 
     let victim = ResolverLoad::start(&node, &[VICTIM], victim_load(CPU_FLOOD_FOR)).unwrap();
-    let totals = FloodTotals::default();
     let stop = AtomicBool::new(false);
     let gauges = Arc::new(std::sync::Mutex::new((0.0f64, 0.0f64, 0usize)));
-    let (probes, ()) = std::thread::scope(|scope| {
+    let (probes, totals) = std::thread::scope(|scope| {
         let probes = scope.spawn(|| probing(&bin, &probe_socket, &cgroup, &stop));
         let sampler = scope.spawn(|| {
             // The miss path's gauges, scraped like Prometheus does (a scrape may time out
@@ -440,10 +335,10 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
-        flood(&node, CPU_FLOOD_FOR, &totals);
+        let totals = flood_unique_names(&node, &FLOODERS, &SERVICE_IPS, CPU_FLOOD_FOR);
         stop.store(true, Ordering::Relaxed);
         sampler.join().unwrap();
-        (probes.join().unwrap(), ())
+        (probes.join().unwrap(), totals.unwrap())
     });
     let victim_report = victim.stop();
     let alive = agent.is_running();
@@ -459,7 +354,7 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
     let limits = &status["limits"];
     println!("nldns status --json limits: {limits}");
 
-    totals.print("flood");
+    println!("flood: {}", totals.summary());
     victim_report.print(&format!("pod {VICTIM} cached names during the flood"));
     for (name, value) in shed_names.iter().zip(&shed) {
         println!("  {name} +{value}");
