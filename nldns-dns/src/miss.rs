@@ -137,11 +137,16 @@ impl DnsService {
         let Some(slot) = take_slot(&self.misses.counts.upstream_in_flight, limit) else {
             return Err(Shed::Overload);
         };
-        if !self
-            .misses
-            .rate
-            .take(config.max_upstream_qps, Instant::now())
-        {
+        let now = Instant::now();
+        // The client's own rate before the node's: a client over its rate must not
+        // use up the node's tokens, which everyone shares.
+        if let Some(at) = source {
+            let limit = config.max_upstream_qps_per_source;
+            if !self.misses.source_rate.take(at, limit, now) {
+                return Err(Shed::SourceQuota);
+            }
+        }
+        if !self.misses.rate.take(config.max_upstream_qps, now) {
             return Err(Shed::Rate);
         }
         // The task owns the slot and the charge; forget the borrows and release

@@ -1309,6 +1309,61 @@ async fn upstream_query_rate_is_bounded() {
     );
 }
 
+/// The per-source rate bound: one client asking new names of a fast upstream gets
+/// SERVFAIL at once past its own rate (counted as a quota reject), while another
+/// client's new names, in the same second, still resolve.
+#[tokio::test]
+async fn one_client_cannot_use_up_the_upstream_rate() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_upstream_qps = 0;
+    cfg.max_upstream_qps_per_source = 3;
+    let (svc, metrics) = service(cfg);
+    let flooder: IpAddr = "10.244.4.1".parse().unwrap();
+    let other: IpAddr = "10.244.4.2".parse().unwrap();
+    let ask_as = |client: IpAddr, name: String| {
+        let svc = svc.clone();
+        async move {
+            let q = query(&name, RecordType::A, 1, None);
+            let reply =
+                tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(client)))
+                    .await
+                    .expect("answered in time")
+                    .expect("an answer");
+            Message::from_vec(&reply).unwrap().metadata.response_code
+        }
+    };
+    let started = Instant::now();
+    let total: u32 = 30;
+    let mut answered: u32 = 0;
+    for i in 0..total {
+        match ask_as(flooder, format!("r{i}.example.com.")).await {
+            ResponseCode::NoError => answered += 1,
+            code => assert_eq!(code, ResponseCode::ServFail),
+        }
+    }
+    for i in 0..3 {
+        let code = ask_as(other, format!("o{i}.example.com.")).await;
+        assert_eq!(code, ResponseCode::NoError, "the other client's name {i}");
+    }
+    // Fixed one-second windows: 3 in each window the flood touched.
+    let windows = started.elapsed().as_secs_f64().ceil() + 1.0;
+    assert!(answered >= 3);
+    assert!(
+        f64::from(answered) <= 3.0 * windows,
+        "{answered} in {windows} windows"
+    );
+    assert_eq!(
+        metrics.source_quota_rejects.get(),
+        u64::from(total - answered)
+    );
+    assert_eq!(up.queries(), (answered + 3) as usize);
+}
+
 /// Forged replies during a burst of misses: the "upstream" here is the test's own
 /// socket, so it knows every exchange's source port and ID; from another socket it
 /// fires forgeries at exactly those ports (random IDs, and the true ID too, all
