@@ -10,7 +10,9 @@
 //! bpf_stats and BPF_PROG_TEST_RUN timings of nldns's programs. Results go to
 //! `bench/results/<date>.md` (+ .json and PNG plots).
 //!
-//! Every run is bounded; the defaults take about 10 minutes on 2 cores.
+//! Every run is bounded; the defaults take about 10 minutes on 2 cores, plus about 8 for
+//! the hostile-node runs (`hostile.rs`; `--no-hostile` skips them, `--hostile-only` runs
+//! only them).
 
 mod configs;
 mod datapath;
