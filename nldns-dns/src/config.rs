@@ -85,6 +85,10 @@ pub struct DnsConfig {
     /// query rate the upstreams see from this node, apart from TCP and EDNS
     /// retries of an exchange); past it, SERVFAIL at once. 0: unbounded.
     pub max_upstream_qps: u32,
+    /// Upstream exchanges one client (source IP) may start per second; past it, that
+    /// client's new names get SERVFAIL at once (stale if cached), so no single client
+    /// can use up `max_upstream_qps` against a fast upstream. 0: unbounded.
+    pub max_upstream_qps_per_source: u32,
     /// TCP client connections at once; more are closed at accept.
     pub max_tcp_connections: usize,
     /// Queries answered concurrently per TCP connection (pipelining depth).
@@ -131,6 +135,7 @@ impl DnsConfig {
             max_upstream_in_flight_per_source: 100,
             max_waiting_queries_per_source: 1000,
             max_upstream_qps: 5000,
+            max_upstream_qps_per_source: 1000,
             max_tcp_connections: 1000,
             max_tcp_pipeline: 64,
             tcp_idle_timeout: Duration::from_secs(10),

@@ -5,26 +5,29 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
 use crate::cache::{CacheKey, CachedAnswer};
+use crate::metrics::MissCounts;
 
 /// The miss path's state, owned by the service.
 #[derive(Default)]
 pub(crate) struct Misses {
     pub inflight: Mutex<HashMap<CacheKey, Inflight>>,
-    pub upstream_in_flight: AtomicUsize,
-    pub waiting_queries: AtomicUsize,
+    /// The node-wide bounds' counters, shared with the metrics (gauges read at scrape).
+    pub counts: Arc<MissCounts>,
     /// Upstream exchanges each source started and that are still in flight.
     pub source_exchanges: SourceTable,
     /// Waiting queries each source holds (its own exchanges and coalesced ones).
     pub source_waiters: SourceTable,
     pub hasher: SourceHasher,
     pub rate: RateLimit,
+    /// Upstream exchanges each source started in the current second.
+    pub source_rate: SourceRate,
 }
 
 /// The outcome of one upstream resolution, shared with every coalesced waiter.
@@ -138,6 +141,60 @@ impl SourceTable {
     }
 }
 
+/// Per-source bound on upstream exchanges started per second: the same two rows of
+/// hashed buckets as [`SourceTable`], each cell a counter of the current one-second
+/// window (the window's number in the high half of the word, the count in the low
+/// half), so nothing is allocated per client or per query and a quiet client is
+/// limited wrongly only if heavier clients share both of its buckets. Fixed windows:
+/// a client may start up to twice its rate across a window boundary, never more.
+pub(crate) struct SourceRate {
+    rows: [Box<[AtomicU64]>; 2],
+    epoch: Instant,
+}
+
+impl Default for SourceRate {
+    fn default() -> Self {
+        let row = || (0..SOURCE_BUCKETS).map(|_| AtomicU64::new(0)).collect();
+        SourceRate {
+            rows: [row(), row()],
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl SourceRate {
+    /// Counts one exchange for `at` in the second of `now`; false when the client has
+    /// already started `limit` in that second (0: unbounded). Refused tries are counted
+    /// too: a client far over its rate stays refused, and the count saturates.
+    pub fn take(&self, at: SourceBuckets, limit: u32, now: Instant) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        // Window numbers wrap after 136 years of uptime; one starting at 1 keeps a
+        // zeroed cell (window 0) from ever looking current.
+        let window = now.saturating_duration_since(self.epoch).as_secs() as u32 + 1;
+        let mut counts = [0u32; 2];
+        for (i, count) in counts.iter_mut().enumerate() {
+            let cell = &self.rows[i][usize::from(at.0[i])];
+            let mut current = cell.load(Ordering::Acquire);
+            loop {
+                let (w, c) = ((current >> 32) as u32, current as u32);
+                let next_count = if w == window { c.saturating_add(1) } else { 1 };
+                let next = u64::from(window) << 32 | u64::from(next_count);
+                match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        *count = next_count;
+                        break;
+                    }
+                    Err(seen) => current = seen,
+                }
+            }
+        }
+        counts[0].min(counts[1]) <= limit
+    }
+}
+
 /// A charge in a [`SourceTable`], released when dropped.
 pub(crate) struct SourceCharge<'a> {
     pub table: &'a SourceTable,
@@ -234,5 +291,29 @@ impl RateLimit {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn source_rate_counts_per_second_and_per_client() {
+        let rate = SourceRate::default();
+        let hasher = SourceHasher::default();
+        let a = hasher.buckets("10.244.1.1".parse().unwrap());
+        let b = hasher.buckets("10.244.1.2".parse().unwrap());
+        let t0 = rate.epoch;
+        assert!(rate.take(a, 2, t0));
+        assert!(rate.take(a, 2, t0 + Duration::from_millis(500)));
+        assert!(!rate.take(a, 2, t0 + Duration::from_millis(900)));
+        // Another client has its own count (unless both its buckets collide with a's,
+        // which two random 4,096-bucket hashes make a one in 16 million chance).
+        assert!(rate.take(b, 2, t0 + Duration::from_millis(900)));
+        // The next second starts a new window.
+        assert!(rate.take(a, 2, t0 + Duration::from_secs(1)));
+        assert!(rate.take(a, 0, t0), "0: unbounded");
     }
 }

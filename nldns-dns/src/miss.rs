@@ -53,7 +53,10 @@ impl DnsService {
             }
             None => None,
         };
-        let Some(slot) = take_slot(&self.misses.waiting_queries, config.max_waiting_queries) else {
+        let Some(slot) = take_slot(
+            &self.misses.counts.waiting_queries,
+            config.max_waiting_queries,
+        ) else {
             return Err((info, stale, Shed::Overload));
         };
         // PendingQuery's Drop releases both.
@@ -131,14 +134,19 @@ impl DnsService {
             None => None,
         };
         let limit = config.max_upstream_in_flight;
-        let Some(slot) = take_slot(&self.misses.upstream_in_flight, limit) else {
+        let Some(slot) = take_slot(&self.misses.counts.upstream_in_flight, limit) else {
             return Err(Shed::Overload);
         };
-        if !self
-            .misses
-            .rate
-            .take(config.max_upstream_qps, Instant::now())
-        {
+        let now = Instant::now();
+        // The client's own rate before the node's: a client over its rate must not
+        // use up the node's tokens, which everyone shares.
+        if let Some(at) = source {
+            let limit = config.max_upstream_qps_per_source;
+            if !self.misses.source_rate.take(at, limit, now) {
+                return Err(Shed::SourceQuota);
+            }
+        }
+        if !self.misses.rate.take(config.max_upstream_qps, now) {
             return Err(Shed::Rate);
         }
         // The task owns the slot and the charge; forget the borrows and release
@@ -151,7 +159,7 @@ impl DnsService {
         let svc = self.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            let _slot = Slot(&svc.misses.upstream_in_flight);
+            let _slot = Slot(&svc.misses.counts.upstream_in_flight);
             let _charge = source.map(|at| SourceCharge {
                 table: &svc.misses.source_exchanges,
                 at,
@@ -302,6 +310,7 @@ impl Drop for PendingQuery {
     fn drop(&mut self) {
         self.svc
             .misses
+            .counts
             .waiting_queries
             .fetch_sub(1, Ordering::AcqRel);
         if let Some(at) = self.source {

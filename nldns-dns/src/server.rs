@@ -60,8 +60,10 @@ pub async fn serve_udp_std(
     // A fallback wake-up, should shutdown(SHUT_RD) ever not wake a blocked reader:
     // the threads then still see the stop within this long.
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let socket = Arc::new(socket);
+    svc.metrics().watch_udp_socket(&socket);
     let shared = Arc::new(udp_loop::Shared {
-        socket: Arc::new(socket),
+        socket,
         svc,
         stop: AtomicBool::new(false),
         runtime: tokio::runtime::Handle::current(),

@@ -96,7 +96,10 @@ impl DnsService {
         Ok(Arc::new(DnsService {
             cache: Mutex::new(Cache::new(config.cache_policy())),
             settings: RwLock::new(Arc::new(Settings { config, router })),
-            misses: Misses::default(),
+            misses: Misses {
+                counts: metrics.miss_counts(),
+                ..Misses::default()
+            },
             exchanger: Exchanger::new(metrics.clone()),
             metrics,
         }))

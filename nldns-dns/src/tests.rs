@@ -959,10 +959,30 @@ async fn waiting_queries_are_bounded_during_an_outage() {
     };
     assert_eq!(fourth.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(metrics.upstream_overload.get(), 1);
+    // The scrape shows the bounds' counts as they are: three waiters, one exchange
+    // (started once the first waiter's task runs).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics.encode();
+    assert_eq!(
+        series_value(&text, "nldns_waiting_queries"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series_value(&text, "nldns_upstream_in_flight"),
+        Some(1.0),
+        "{text}"
+    );
     for p in parked {
         let r = Message::from_vec(&p.await.unwrap()).unwrap();
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     }
+    let text = metrics.encode();
+    assert_eq!(
+        series_value(&text, "nldns_waiting_queries"),
+        Some(0.0),
+        "{text}"
+    );
     // Slots are released once answered.
     assert!(matches!(
         handle(
@@ -1177,7 +1197,7 @@ async fn flooding_client_cannot_starve_another_clients_new_names() {
 
     // The bounds held: the silent upstream saw only the flooder's 5 exchanges.
     assert_eq!(
-        svc.misses.upstream_in_flight.load(Ordering::Acquire),
+        svc.misses.counts.upstream_in_flight.load(Ordering::Acquire),
         5,
         "only the flooder's own exchanges are left in flight"
     );
@@ -1235,7 +1255,10 @@ async fn coalesced_waiters_count_against_their_own_client() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     // One exchange for all of them.
     assert_eq!(silent.queries(), 1);
-    assert_eq!(svc.misses.upstream_in_flight.load(Ordering::Acquire), 1);
+    assert_eq!(
+        svc.misses.counts.upstream_in_flight.load(Ordering::Acquire),
+        1
+    );
     for p in pending {
         p.abort();
         let _ = p.await;
@@ -1244,7 +1267,7 @@ async fn coalesced_waiters_count_against_their_own_client() {
     let (at_a, at_b) = (svc.misses.hasher.buckets(a), svc.misses.hasher.buckets(b));
     assert_eq!(svc.misses.source_waiters.held(at_a), 0);
     assert_eq!(svc.misses.source_waiters.held(at_b), 0);
-    assert_eq!(svc.misses.waiting_queries.load(Ordering::Acquire), 0);
+    assert_eq!(svc.misses.counts.waiting_queries.load(Ordering::Acquire), 0);
     assert!(svc.misses.source_exchanges.held(at_a) <= 1);
 }
 
@@ -1288,6 +1311,61 @@ async fn upstream_query_rate_is_bounded() {
         metrics.upstream_rate_limited.get(),
         u64::from(total - answered)
     );
+}
+
+/// The per-source rate bound: one client asking new names of a fast upstream gets
+/// SERVFAIL at once past its own rate (counted as a quota reject), while another
+/// client's new names, in the same second, still resolve.
+#[tokio::test]
+async fn one_client_cannot_use_up_the_upstream_rate() {
+    let up = TestUpstream::start(Mode::Answer {
+        ttl: 60,
+        records: 1,
+    })
+    .await;
+    let mut cfg = config(&[&up], &[]);
+    cfg.max_upstream_qps = 0;
+    cfg.max_upstream_qps_per_source = 3;
+    let (svc, metrics) = service(cfg);
+    let flooder: IpAddr = "10.244.4.1".parse().unwrap();
+    let other: IpAddr = "10.244.4.2".parse().unwrap();
+    let ask_as = |client: IpAddr, name: String| {
+        let svc = svc.clone();
+        async move {
+            let q = query(&name, RecordType::A, 1, None);
+            let reply =
+                tokio::time::timeout(PATIENCE, svc.answer_from(&q, Protocol::Udp, Some(client)))
+                    .await
+                    .expect("answered in time")
+                    .expect("an answer");
+            Message::from_vec(&reply).unwrap().metadata.response_code
+        }
+    };
+    let started = Instant::now();
+    let total: u32 = 30;
+    let mut answered: u32 = 0;
+    for i in 0..total {
+        match ask_as(flooder, format!("r{i}.example.com.")).await {
+            ResponseCode::NoError => answered += 1,
+            code => assert_eq!(code, ResponseCode::ServFail),
+        }
+    }
+    for i in 0..3 {
+        let code = ask_as(other, format!("o{i}.example.com.")).await;
+        assert_eq!(code, ResponseCode::NoError, "the other client's name {i}");
+    }
+    // Fixed one-second windows: 3 in each window the flood touched.
+    let windows = started.elapsed().as_secs_f64().ceil() + 1.0;
+    assert!(answered >= 3);
+    assert!(
+        f64::from(answered) <= 3.0 * windows,
+        "{answered} in {windows} windows"
+    );
+    assert_eq!(
+        metrics.source_quota_rejects.get(),
+        u64::from(total - answered)
+    );
+    assert_eq!(up.queries(), (answered + 3) as usize);
 }
 
 /// Forged replies during a burst of misses: the "upstream" here is the test's own

@@ -50,6 +50,13 @@ pub enum Command {
         /// The agent's --pod-cgroup (auto: kubepods.slice or kubepods under --cgroup).
         #[arg(long, env = "NLDNS_POD_CGROUP")]
         pod_cgroup: Option<String>,
+        /// The running agent's --probe-socket: its limit counters are read there (exactly
+        /// this pod's agent).
+        #[arg(long, env = "NLDNS_PROBE_SOCKET")]
+        probe_socket: Option<PathBuf>,
+        /// Else its --metrics-addr.
+        #[arg(long, env = "NLDNS_METRICS_ADDR", default_value = "127.0.0.1:9253")]
+        metrics_addr: SocketAddr,
     },
     /// Set the datapath's log level (aya-log) in the running agents, without a restart.
     DatapathLog {

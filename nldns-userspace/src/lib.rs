@@ -22,4 +22,5 @@ pub mod http;
 pub mod intercept;
 pub mod metrics;
 pub mod probe;
+pub mod shedding;
 pub mod status;

@@ -7,7 +7,7 @@ use clap::Parser;
 use nldns::{
     agent,
     cli::{Cli, Command, LogFormat},
-    probe, status,
+    probe, shedding, status,
 };
 
 fn main() -> Result<()> {
@@ -56,7 +56,15 @@ fn main() -> Result<()> {
                 json,
                 cgroup,
                 pod_cgroup,
-            } => status::print_status(json, cgroup, pod_cgroup).await,
+                probe_socket,
+                metrics_addr,
+            } => {
+                let agent = match probe_socket {
+                    Some(path) => shedding::MetricsSource::ProbeSocket(path),
+                    None => shedding::MetricsSource::Address(metrics_addr),
+                };
+                status::print_status(json, cgroup, pod_cgroup, agent).await
+            }
             Command::Cleanup { all, cgroup } => status::cleanup(all, cgroup).await,
             Command::DatapathLog { level } => status::set_datapath_log(level).await,
             Command::Probe { .. } | Command::ImportCorefile { .. } => {

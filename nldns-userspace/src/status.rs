@@ -8,18 +8,23 @@ use crate::datapath::{
     inspect,
     sockhooks::{conflict::PodHookOrder, Scope},
 };
+use crate::shedding;
 
 pub async fn print_status(
     json: bool,
     cgroup: Option<String>,
     pod_cgroup: Option<String>,
+    agent: shedding::MetricsSource,
 ) -> Result<()> {
     let handle = rtnetlink_handle()?;
     let cgroups = inspect::cgroups_to_inspect(cgroup.as_deref());
     let pods = inspect::pod_cgroup_to_inspect(cgroup.as_deref(), pod_cgroup.as_deref());
     let status = inspect::status(&handle, &cgroups, pods.as_ref()).await?;
+    let limits = shedding::read(&agent, std::time::Duration::from_secs(1));
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        value["limits"] = serde_json::to_value(&limits)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     if status.attachments.is_empty() {
@@ -96,6 +101,7 @@ pub async fn print_status(
             println!("  {name:<26} {value}");
         }
     }
+    shedding::print(&limits);
     Ok(())
 }
 

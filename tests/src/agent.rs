@@ -47,6 +47,23 @@ impl AgentProcess {
         log_dir: &Path,
         envs: &[(&str, &str)],
     ) -> Result<AgentProcess> {
+        Self::spawn_in_cgroup(label, netns, binary, args, log_dir, envs, &[])
+    }
+
+    /// Like [`AgentProcess::spawn_labeled`], the process starting inside the cgroup(s)
+    /// whose `cgroup.procs` files are `cgroup_procs` (none: the test's own cgroup): a shell
+    /// writes its own pid there, then execs nsenter, which execs the program, so the
+    /// process is born in the cgroup, no other process is moved, and its pid is still
+    /// the child's.
+    pub fn spawn_in_cgroup(
+        label: &str,
+        netns: &Netns,
+        binary: &Path,
+        args: &[&str],
+        log_dir: &Path,
+        envs: &[(&str, &str)],
+        cgroup_procs: &[PathBuf],
+    ) -> Result<AgentProcess> {
         // nsenter would start and then fail to exec: say what is wrong here instead.
         anyhow::ensure!(
             binary.is_file(),
@@ -65,7 +82,23 @@ impl AgentProcess {
         let program = binary.to_str().context("non-UTF-8 agent path")?;
         // nsenter execs the agent after entering the namespace, so the child's pid is the
         // agent's own pid and signals reach it directly.
-        let child = Command::new("nsenter")
+        let mut command = if cgroup_procs.is_empty() {
+            Command::new("nsenter")
+        } else {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("for p in $0; do echo $$ > \"$p\" || exit 125; done; exec \"$@\"")
+                .arg(
+                    cgroup_procs
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+                .arg("nsenter");
+            sh
+        };
+        let child = command
             .args(netns.nsenter_args(program, args))
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
@@ -83,6 +116,22 @@ impl AgentProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A memory field of `/proc/<pid>/status` in bytes (`VmRSS`: resident now, `VmHWM`:
+    /// the peak resident set since the process started); None once the process is gone.
+    pub fn memory_bytes(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib: u64 = status.lines().find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
+        Some(kib * 1024)
     }
 
     /// Whether the process is still running (an exit is recorded, never lost).

@@ -68,8 +68,7 @@ pub fn teardown(id: &str) -> Result<()> {
             first_error.get_or_insert(error);
         }
     }
-    if let Some(mount) = cgroup::cgroup2_mount() {
-        let path = mount.join(format!("{}{id}", run::PREFIX));
+    for path in cgroup::run_cgroup_dirs(&format!("{}{id}", run::PREFIX)) {
         if path.exists() {
             if let Err(error) = cgroup::destroy(&path) {
                 first_error.get_or_insert(error);
@@ -109,13 +108,13 @@ pub fn sweep() -> Vec<String> {
         );
     }
     let owner_dir = Some(std::path::PathBuf::from(run::OWNER_DIR));
-    for dir in [
-        Some(std::env::temp_dir()),
-        cgroup::cgroup2_mount(),
-        owner_dir,
-    ]
-    .into_iter()
-    .flatten()
+    let cgroup_dirs = [cgroup::cgroup2_mount(), cgroup::v1_mount("memory")]
+        .into_iter()
+        .chain([cgroup::v1_mount("cpu")]);
+    for dir in [Some(std::env::temp_dir()), owner_dir]
+        .into_iter()
+        .chain(cgroup_dirs)
+        .flatten()
     {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {

@@ -794,6 +794,28 @@ impl SimNode {
         self.spawn_agent(binary, &args)
     }
 
+    /// [`SimNode::start_agent`] with the agent born inside `cgroup` (limits on its memory
+    /// or CPU, as a kubelet sets them).
+    pub fn start_agent_in(
+        &self,
+        cgroup: &cgroup::AgentCgroup,
+        binary: &Path,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
+        let mut args = self.agent_args();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProcess::spawn_in_cgroup(
+            "agent",
+            &self.node,
+            binary,
+            &args,
+            self.run.workdir(),
+            &[],
+            &cgroup.procs_files(),
+        )
+    }
+
     /// Waits (at most 30 s) until `agent` intercepts: /ready, and its datapath instance
     /// reports a fresh heartbeat and its socket. Returns how long that took; an error
     /// with the agent's log if it did not come.

@@ -10,10 +10,13 @@
 //! bpf_stats and BPF_PROG_TEST_RUN timings of nldns's programs. Results go to
 //! `bench/results/<date>.md` (+ .json and PNG plots).
 //!
-//! Every run is bounded; the defaults take about 10 minutes on 2 cores.
+//! Every run is bounded; the defaults take about 10 minutes on 2 cores, plus about 8 for
+//! the hostile-node runs (`hostile.rs`; `--no-hostile` skips them, `--hostile-only` runs
+//! only them).
 
 mod configs;
 mod datapath;
+mod hostile;
 mod load;
 mod perf;
 mod procstat;
@@ -83,6 +86,19 @@ pub struct BenchArgs {
     /// Skip the perf profile of nldns under cache-hit load.
     #[arg(long)]
     pub no_profile: bool,
+    /// Only the hostile-node runs (noisy neighbour, memory pressure), reported in
+    /// `<date>-hostile.md`.
+    #[arg(long, conflicts_with = "no_hostile")]
+    pub hostile_only: bool,
+    /// Skip the hostile-node runs.
+    #[arg(long)]
+    pub no_hostile: bool,
+    /// Seconds of each phase (idle, flood) of the noisy-neighbour run.
+    #[arg(long, default_value_t = 20)]
+    pub noisy_secs: u64,
+    /// Seconds of the memory-pressure run's flood.
+    #[arg(long, default_value_t = 300)]
+    pub pressure_secs: u64,
 }
 
 /// Per configuration and workload.
@@ -153,6 +169,20 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     };
     let mut machine = report::Machine::probe();
     eprintln!("bench: {}", machine.summary());
+    if args.hostile_only {
+        let section = hostile_runs(&bin, args);
+        let out = root.join(&args.out);
+        std::fs::create_dir_all(&out)?;
+        let md = out.join(format!("{}-hostile.md", machine.date));
+        let text = format!(
+            "# nldns bench {}: hostile-node runs\n\nMachine: {}\n{section}",
+            machine.date,
+            machine.summary()
+        );
+        std::fs::write(&md, text)?;
+        eprintln!("bench: wrote {} in {:.0?}", md.display(), started.elapsed());
+        return Ok(());
+    }
     let mut rounds: Vec<Vec<ConfigResult>> = Vec::new();
     for round in 0..args.rounds.max(1) {
         let mut results = Vec::new();
@@ -193,6 +223,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         use std::io::Write as _;
         let mut file = std::fs::OpenOptions::new().append(true).open(&md)?;
         file.write_all(crate::vm::verifier::markdown(root).as_bytes())?;
+        if !args.no_hostile {
+            file.write_all(hostile_runs(&bin, args).as_bytes())?;
+        }
     }
     if !args.no_plots {
         if let Err(error) = report::plot(root, &out, &md) {
@@ -201,6 +234,21 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     eprintln!("bench: wrote {} in {:.0?}", md.display(), started.elapsed());
     Ok(())
+}
+
+/// The noisy-neighbour and memory-pressure runs, as a markdown section.
+fn hostile_runs(bin: &Path, args: &BenchArgs) -> String {
+    eprintln!("bench: hostile node: noisy neighbour");
+    let noisy = hostile::noisy_neighbour(bin, args);
+    if let Err(error) = &noisy {
+        eprintln!("bench: noisy neighbour failed: {error:#}");
+    }
+    eprintln!("bench: hostile node: memory pressure");
+    let memory = hostile::memory_pressure(bin, args);
+    if let Err(error) = &memory {
+        eprintln!("bench: memory pressure failed: {error:#}");
+    }
+    hostile::markdown(args, &noisy, &memory)
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -287,6 +287,8 @@ impl Cache {
         if let Some(at) = self.find(key.borrowed()) {
             self.remove_at(at);
         }
+        // The new answer was stored just now: its time is the clock for the sweep.
+        self.drop_dead_oldest(answer.stored_at());
         let slot = Slot {
             answer,
             retry_after: 0,
@@ -388,6 +390,36 @@ impl Cache {
         self.denials -= usize::from(is_denial(&slot.answer));
     }
 
+    /// Removes up to [`DEAD_SWEEP`] entries from the least-recently-used end that can
+    /// never be served again (a SERVFAIL past its TTL, anything past the stale window).
+    /// A lookup drops the dead entry it finds, but a flood of unique names leaves
+    /// entries nobody asks for again; without this sweep they stay until the entry
+    /// bound pushes them out, so every long flood against a failing upstream would end
+    /// with the cache at its bound, full of dead SERVFAILs. Entries arrive at the LRU end
+    /// in the order they were stored, so the dead ones are found there first; the sweep
+    /// stops at the first live entry, costing one check per insert when nothing is dead.
+    fn drop_dead_oldest(&mut self, now: Instant) {
+        for _ in 0..DEAD_SWEEP {
+            let Some(oldest) = self.slots.oldest() else {
+                return;
+            };
+            let Some(slot) = self.slots.get(oldest) else {
+                return;
+            };
+            let answer = &slot.answer;
+            let servable_until = answer.fresh_until()
+                + if answer.kind() == AnswerKind::ServFail {
+                    Duration::ZERO
+                } else {
+                    self.policy.stale_max
+                };
+            if now < servable_until {
+                return;
+            }
+            self.remove_at(oldest);
+        }
+    }
+
     fn evict_to_fit(&mut self) {
         while self.slots.len() > self.policy.max_entries || self.bytes > self.policy.max_bytes {
             let Some(oldest) = self.slots.oldest() else {
@@ -402,6 +434,11 @@ impl Cache {
         }
     }
 }
+
+/// Dead entries removed per insert at most: more than one, so the sweep outpaces the
+/// inserts that leave dead entries behind and catches up after a live entry that blocked
+/// it expires.
+const DEAD_SWEEP: usize = 2;
 
 fn hash_parts(hasher: &DefaultHashBuilder, name: &[u8], qtype: u16, qclass: u16, flags: u8) -> u64 {
     hasher.hash_one((name, qtype, qclass, flags))
@@ -509,6 +546,40 @@ mod tests {
         assert!(matches!(
             cache.lookup(&key("a"), t0 + Duration::from_secs(2)),
             Lookup::Miss
+        ));
+    }
+
+    /// A flood of unique names whose upstream fails leaves SERVFAILs nobody asks for
+    /// again: later inserts sweep the dead ones from the LRU end, so the cache holds
+    /// about what is still servable, not its entry bound.
+    #[test]
+    fn inserts_sweep_dead_entries_nobody_asks_for() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(policy());
+        let at = |s| t0 + Duration::from_secs(s);
+        // Two a second, each a SERVFAIL for 5 s, for 40 s: 80 names, never looked up.
+        for i in 0..80u64 {
+            let name = format!("dead{i}");
+            cache.insert(
+                key(&name),
+                answer(AnswerKind::ServFail, 5, 20, at(i / 2)),
+                0,
+            );
+        }
+        // What is left: the SERVFAILs of the last 5 s (plus at most one second's worth
+        // the sweep has not reached yet), not all 80.
+        let entries = cache.stats().entries;
+        assert!((10..=12).contains(&entries), "{entries} entries left");
+        // A live entry at the LRU end stops the sweep: nothing servable is dropped.
+        let mut cache = Cache::new(policy());
+        cache.insert(key("live"), answer(AnswerKind::Positive, 3600, 20, t0), 0);
+        for i in 0..20u64 {
+            let name = format!("dead{i}");
+            cache.insert(key(&name), answer(AnswerKind::ServFail, 1, 20, at(i)), 0);
+        }
+        assert!(matches!(
+            cache.lookup(&key("live"), at(20)),
+            Lookup::Fresh { .. }
         ));
     }
 

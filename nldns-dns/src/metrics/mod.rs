@@ -13,16 +13,19 @@ pub mod shard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 pub use coredns::{count_panics, CacheTypeLabels, CacheZoneLabels, ProxyLabels, SetupErrorLabels};
 pub use shard::{Plugin, QueryLabels, StatsWriter};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -45,6 +48,85 @@ pub struct UpstreamLabels {
 pub struct UpstreamErrorLabels {
     pub upstream: String,
     pub kind: &'static str,
+}
+
+/// The miss path's node-wide counts: moved by the engine's `Misses` (they are its
+/// bounds' counters) and read at each scrape, so the gauges cost the miss path no write
+/// of their own.
+#[derive(Debug, Default)]
+pub struct MissCounts {
+    pub upstream_in_flight: AtomicUsize,
+    pub waiting_queries: AtomicUsize,
+}
+
+/// What the scrape-time collector reads: the miss path's counts and the UDP serving
+/// sockets, whose kernel drop counts are queries shed before the agent saw them.
+#[derive(Debug, Default)]
+struct ScrapeState {
+    misses: Arc<MissCounts>,
+    /// Weak: a socket closed at shutdown or reload drops out of the sum.
+    udp_sockets: Mutex<Vec<Weak<std::net::UdpSocket>>>,
+}
+
+#[derive(Debug)]
+struct ScrapeCollector(Arc<ScrapeState>);
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.0;
+        for (name, help, value) in [
+            (
+                "upstream_in_flight",
+                "Upstream exchanges in flight now (bound: limits.maxUpstreamInFlight)",
+                state.misses.upstream_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "waiting_queries",
+                "Client queries waiting for an upstream answer now (bound: limits.maxWaitingQueries)",
+                state.misses.waiting_queries.load(Ordering::Relaxed),
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let drops: u64 = {
+            let mut sockets = state.udp_sockets.lock().unwrap_or_else(|e| e.into_inner());
+            sockets.retain(|s| s.strong_count() > 0);
+            sockets
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter_map(|s| socket_drops(&s))
+                .sum()
+        };
+        let counter = ConstCounter::new(drops);
+        counter.encode(encoder.encode_descriptor(
+            "udp_receive_drops",
+            "Queries the kernel dropped at the serving UDP sockets open now because their receive buffer was full (the agent short of CPU, or flooded)",
+            None,
+            counter.metric_type(),
+        )?)
+    }
+}
+
+/// The kernel's drop count of a socket (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`: datagrams
+/// that did not fit the receive buffer).
+fn socket_drops(socket: &std::net::UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize > SK_MEMINFO_DROPS * 4).then(|| u64::from(info[SK_MEMINFO_DROPS]))
 }
 
 /// Every metric of the engine, and the registry the agent encodes.
@@ -79,6 +161,7 @@ pub struct Metrics {
     pub upstream_rate_limited: Counter,
     pub upstream_latency: Family<UpstreamLabels, Histogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    scrape: Arc<ScrapeState>,
 }
 
 impl Metrics {
@@ -192,6 +275,8 @@ impl Metrics {
             "Failed upstream exchanges, per upstream and kind",
             upstream_errors.clone(),
         );
+        let scrape = Arc::new(ScrapeState::default());
+        registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
         for collector in collectors {
             registry.register_collector(collector);
         }
@@ -218,7 +303,22 @@ impl Metrics {
             upstream_rate_limited,
             upstream_latency,
             upstream_errors,
+            scrape,
         })
+    }
+
+    /// The miss path's counts, which the service's bounds move and the scrape reads.
+    pub(crate) fn miss_counts(&self) -> Arc<MissCounts> {
+        self.scrape.misses.clone()
+    }
+
+    /// Counts `socket`'s kernel drops in `nldns_udp_receive_drops_total` while it is open.
+    pub fn watch_udp_socket(&self, socket: &Arc<std::net::UdpSocket>) {
+        self.scrape
+            .udp_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(socket));
     }
 
     /// Names the `server` label of queries received on `local` (the agent names its
@@ -386,5 +486,36 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Datagrams the kernel could not queue at a watched socket are counted, from the
+    /// kernel's own count: a socket nobody reads, with the smallest receive buffer.
+    #[test]
+    fn udp_receive_drops_come_from_the_kernel() {
+        let metrics = Metrics::new();
+        let socket = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        socket2::SockRef::from(&*socket)
+            .set_recv_buffer_size(1)
+            .unwrap();
+        metrics.watch_udp_socket(&socket);
+        let drops = |m: &Metrics| {
+            m.encode().lines().find_map(|l| {
+                l.strip_prefix("nldns_udp_receive_drops_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        assert_eq!(drops(&metrics), Some(0));
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            sender
+                .send_to(&[0u8; 512], socket.local_addr().unwrap())
+                .unwrap();
+        }
+        let dropped = drops(&metrics).unwrap();
+        assert!(dropped > 100, "dropped {dropped} of 200");
+        // A closed socket leaves the sum.
+        drop(socket);
+        assert_eq!(drops(&metrics), Some(0));
     }
 }

@@ -109,6 +109,8 @@ pub struct LimitsSection {
     pub max_waiting_queries_per_source: Option<usize>,
     /// 0: unbounded.
     pub max_upstream_qps: Option<u32>,
+    /// 0: unbounded.
+    pub max_upstream_qps_per_source: Option<u32>,
 }
 
 /// "1.2.3.4", "1.2.3.4:5353", "fd00::1", "[fd00::1]:5353".

@@ -139,6 +139,9 @@ fn apply(config: &mut DnsConfig, file: ConfigFile) {
         if let Some(n) = limits.max_upstream_qps {
             config.max_upstream_qps = n;
         }
+        if let Some(n) = limits.max_upstream_qps_per_source {
+            config.max_upstream_qps_per_source = n;
+        }
     }
 }
 
@@ -156,7 +159,8 @@ mod tests {
         std::fs::write(
             &file,
             r#"{"stubDomains": {"corp": ["10.1.1.1"]}, "cache": {"maxEntries": 7},
-                "limits": {"maxUpstreamInFlightPerSource": 3, "maxUpstreamQps": 0}}"#,
+                "limits": {"maxUpstreamInFlightPerSource": 3, "maxUpstreamQps": 0,
+                           "maxUpstreamQpsPerSource": 50}}"#,
         )
         .unwrap();
         let upstream: Vec<SocketAddr> = vec!["10.96.0.11:53".parse().unwrap()];
@@ -192,6 +196,7 @@ mod tests {
         assert_eq!(config.max_entries, 7);
         assert_eq!(config.max_upstream_in_flight_per_source, 3);
         assert_eq!(config.max_upstream_qps, 0);
+        assert_eq!(config.max_upstream_qps_per_source, 50);
         let defaults = DnsConfig::default();
         assert_eq!(
             config.max_waiting_queries_per_source,

@@ -57,7 +57,7 @@ impl Config {
 
     pub fn description(self) -> &'static str {
         match self {
-            Config::Nldns => "nldns (TC redirect to its intercept endpoint, release build)",
+            Config::Nldns => "nldns (TC redirect to its intercept endpoint, release build, upstream rate bounds off)",
             Config::Unbound => "NOTRACK design: ClusterIP on lo + raw NOTRACK + unbound",
             Config::Dnsmasq => "NOTRACK design: ClusterIP on lo + raw NOTRACK + dnsmasq",
             Config::None => "no cache: kube-proxy DNAT to the knot backends",
@@ -112,7 +112,17 @@ impl Running {
 pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running> {
     let cache = match config {
         Config::Nldns => {
-            let args = node.agent_args();
+            // The upstream rate bounds are an operator's protection that unbound and
+            // dnsmasq do not have: off, so the misses workload measures the miss path
+            // and not the bound (the hostile-node runs measure the bounds).
+            let limits = node.workdir().join("nldns-bench.json");
+            std::fs::write(
+                &limits,
+                r#"{"limits": {"maxUpstreamQps": 0, "maxUpstreamQpsPerSource": 0}}"#,
+            )
+            .context("writing the bench's --config")?;
+            let mut args = node.agent_args();
+            args.extend(["--config".to_string(), limits.display().to_string()]);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let agent = node.spawn_agent(nldns_bin, &args)?;
             if !node.wait_http_ok("/ready", Duration::from_secs(30)) {
