@@ -1371,9 +1371,11 @@ async fn one_client_cannot_use_up_the_upstream_rate() {
 /// Forged replies during a burst of misses: the "upstream" here is the test's own
 /// socket, so it knows every exchange's source port and ID; from another socket it
 /// fires forgeries at exactly those ports (random IDs, and the true ID too, all
-/// answering 6.6.6.6) before the real answers. None may be taken: the exchange
-/// sockets are connected (the kernel drops datagrams from any other source) and the
-/// ID and question must match.
+/// answering 6.6.6.6) before the real answers; and from the upstream's own socket
+/// (right source, right port, right ID) with the question's letters in the other case.
+/// None may be taken: the exchange sockets are connected (the kernel drops datagrams
+/// from any other source), and the ID and the question, letter case included (0x20),
+/// must match.
 #[tokio::test]
 async fn forged_replies_to_the_exchange_ports_are_never_cached() {
     let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -1387,71 +1389,128 @@ async fn forged_replies_to_the_exchange_ports_are_never_cached() {
     };
     cfg.max_upstream_qps = 0;
     let (svc, _) = service(cfg);
-    let names = 40;
-    let mut clients = Vec::new();
-    for i in 0..names {
-        let svc = svc.clone();
-        let q = query(&format!("f{i}.example.com."), RecordType::A, 5, None);
-        clients.push(tokio::spawn(
-            async move { ask(&svc, &q, Protocol::Udp).await },
-        ));
-    }
-    // The burst's upstream queries: who asked (port) and with which ID.
-    let mut asked = Vec::new();
-    let mut buf = vec![0u8; 65535];
-    while asked.len() < names {
-        let (len, peer) = tokio::time::timeout(PATIENCE, upstream.recv_from(&mut buf))
-            .await
-            .expect("the misses reach upstream")
-            .unwrap();
-        asked.push((Message::from_vec(&buf[..len]).unwrap(), peer));
-    }
-    let reply_to = |q: &Message, id: u16, addr: [u8; 4]| {
-        let mut r = Message::response(id, q.metadata.op_code);
-        r.metadata.recursion_desired = true;
-        r.metadata.recursion_available = true;
-        r.add_query(q.queries[0].clone());
-        r.add_answer(hickory_proto::rr::Record::from_rdata(
-            q.queries[0].name().clone(),
-            60,
-            RData::A(std::net::Ipv4Addr::from(addr).into()),
-        ));
-        r.to_vec().unwrap()
-    };
-    let rounds = 2500;
+    // Five bursts of 40 misses, 5,000 forgeries at each exchange: 1,000,000 in all,
+    // in bursts short enough for the clients' patience on a loaded machine.
+    const BURSTS: usize = 5;
+    const ROUNDS: usize = 5_000;
     let mut forged = 0usize;
-    for round in 0..rounds {
-        for (q, port) in &asked {
-            // Every 100th carries the true ID: the source check alone must stop it.
-            let id = if round % 100 == 0 {
-                q.metadata.id
-            } else {
-                rand::random()
-            };
-            forger
-                .send_to(&reply_to(q, id, [6, 6, 6, 6]), port)
+    for burst in 0..BURSTS {
+        let names = 40;
+        let mut clients = Vec::new();
+        for i in 0..names {
+            let svc = svc.clone();
+            let q = query(
+                &format!("f{burst}-{i}.example.com."),
+                RecordType::A,
+                5,
+                None,
+            );
+            clients.push(tokio::spawn(
+                async move { ask(&svc, &q, Protocol::Udp).await },
+            ));
+        }
+        // The burst's upstream queries: who asked (port) and with which ID.
+        let mut asked = Vec::new();
+        let mut buf = vec![0u8; 65535];
+        while asked.len() < names {
+            let (len, peer) = tokio::time::timeout(PATIENCE, upstream.recv_from(&mut buf))
                 .await
+                .expect("the misses reach upstream")
                 .unwrap();
-            forged += 1;
+            asked.push((Message::from_vec(&buf[..len]).unwrap(), peer));
         }
-        if round % 64 == 0 {
-            tokio::task::yield_now().await;
+        let reply_to = |q: &Message, id: u16, addr: [u8; 4]| {
+            let mut r = Message::response(id, q.metadata.op_code);
+            r.metadata.recursion_desired = true;
+            r.metadata.recursion_available = true;
+            r.add_query(q.queries[0].clone());
+            r.add_answer(hickory_proto::rr::Record::from_rdata(
+                q.queries[0].name().clone(),
+                60,
+                RData::A(std::net::Ipv4Addr::from(addr).into()),
+            ));
+            r.to_vec().unwrap()
+        };
+        // The question as asked but every letter in the other case: differs from the
+        // asked mix in every letter.
+        let flipped_case = |q: &Message| {
+            let mut q = q.clone();
+            let text: String = q.queries[0]
+                .name()
+                .to_ascii()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            q.queries[0].set_name(Name::from_ascii(&text).unwrap());
+            q
+        };
+        let wrong_case_from_upstream = |q: &Message| {
+            let asked = flipped_case(q);
+            let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+            r.metadata.recursion_desired = true;
+            r.metadata.recursion_available = true;
+            r.add_query(asked.queries[0].clone());
+            r.add_answer(hickory_proto::rr::Record::from_rdata(
+                asked.queries[0].name().clone(),
+                60,
+                RData::A(std::net::Ipv4Addr::new(6, 6, 6, 6).into()),
+            ));
+            r.to_vec().unwrap()
+        };
+        for round in 0..ROUNDS {
+            for (q, port) in &asked {
+                if round % 1000 == 1 {
+                    // Source, port and ID right, letter case wrong: 0x20 alone stops it.
+                    upstream
+                        .send_to(&wrong_case_from_upstream(q), port)
+                        .await
+                        .unwrap();
+                    forged += 1;
+                    continue;
+                }
+                // Every 100th carries the true ID: the source check alone must stop it.
+                let id = if round % 100 == 0 {
+                    q.metadata.id
+                } else {
+                    rand::random()
+                };
+                forger
+                    .send_to(&reply_to(q, id, [6, 6, 6, 6]), port)
+                    .await
+                    .unwrap();
+                forged += 1;
+            }
+            if round % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
         }
+        assert_eq!(forged, (burst + 1) * names * ROUNDS);
+        for (q, port) in &asked {
+            let real = reply_to(q, q.metadata.id, [10, 0, 0, 1]);
+            upstream.send_to(&real, port).await.unwrap();
+        }
+        for client in clients {
+            assert_eq!(addresses(&client.await.unwrap()), vec!["10.0.0.1"]);
+        }
+        // And the cache holds the real answers only.
+        let mut cached_forgeries = 0;
+        for i in 0..names {
+            let q = query(
+                &format!("f{burst}-{i}.example.com."),
+                RecordType::A,
+                6,
+                None,
+            );
+            let got = addresses(&ask(&svc, &q, Protocol::Udp).await);
+            cached_forgeries += usize::from(got != vec!["10.0.0.1"]);
+        }
+        assert_eq!(cached_forgeries, 0, "of {forged} forged replies");
     }
-    assert_eq!(forged, names * rounds);
-    for (q, port) in &asked {
-        let real = reply_to(q, q.metadata.id, [10, 0, 0, 1]);
-        upstream.send_to(&real, port).await.unwrap();
-    }
-    for client in clients {
-        assert_eq!(addresses(&client.await.unwrap()), vec!["10.0.0.1"]);
-    }
-    // And the cache holds the real answers only.
-    let mut cached_forgeries = 0;
-    for i in 0..names {
-        let q = query(&format!("f{i}.example.com."), RecordType::A, 6, None);
-        let got = addresses(&ask(&svc, &q, Protocol::Udp).await);
-        cached_forgeries += usize::from(got != vec!["10.0.0.1"]);
-    }
-    assert_eq!(cached_forgeries, 0, "of {forged} forged replies");
+    assert_eq!(forged, 1_000_000);
 }
