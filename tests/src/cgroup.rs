@@ -30,6 +30,32 @@ pub fn create(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `program` in `netns` inside `cgroup` (output whatever the exit code). The shell
+/// moves itself into the cgroup, then becomes the command: the command starts inside the
+/// cgroup and no other process is moved.
+pub fn exec_in(
+    netns: &crate::netns::Netns,
+    cgroup: &Path,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<std::process::Output> {
+    let procs = cgroup.join("cgroup.procs");
+    let mut full: Vec<String> = vec![
+        "-c".into(),
+        "echo $$ > \"$0\" && exec \"$@\"".into(),
+        procs.display().to_string(),
+        "nsenter".into(),
+    ];
+    full.extend(
+        netns
+            .nsenter_args(program, args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    cmd::output_with_timeout("sh", &full, None, timeout)
+}
+
 /// Creates `path` and any missing parents (a pod cgroup below the run's cgroup).
 pub fn create_nested(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("creating cgroup {}", path.display()))

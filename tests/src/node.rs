@@ -16,6 +16,7 @@
 //! only default route leads to the ext namespace, which forwards nothing: no packet can
 //! leave the simulated node.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -139,6 +140,7 @@ impl SimNodeBuilder {
             ext: None,
             kube_proxy: self.kube_proxy,
             cgroup: None,
+            pod_cgroups: HashMap::new(),
             resolv_conf,
         };
         node.setup_node()?;
@@ -188,6 +190,8 @@ pub struct SimNode {
     ext: Option<(Netns, KnotServer)>,
     kube_proxy: KubeProxyMode,
     cgroup: Option<PathBuf>,
+    /// Pods whose load generators run inside a cgroup ([`SimNode::place_pod_in_cgroup`]).
+    pod_cgroups: HashMap<usize, PathBuf>,
     resolv_conf: PathBuf,
 }
 
@@ -657,7 +661,16 @@ impl SimNode {
 
     /// Runs a bounded dnsperf from pod `index` (see [`crate::perf`]).
     pub fn dnsperf(&self, index: usize, options: &DnsperfOptions) -> Result<DnsperfReport> {
-        perf::run(self.pod_netns(index)?, self.run.workdir(), options)
+        let cgroup = self.pod_cgroups.get(&index).map(PathBuf::as_path);
+        perf::run_in(self.pod_netns(index)?, cgroup, self.run.workdir(), options)
+    }
+
+    /// From now on [`SimNode::dnsperf`] from pod `index` runs inside
+    /// `<run cgroup>/<relative>` (created), e.g. `kubepods.slice/pod0`.
+    pub fn place_pod_in_cgroup(&mut self, index: usize, relative: &str) -> Result<PathBuf> {
+        let path = self.child_cgroup(relative)?;
+        self.pod_cgroups.insert(index, path.clone());
+        Ok(path)
     }
 
     /// `nldns_datapath_<name>_total` from the running agent's /metrics.
@@ -683,7 +696,7 @@ impl SimNode {
             .cgroup
             .as_ref()
             .context("build the node with_cgroup() first")?;
-        exec_in_cgroup(&self.node, cgroup, program, args, timeout)
+        cgroup::exec_in(&self.node, cgroup, program, args, timeout)
     }
 
     /// dig from the node namespace, inside the run's cgroup.
@@ -717,7 +730,7 @@ impl SimNode {
         args: &[&str],
         timeout: Duration,
     ) -> Result<Output> {
-        exec_in_cgroup(self.pod_netns(index)?, cgroup, program, args, timeout)
+        cgroup::exec_in(self.pod_netns(index)?, cgroup, program, args, timeout)
     }
 
     /// dig from pod `index`, inside `cgroup`.
@@ -1131,38 +1144,12 @@ fn query_in(
     netns.run_inside(|| dns_client::query(server, name, rtype, options))?
 }
 
-/// Runs `program` in `netns` inside `cgroup`. The shell moves itself into the cgroup,
-/// then becomes the command: the command starts inside the cgroup and no other process
-/// is moved.
-fn exec_in_cgroup(
-    netns: &Netns,
-    cgroup: &Path,
-    program: &str,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<Output> {
-    let procs = cgroup.join("cgroup.procs");
-    let mut full: Vec<String> = vec![
-        "-c".into(),
-        "echo $$ > \"$0\" && exec \"$@\"".into(),
-        procs.display().to_string(),
-        "nsenter".into(),
-    ];
-    full.extend(
-        netns
-            .nsenter_args(program, args)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
-    crate::cmd::output_with_timeout("sh", &full, None, timeout)
-}
-
 /// dig (bounded like [`dig::dig`]) in `netns` inside `cgroup`.
 fn dig_in_cgroup(netns: &Netns, cgroup: &Path, args: &[&str]) -> Result<DigOutput> {
     dig::require_server(args)?;
     let mut full: Vec<&str> = dig::BOUNDED_DEFAULTS.to_vec();
     full.extend_from_slice(args);
-    let output = exec_in_cgroup(netns, cgroup, "dig", &full, Duration::from_secs(60))?;
+    let output = cgroup::exec_in(netns, cgroup, "dig", &full, Duration::from_secs(60))?;
     let mut parsed = dig::parse(&String::from_utf8_lossy(&output.stdout));
     parsed.exit_code = output.status.code().unwrap_or(-1);
     parsed.stderr = String::from_utf8_lossy(&output.stderr).into_owned();

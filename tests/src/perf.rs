@@ -62,6 +62,17 @@ pub struct DnsperfReport {
 
 /// Runs dnsperf inside `netns`, writing its query file under `workdir`.
 pub fn run(netns: &Netns, workdir: &Path, options: &DnsperfOptions) -> Result<DnsperfReport> {
+    run_in(netns, None, workdir, options)
+}
+
+/// [`run`], with dnsperf started inside `cgroup` if given (a pod process as kubelet
+/// places it, which the pods' socket hooks see).
+pub fn run_in(
+    netns: &Netns,
+    cgroup: Option<&Path>,
+    workdir: &Path,
+    options: &DnsperfOptions,
+) -> Result<DnsperfReport> {
     anyhow::ensure!(
         !options.queries.is_empty(),
         "dnsperf needs at least one query"
@@ -99,7 +110,14 @@ pub fn run(netns: &Netns, workdir: &Path, options: &DnsperfOptions) -> Result<Dn
         }
         .into(),
     ];
-    let output = netns.exec_output("dnsperf", &args, options.duration + Duration::from_secs(30));
+    let timeout = options.duration + Duration::from_secs(30);
+    let output = match cgroup {
+        None => netns.exec_output("dnsperf", &args, timeout),
+        Some(cgroup) => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::cgroup::exec_in(netns, cgroup, "dnsperf", &args, timeout)
+        }
+    };
     let _ = std::fs::remove_file(&file);
     let output = output?;
     let raw = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -37,8 +37,9 @@ use workload::Workload;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Configurations to compare (a: nldns, b: unbound, c: dnsmasq, d: none).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Config::Nldns, Config::Unbound, Config::Dnsmasq, Config::None])]
+    /// Configurations to compare (a: nldns, b: unbound, c: dnsmasq, d: none, e: nldns
+    /// with the pods in kubelet's pod cgroup).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Config::Nldns, Config::Unbound, Config::Dnsmasq, Config::None, Config::NldnsPodHooks])]
     pub configs: Vec<Config>,
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::Hits, Workload::Mix, Workload::Misses])]
     pub workloads: Vec<Workload>,
@@ -279,7 +280,21 @@ fn bench_config(
     args: &BenchArgs,
     extras: bool,
 ) -> Result<ConfigResult> {
-    let node = SimNode::builder().pods(2).backends(2).build()?;
+    let node = if config == Config::NldnsPodHooks {
+        // The run's cgroup with kubelet's pod cgroup under it: the agent finds
+        // `kubepods.slice` there (`--pod-cgroup auto`) and dnsperf runs inside it.
+        let mut node = SimNode::builder()
+            .pods(2)
+            .backends(2)
+            .with_cgroup()
+            .build()?;
+        for pod in 0..2 {
+            node.place_pod_in_cgroup(pod, &format!("kubepods.slice/kubepods-pod{pod}.slice"))?;
+        }
+        node
+    } else {
+        SimNode::builder().pods(2).backends(2).build()?
+    };
     node.replace_cluster_zone(&workload::bench_zone())?;
     let iperf_pairs = if config == Config::Nldns {
         iperf_pairs(&node, bin, args)?

@@ -1,5 +1,7 @@
 //! The configurations compared, each set up inside a fresh simulated node:
-//! (a) nldns; (b) node-local-dns's NOTRACK design with unbound; (c) the same with dnsmasq; (d) no cache.
+//! (a) nldns; (b) node-local-dns's NOTRACK design with unbound; (c) the same with dnsmasq; (d) no cache;
+//! (e) nldns with the load generators in kubelet's pod cgroup, where the pods' socket hooks
+//! redirect in connect()/sendmsg() and TC only passes the packets.
 //!
 //! The NOTRACK design (node-local-dns, and the variant that hijacks the ClusterIP): the ClusterIP bound as a local address of the node
 //! (node-local-dns uses a dummy interface; this kernel has no dummy driver, so `lo` of the node
@@ -28,6 +30,8 @@ pub enum Config {
     Dnsmasq,
     /// (d) kube-proxy NAT straight to the knot backends.
     None,
+    /// (e) nldns, the pods in `kubepods.slice`: the pods' socket hooks' path.
+    NldnsPodHooks,
 }
 
 impl fmt::Display for Config {
@@ -43,6 +47,7 @@ impl Config {
             Config::Unbound => "unbound",
             Config::Dnsmasq => "dnsmasq",
             Config::None => "none",
+            Config::NldnsPodHooks => "nldns-pod-hooks",
         }
     }
 
@@ -52,6 +57,7 @@ impl Config {
             Config::Unbound => 'b',
             Config::Dnsmasq => 'c',
             Config::None => 'd',
+            Config::NldnsPodHooks => 'e',
         }
     }
 
@@ -61,6 +67,7 @@ impl Config {
             Config::Unbound => "NOTRACK design: ClusterIP on lo + raw NOTRACK + unbound",
             Config::Dnsmasq => "NOTRACK design: ClusterIP on lo + raw NOTRACK + dnsmasq",
             Config::None => "no cache: kube-proxy DNAT to the knot backends",
+            Config::NldnsPodHooks => "nldns, pods in kubelet's pod cgroup: the pods' socket hooks redirect in connect()/sendmsg() (release build, upstream rate bounds off)",
         }
     }
 }
@@ -111,7 +118,7 @@ impl Running {
 /// Starts `config` in `node` and checks that pod 0 gets answers through the ClusterIP.
 pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running> {
     let cache = match config {
-        Config::Nldns => {
+        Config::Nldns | Config::NldnsPodHooks => {
             // The upstream rate bounds are an operator's protection that unbound and
             // dnsmasq do not have: off, so the misses workload measures the miss path
             // and not the bound (the hostile-node runs measure the bounds).

@@ -310,34 +310,20 @@ fn markdown(
 
     // Headline.
     let base = Config::Unbound;
-    let _ = writeln!(
+    headline_ratios(
         w,
-        "## Headline: nldns (a) relative to the NOTRACK design (b)\n"
+        results,
+        args,
+        (Config::Nldns, base),
+        "Headline: nldns (a) relative to the NOTRACK design (b)",
     );
-    let _ = writeln!(
+    headline_ratios(
         w,
-        "| workload | QPS (a)/(b) | p50 (a)/(b) | p99 (a)/(b) | p99.9 (a)/(b) | cache CPU per query (a)/(b) |"
+        results,
+        args,
+        (Config::NldnsPodHooks, Config::Nldns),
+        "The pods' socket-hook path (e) relative to the TC path (a)",
     );
-    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- |");
-    for &wl in &args.workloads {
-        let (a, b) = (find(results, Config::Nldns, wl), find(results, base, wl));
-        let q = |x: Option<&WorkloadResult>, p: f64| x.and_then(|x| x.latency.quantile(p));
-        let _ = writeln!(
-            w,
-            "| {wl} | {} | {} | {} | {} | {} |",
-            fmt_ratio(ratio(
-                a.map(|x| x.search.max_qps),
-                b.map(|x| x.search.max_qps)
-            )),
-            fmt_ratio(ratio(q(a, 0.5), q(b, 0.5))),
-            fmt_ratio(ratio(q(a, 0.99), q(b, 0.99))),
-            fmt_ratio(ratio(q(a, 0.999), q(b, 0.999))),
-            fmt_ratio(ratio(
-                a.and_then(|x| x.cache_cpu_ms_per_1k),
-                b.and_then(|x| x.cache_cpu_ms_per_1k)
-            )),
-        );
-    }
 
     let _ = writeln!(
         w,
@@ -689,4 +675,47 @@ pub fn plot(root: &Path, out: &Path, md: &Path) -> Result<()> {
     std::fs::write(&script, include_str!("plot.py")).context("writing the plot script")?;
     let json = md.with_extension("json");
     cmd::run(Command::new(&python).arg(&script).arg(&json).arg(out))
+}
+
+/// A section of ratios `pair.0 / pair.1` per workload (QPS, latency quantiles, CPU per
+/// query), skipped when either configuration was not run.
+fn headline_ratios(
+    w: &mut String,
+    results: &[ConfigResult],
+    args: &BenchArgs,
+    pair: (Config, Config),
+    title: &str,
+) {
+    let (a_config, b_config) = pair;
+    if !results.iter().any(|r| r.config == a_config)
+        || !results.iter().any(|r| r.config == b_config)
+    {
+        return;
+    }
+    let (la, lb) = (a_config.letter(), b_config.letter());
+    let _ = writeln!(w, "## {title}\n");
+    let _ = writeln!(
+        w,
+        "| workload | QPS ({la})/({lb}) | p50 ({la})/({lb}) | p99 ({la})/({lb}) | p99.9 ({la})/({lb}) | cache CPU per query ({la})/({lb}) |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- |");
+    for &wl in &args.workloads {
+        let (a, b) = (find(results, a_config, wl), find(results, b_config, wl));
+        let q = |x: Option<&WorkloadResult>, p: f64| x.and_then(|x| x.latency.quantile(p));
+        let _ = writeln!(
+            w,
+            "| {wl} | {} | {} | {} | {} | {} |",
+            fmt_ratio(ratio(
+                a.map(|x| x.search.max_qps),
+                b.map(|x| x.search.max_qps)
+            )),
+            fmt_ratio(ratio(q(a, 0.5), q(b, 0.5))),
+            fmt_ratio(ratio(q(a, 0.99), q(b, 0.99))),
+            fmt_ratio(ratio(q(a, 0.999), q(b, 0.999))),
+            fmt_ratio(ratio(
+                a.and_then(|x| x.cache_cpu_ms_per_1k),
+                b.and_then(|x| x.cache_cpu_ms_per_1k)
+            )),
+        );
+    }
 }
