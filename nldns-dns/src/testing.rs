@@ -274,7 +274,17 @@ async fn send_spoofed(socket: &UdpSocket, reply: &Message, peer: SocketAddr) {
     // Everything right but the letter case: what 0x20 rejects (the name flipped
     // wholesale, so it differs from any random mix with at least one letter).
     let mut wrong_case = bad.clone();
-    let flipped: String = name_ascii(reply)
+    wrong_case.queries[0].set_name(flip_case(reply.queries[0].name()));
+    let _ = socket.send_to(&wrong_case.to_vec().unwrap(), peer).await;
+    // Give the spoofed datagrams a head start over the real one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// `name` with every ASCII letter in the other case: differs from any casing of it
+/// that has a letter, in every letter.
+pub fn flip_case(name: &Name) -> Name {
+    let text: String = name
+        .to_ascii()
         .chars()
         .map(|c| {
             if c.is_ascii_lowercase() {
@@ -284,14 +294,7 @@ async fn send_spoofed(socket: &UdpSocket, reply: &Message, peer: SocketAddr) {
             }
         })
         .collect();
-    wrong_case.queries[0].set_name(Name::from_ascii(&flipped).unwrap());
-    let _ = socket.send_to(&wrong_case.to_vec().unwrap(), peer).await;
-    // Give the spoofed datagrams a head start over the real one.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-fn name_ascii(reply: &Message) -> String {
-    reply.queries[0].name().to_ascii()
+    Name::from_ascii(&text).unwrap_or_else(|_| name.clone())
 }
 
 async fn serve_tcp(

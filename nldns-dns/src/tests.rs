@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::testing::{Mode, TestUpstream};
+use super::testing::{flip_case, Mode, TestUpstream};
 use super::{server, DnsConfig, DnsService, Handling, Protocol, HEARTBEAT_NAME};
 use crate::metrics::Metrics;
 
@@ -1431,27 +1431,9 @@ async fn forged_replies_to_the_exchange_ports_are_never_cached() {
             ));
             r.to_vec().unwrap()
         };
-        // The question as asked but every letter in the other case: differs from the
-        // asked mix in every letter.
-        let flipped_case = |q: &Message| {
-            let mut q = q.clone();
-            let text: String = q.queries[0]
-                .name()
-                .to_ascii()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_lowercase() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        c.to_ascii_lowercase()
-                    }
-                })
-                .collect();
-            q.queries[0].set_name(Name::from_ascii(&text).unwrap());
-            q
-        };
         let wrong_case_from_upstream = |q: &Message| {
-            let asked = flipped_case(q);
+            let mut asked = q.clone();
+            asked.queries[0].set_name(flip_case(q.queries[0].name()));
             let mut r = Message::response(q.metadata.id, q.metadata.op_code);
             r.metadata.recursion_desired = true;
             r.metadata.recursion_available = true;

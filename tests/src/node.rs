@@ -859,9 +859,16 @@ impl SimNode {
 
     /// `<binary> status --json` inside the node namespace, parsed: the attachments and every
     /// loaded datapath instance (one per agent process) with its counters.
+    /// `<binary> status --json` in the node, with `--cgroup <run cgroup>` when the node
+    /// has one (the agent's `--cgroup`, so its socket hooks are listed).
     pub fn agent_status(&self, binary: &Path) -> Result<serde_json::Value> {
         let program = binary.to_str().context("non-UTF-8 agent path")?;
-        let out = self.exec_in_node(program, &["status", "--json"], Duration::from_secs(10))?;
+        let mut args = vec!["status".to_string(), "--json".to_string()];
+        if let Some(cgroup) = &self.cgroup {
+            args.extend(["--cgroup".to_string(), cgroup.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.exec_in_node(program, &args, Duration::from_secs(20))?;
         anyhow::ensure!(
             out.status.success(),
             "nldns status --json: {}",

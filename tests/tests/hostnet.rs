@@ -269,21 +269,7 @@ fn host_network_queries_in_the_cgroup_are_answered_by_the_cache() {
 }
 
 fn nldns_status(node: &SimNode) -> serde_json::Value {
-    let bin = bin();
-    let cgroup = node.cgroup_path().unwrap().display().to_string();
-    let out = node
-        .exec_in_node(
-            bin.to_str().unwrap(),
-            &["status", "--json", "--cgroup", &cgroup],
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    node.agent_status(&bin()).unwrap()
 }
 
 /// The child half of the test above, run inside the run's cgroup in the node namespace:

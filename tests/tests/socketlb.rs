@@ -99,20 +99,7 @@ fn datapath_counter(node: &SimNode, name: &str) -> u64 {
 }
 
 fn status(node: &SimNode) -> serde_json::Value {
-    let cgroup = node.cgroup_path().unwrap().display().to_string();
-    let out = node
-        .exec_in_node(
-            bin().to_str().unwrap(),
-            &["status", "--json", "--cgroup", &cgroup],
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    node.agent_status(&bin()).unwrap()
 }
 
 /// Without nldns the stand-in's path works (a pod's query reaches the stand-in's backend
