@@ -673,15 +673,27 @@ impl SimNode {
         Ok(path)
     }
 
+    /// The sum of a series' samples (all label sets) in the running agent's /metrics;
+    /// None if the scrape failed or the series is absent.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.http_get(self.metrics_addr(), "/metrics").ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// `nldns_datapath_<name>_total` from the running agent's /metrics.
     pub fn datapath_counter(&self, name: &str) -> Result<u64> {
-        let (code, text) = self.http_get(self.metrics_addr(), "/metrics")?;
-        anyhow::ensure!(code == 200, "/metrics answered {code}");
-        let prefix = format!("nldns_datapath_{name}_total ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no {prefix} in {text}"))
+        let series = format!("nldns_datapath_{name}_total");
+        self.metric(&series)
+            .map(|v| v as u64)
+            .with_context(|| format!("no {series} in the agent's /metrics"))
     }
 
     /// Runs a command in the node namespace inside the run's cgroup (a host-network client

@@ -60,21 +60,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_PERIOD: Duration = Duration::from_secs(5);
 const PROBE_FAILURE_THRESHOLD: usize = 3;
 
-/// The sum of a series' samples (all label sets) in the agent's /metrics; None if the
-/// scrape failed or the series is absent.
-fn metric(node: &SimNode, name: &str) -> Option<f64> {
-    let (_, text) = node.http_get(node.metrics_addr(), "/metrics").ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// Samples the agent's RSS every 250 ms while `run` runs; returns the largest sample and
 /// prints one every 30 s, so a report shows what grew when.
 fn sampling_rss<T>(agent: &AgentProcess, run: impl FnOnce() -> T) -> (T, u64) {
@@ -204,10 +189,10 @@ fn memory_limited_agent_survives_a_flood_of_unique_names_against_a_slow_upstream
         mib(rss_sampled),
         mib(hwm),
         cgroup_peak.map_or("n/a".into(), |p| format!("{:.1} MiB", mib(p))),
-        metric(&node, "nldns_cache_entries"),
-        metric(&node, "nldns_cache_bytes"),
-        metric(&node, "nldns_source_quota_rejects_total"),
-        metric(&node, "nldns_upstream_overload_total"),
+        node.metric("nldns_cache_entries"),
+        node.metric("nldns_cache_bytes"),
+        node.metric("nldns_source_quota_rejects_total"),
+        node.metric("nldns_upstream_overload_total"),
     );
 
     assert!(alive, "the agent died: {}", agent.stderr());
@@ -311,7 +296,7 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
     ];
     let shed_before: Vec<f64> = shed_names
         .iter()
-        .map(|n| metric(&node, n).unwrap_or(0.0))
+        .map(|n| node.metric(n).unwrap_or(0.0))
         .collect();
 
     let victim = ResolverLoad::start(&node, &[VICTIM], victim_load(CPU_FLOOD_FOR)).unwrap();
@@ -323,8 +308,8 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
             // The miss path's gauges, scraped like Prometheus does (a scrape may time out
             // while the agent is starved; those are skipped).
             while !stop.load(Ordering::Relaxed) {
-                let in_flight = metric(&node, "nldns_upstream_in_flight");
-                let waiting = metric(&node, "nldns_waiting_queries");
+                let in_flight = node.metric("nldns_upstream_in_flight");
+                let waiting = node.metric("nldns_waiting_queries");
                 let mut g = gauges.lock().unwrap();
                 if let (Some(i), Some(w)) = (in_flight, waiting) {
                     g.0 = g.0.max(i);
@@ -346,7 +331,7 @@ fn cpu_starved_agent_sheds_and_keeps_passing_its_liveness_probe() {
     let shed: Vec<f64> = shed_names
         .iter()
         .zip(&shed_before)
-        .map(|(n, before)| metric(&node, n).unwrap_or(0.0) - before)
+        .map(|(n, before)| node.metric(n).unwrap_or(0.0) - before)
         .collect();
     let (max_in_flight, max_waiting, scrapes) = *gauges.lock().unwrap();
     // `nldns status` shows the same sheds, read from the agent.

@@ -57,20 +57,6 @@ pub struct MemoryResult {
     pub cache_bytes: Option<f64>,
 }
 
-/// A series' summed samples in the agent's /metrics.
-fn metric(node: &SimNode, name: &str) -> Option<f64> {
-    let (_, text) = node.http_get(node.metrics_addr(), "/metrics").ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 fn warm(node: &SimNode, pod: usize) -> Result<()> {
     for (name, rtype) in zones::steady_names() {
         for server in SERVICE_IPS {
@@ -116,13 +102,17 @@ pub fn noisy_neighbour(bin: &Path, args: &BenchArgs) -> Result<NoisyResult> {
     std::thread::sleep(phase);
     let idle = idle.stop();
     node.set_backend_behaviour(Behaviour::Drop)?;
-    let rejects_before = metric(&node, "nldns_source_quota_rejects_total").unwrap_or(0.0);
+    let rejects_before = node
+        .metric("nldns_source_quota_rejects_total")
+        .unwrap_or(0.0);
     eprintln!("bench:   noisy neighbour: flood {phase:?}");
     let flood = cached_load(&node, VICTIM, phase + Duration::from_secs(5))?;
     let flood_totals = flood_unique_names(&node, &[FLOODER], &SERVICE_IPS, phase)?;
     let flood = flood.stop();
-    let quota_rejects =
-        metric(&node, "nldns_source_quota_rejects_total").unwrap_or(0.0) - rejects_before;
+    let quota_rejects = node
+        .metric("nldns_source_quota_rejects_total")
+        .unwrap_or(0.0)
+        - rejects_before;
     node.set_backend_behaviour(Behaviour::Normal)?;
     stop(agent)?;
     node.teardown()?;
@@ -201,8 +191,8 @@ pub fn memory_pressure(bin: &Path, args: &BenchArgs) -> Result<MemoryResult> {
         timeline,
         flood_totals,
         victim,
-        cache_entries: metric(&node, "nldns_cache_entries"),
-        cache_bytes: metric(&node, "nldns_cache_bytes"),
+        cache_entries: node.metric("nldns_cache_entries"),
+        cache_bytes: node.metric("nldns_cache_bytes"),
     };
     node.set_backend_behaviour(Behaviour::Normal)?;
     if result.alive {
