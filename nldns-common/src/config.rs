@@ -116,6 +116,10 @@ pub struct DatapathConfig {
     /// exists only in the agent's: they rewrite only sockets of this namespace. 0 (unknown,
     /// kernels before 5.14) turns the socket hooks off.
     pub netns_cookie: u64,
+    /// Kernel answers: `KERNEL_ANSWERS_OFF`, `_PEER` or `_EGRESS` (see `answers`). Read
+    /// only by the answering ingress program.
+    pub kernel_answers: u8,
+    pub _pad: [u8; 7],
 }
 
 #[cfg(test)]
@@ -127,7 +131,7 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ServiceAddr>(), 16);
         assert_eq!(size_of::<ServiceSlot>(), 4);
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 2 + 1 + 1 + 16 + 8 + 8);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 2 + 1 + 1 + 16 + 8 + 8 + 8);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! no versioning is needed beyond keeping the two in step.
 #![no_std]
 
+pub mod answers;
 pub mod config;
 pub mod stats;
 
@@ -21,12 +22,18 @@ pub mod map_names {
     pub const REVERSE: &str = "NLDNS_REVERSE";
     pub const HEARTBEAT: &str = "NLDNS_HEARTBEAT";
     pub const COUNTERS: &str = "NLDNS_COUNTERS";
+    pub const ANSWERS: &str = "NLDNS_ANSWERS";
+    pub const ANSWER_HITS: &str = "NLDNS_ANS_HITS";
 }
 
 /// Names of the programs, as the kernel and bpftool show them.
 pub mod program_names {
     pub const INGRESS: &str = "nldns_ingress";
     pub const EGRESS: &str = "nldns_egress";
+    /// The ingress program with the kernel responder (`--kernel-answers`): answers cache
+    /// hits from `NLDNS_ANSWERS` itself, and otherwise does exactly what `INGRESS` does.
+    /// Attached in its place.
+    pub const ANSWERING_INGRESS: &str = "nldns_answer";
     /// cgroup sock_addr programs (host-network interception), at most 15 bytes each.
     pub const CONNECT4: &str = "nldns_connect4";
     pub const CONNECT6: &str = "nldns_connect6";
@@ -59,4 +66,7 @@ mod pod {
     unsafe impl aya::Pod for crate::DatapathConfig {}
     unsafe impl aya::Pod for crate::ServiceAddr {}
     unsafe impl aya::Pod for crate::ServiceSlot {}
+    unsafe impl aya::Pod for crate::answers::AnswerKey {}
+    unsafe impl aya::Pod for crate::answers::KernelAnswer {}
+    unsafe impl aya::Pod for crate::answers::AnswerHits {}
 }

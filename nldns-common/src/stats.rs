@@ -44,10 +44,26 @@ pub enum Counter {
     /// agent's heartbeat is stale (fail-open): the dataplane's own programs see the
     /// ClusterIP as if nldns were not installed.
     PodSockFailOpenPasses = 14,
+    /// Queries the answering ingress program answered itself from `NLDNS_ANSWERS` and
+    /// sent straight back to the pod.
+    KernelAnswers = 15,
+    /// Queries it passed on to the agent: no entry for the question (a miss, or an answer
+    /// the agent keeps to itself).
+    KernelPassNoEntry = 16,
+    /// ... passed because the query is not one the kernel answers exactly (EDNS options,
+    /// opcode, counts, class, compression, name too long, VLAN tag, TCP ...).
+    KernelPassQuery = 17,
+    /// ... passed because the entry is about to expire or due for a prefetch decision.
+    KernelPassExpiring = 18,
+    /// ... passed because the answer is larger than the client may receive over UDP.
+    KernelPassTooLarge = 19,
+    /// Answers that failed halfway (a helper refused after the packet was changed): the
+    /// query is dropped and the client retries. Should stay 0.
+    KernelAnswerErrors = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::QueriesRedirected,
@@ -65,6 +81,12 @@ impl Counter {
         Counter::PodSockRedirected,
         Counter::PodSockRestored,
         Counter::PodSockFailOpenPasses,
+        Counter::KernelAnswers,
+        Counter::KernelPassNoEntry,
+        Counter::KernelPassQuery,
+        Counter::KernelPassExpiring,
+        Counter::KernelPassTooLarge,
+        Counter::KernelAnswerErrors,
     ];
 
     /// Stable snake_case name, used by `nldns status` and the Prometheus metrics.
@@ -85,6 +107,12 @@ impl Counter {
             Counter::PodSockRedirected => "pod_sock_redirected",
             Counter::PodSockRestored => "pod_sock_restored",
             Counter::PodSockFailOpenPasses => "pod_sock_fail_open_passes",
+            Counter::KernelAnswers => "kernel_answers",
+            Counter::KernelPassNoEntry => "kernel_pass_no_entry",
+            Counter::KernelPassQuery => "kernel_pass_query",
+            Counter::KernelPassExpiring => "kernel_pass_expiring",
+            Counter::KernelPassTooLarge => "kernel_pass_too_large",
+            Counter::KernelAnswerErrors => "kernel_answer_errors",
         }
     }
 }

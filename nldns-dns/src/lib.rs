@@ -50,6 +50,7 @@ pub mod config;
 mod fuzz;
 mod handle;
 mod inflight;
+pub mod kernel_answers;
 pub mod memory;
 pub mod metrics;
 mod miss;

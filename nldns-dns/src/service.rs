@@ -12,6 +12,8 @@ use hickory_proto::rr::{DNSClass, Name, RecordType};
 use crate::cache::Cache;
 use crate::config::DnsConfig;
 use crate::inflight::Misses;
+use crate::kernel_answers::AnswerTable;
+use crate::metrics::shard::type_index;
 use crate::metrics::{CacheTypeLabels, Metrics, QueryLabels, StatsWriter};
 use crate::router::Router;
 use crate::upstream::{ExchangeOptions, Exchanger, UpstreamQuery};
@@ -88,6 +90,8 @@ pub struct DnsService {
     pub(crate) misses: Misses,
     pub(crate) exchanger: Exchanger,
     pub(crate) metrics: Arc<Metrics>,
+    /// Where the kernel's answers are counted (see [`Self::set_answer_table`]).
+    kernel_stats: Mutex<Option<StatsWriter>>,
 }
 
 impl DnsService {
@@ -102,6 +106,7 @@ impl DnsService {
             },
             exchanger: Exchanger::new(metrics.clone()),
             metrics,
+            kernel_stats: Mutex::new(None),
         }))
     }
 
@@ -116,10 +121,60 @@ impl DnsService {
             }
         };
         self.exchanger.health.retain(&router.all_upstreams());
-        self.lock_cache().set_policy(config.cache_policy());
+        {
+            let mut cache = self.lock_cache();
+            cache.set_policy(config.cache_policy());
+            // Routing or lifetimes may differ now: the kernel answers again only what the
+            // cache serves (and republishes) under the new configuration.
+            cache.withdraw_kernel_answers();
+        }
         self.update_cache_gauges();
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Settings { config, router });
+    }
+
+    /// Lets a datapath answer cache hits itself from `table` (see `kernel_answers`), its
+    /// answers counted as `server`'s; `None` stops it. Call [`Self::sync_kernel_answers`]
+    /// every second from then on.
+    pub fn set_answer_table(&self, table: Option<Arc<dyn AnswerTable>>, server: &str) {
+        let on = table.is_some();
+        self.lock_cache().set_answer_table(table);
+        *self.kernel_stats.lock().unwrap_or_else(|e| e.into_inner()) =
+            on.then(|| self.metrics.shared_stats(server));
+    }
+
+    /// Reads back what the kernel answered since the last call into the cache (hit
+    /// counts for prefetch, LRU recency) and the metrics; withdraws entries the kernel
+    /// stopped answering.
+    pub fn sync_kernel_answers(&self) {
+        let answered = self.lock_cache().sync_kernel_hits(Instant::now());
+        let stats = self.kernel_stats.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stats) = stats.as_ref() else {
+            return;
+        };
+        for hits in answered {
+            let total = hits.v4 + hits.v6;
+            self.metrics.kernel_cache_hits.inc_by(total);
+            self.metrics
+                .count_requests(hits.qtype, hits.rcode, Protocol::Udp.label(), total);
+            for (family, n) in [(0, hits.v4), (1, hits.v6)] {
+                if n == 0 {
+                    continue;
+                }
+                let labels = QueryLabels {
+                    zone: hits.zone,
+                    proto: Protocol::Udp as u8,
+                    family,
+                    qtype: type_index(hits.qtype),
+                };
+                stats.kernel_answers(labels, n, hits.rcode, hits.denial);
+            }
+        }
+    }
+
+    /// Entries the kernel may answer from now.
+    pub fn kernel_answer_entries(&self) -> usize {
+        self.lock_cache().kernel_entries()
     }
 
     /// True when some cluster upstream (or, without any, some default upstream) has

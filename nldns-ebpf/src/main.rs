@@ -14,13 +14,21 @@
 //! for the pods' cgroup, where a socket-level load balancer would otherwise translate the
 //! ClusterIP first (see sock.rs); they always allow the call (return 1).
 //!
-//! Every doubt ends with the packet untouched: the programs never drop. They return
+//! `nldns_answer` is `nldns_ingress` plus the kernel responder: a cache hit the agent
+//! published in `NLDNS_ANSWERS` is answered in place and redirected back to the pod.
+//!
+//! Every doubt ends with the packet untouched: the programs never drop (the one
+//! exception: an answer a helper refused halfway, counted as `kernel_answer_errors`). They return
 //! `TC_ACT_UNSPEC` (TCX_NEXT), never `TC_ACT_OK`: with TCX, OK would end the chain and
 //! skip the CNI's own programs attached after ours; with netlink filters UNSPEC likewise
 //! lets the next filter run.
 #![no_std]
 #![no_main]
+// The kernel responder's per-entry hit counter needs an atomic add (answer.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod answer;
 mod guard;
 mod maps;
 mod nat;
@@ -28,10 +36,12 @@ mod parse;
 mod sock;
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
+use answer::Answer;
+use nat::Answerable;
 use nldns_common::Counter;
 use sock::Scope;
 
@@ -39,6 +49,45 @@ use sock::Scope;
 pub fn nldns_ingress(ctx: TcContext) -> i32 {
     let outcome = nat::redirect_query(&ctx);
     maps::count(outcome);
+    TC_ACT_UNSPEC
+}
+
+/// `nldns_ingress` with the kernel responder (answer.rs), attached in its place when
+/// kernel answers are on. A separate program so an agent on a kernel whose verifier
+/// refuses the responder still loads the plain one. Sorting, answering and redirecting
+/// are three calls, not one inlined body: each chain must fit the 512-byte stack.
+#[classifier]
+pub fn nldns_answer(ctx: TcContext) -> i32 {
+    match nat::answerable(&ctx) {
+        Answerable::No(counter) => {
+            maps::count(counter);
+            TC_ACT_UNSPEC
+        }
+        Answerable::Yes { redirect } => match answer::respond(&ctx) {
+            Answer::Sent(action) => {
+                maps::count(Counter::KernelAnswers);
+                action
+            }
+            Answer::Failed => {
+                maps::count(Counter::KernelAnswerErrors);
+                TC_ACT_SHOT as i32
+            }
+            Answer::Pass(reason) => {
+                maps::count(reason);
+                if redirect {
+                    redirect_query(&ctx)
+                } else {
+                    TC_ACT_UNSPEC
+                }
+            }
+        },
+        Answerable::Redirect => redirect_query(&ctx),
+    }
+}
+
+#[inline(never)]
+fn redirect_query(ctx: &TcContext) -> i32 {
+    maps::count(nat::redirect_query(ctx));
     TC_ACT_UNSPEC
 }
 

@@ -4,7 +4,13 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, PerCpuArray},
     macros::btf_map,
 };
-use nldns_common::{Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES};
+use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
+use nldns_common::{
+    answers::{AnswerHits, AnswerKey, KernelAnswer, ANSWER_ENTRIES_MAX},
+    Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
+};
+
+use crate::answer::Scratch;
 
 /// Single entry: the intercept endpoint and guard settings.
 #[btf_map]
@@ -26,6 +32,28 @@ pub static NLDNS_HEARTBEAT: Array<u64, 1> = Array::new();
 /// Outcome counters, indexed by `Counter`.
 #[btf_map]
 pub static NLDNS_COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Cache entries the agent lets the kernel answer from (see `answer.rs`). Not
+/// preallocated: its memory follows the entries it holds (344 + 136 bytes each, plus the
+/// hash table's own).
+#[btf_map]
+pub static NLDNS_ANSWERS: HashMap<
+    AnswerKey,
+    KernelAnswer,
+    { ANSWER_ENTRIES_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// What the kernel answered, per entry (`KernelAnswer::hits_slot`). mmap-able: the agent
+/// reads it every second without a syscall per entry.
+#[btf_map]
+pub static NLDNS_ANS_HITS: Array<AnswerHits, { ANSWER_ENTRIES_MAX as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+/// Per-CPU room for the query being answered and the key built from it: more than the
+/// 512-byte stack holds beside the rest.
+#[btf_map]
+pub static NLDNS_ANS_TMP: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {

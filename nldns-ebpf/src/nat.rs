@@ -13,9 +13,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use nldns_common::{Counter, DatapathConfig, ServiceAddr, MAX_SERVICES};
+use nldns_common::{
+    answers::KERNEL_ANSWERS_OFF, Counter, DatapathConfig, ServiceAddr, MAX_SERVICES,
+    POD_SOCKET_PORTS,
+};
 
 use crate::{
+    answer,
     guard::{self, Destination, SocketKind},
     maps::{self, NLDNS_REVERSE, NLDNS_SERVICES},
     parse::{self, Family, Transport, IPPROTO_UDP},
@@ -41,14 +45,9 @@ pub fn redirect_query(ctx: &TcContext) -> Counter {
         return Counter::Passed;
     }
     let service = pkt.dst;
-    // SAFETY: the value is copied out at once; a concurrent update by the agent can at
-    // worst make us use the old or the new slot, both valid.
-    let Some(slot) = (unsafe { NLDNS_SERVICES.get(service) }).map(|s| s.slot) else {
+    let Some(slot) = service_slot(&service) else {
         return Counter::Passed;
     };
-    if slot >= MAX_SERVICES {
-        return Counter::Passed;
-    }
     if !guard::agent_is_alive(config) {
         return Counter::FailOpenPasses;
     }
@@ -75,6 +74,73 @@ pub fn redirect_query(ctx: &TcContext) -> Counter {
         debug!(ctx, "redirected query for slot {} to port {}", slot, port);
     }
     Counter::QueriesRedirected
+}
+
+/// The slot of an intercepted Service IP.
+#[inline(always)]
+fn service_slot(service: &ServiceAddr) -> Option<u32> {
+    // SAFETY: the value is copied out at once; a concurrent update by the agent can at
+    // worst make us use the old or the new slot, both valid.
+    let slot = unsafe { NLDNS_SERVICES.get(service) }.map(|s| s.slot)?;
+    (slot < MAX_SERVICES).then_some(slot)
+}
+
+/// What the answering ingress program does with a packet.
+pub enum Answerable {
+    /// Not an intercepted query: count this and let it go.
+    No(Counter),
+    /// A UDP query the kernel may answer (its transport is in the responder's scratch,
+    /// see `answer::stash`). If the responder passes, `redirect` says whether it still
+    /// needs the redirect (a query to a Service IP) or goes on as it is (a pod socket's
+    /// query, already addressed to the intercept endpoint).
+    Yes { redirect: bool },
+    /// An intercepted query the kernel does not answer (TCP, kernel answers off, the
+    /// guard says no): the ordinary redirect decides, and counts, the rest.
+    Redirect,
+}
+
+/// Sorts a packet for `nldns_answer`: the same guard as a redirect (a live agent, its
+/// socket for the port) before anything is answered. Out of line, like the redirect and
+/// the responder, so each call chain fits the 512-byte stack.
+///
+/// Two forms of query are answered: `ServiceIP:53` (the TC path), and a pod socket's
+/// query its socket hook already sent to the intercept endpoint's pod-socket port (see
+/// `POD_SOCKET_PORTS`), answered from that endpoint (the pod's recvmsg hook shows the
+/// Service IP).
+#[inline(never)]
+pub fn answerable(ctx: &TcContext) -> Answerable {
+    let Some(config) = maps::config() else {
+        return Answerable::No(Counter::Passed);
+    };
+    let pkt = match parse::transport(ctx) {
+        Ok(pkt) => pkt,
+        Err(counter) => return Answerable::No(counter),
+    };
+    let endpoint = intercept_addr(config, pkt.family);
+    let (port, redirect) = if pkt.dst_port == DNS_PORT {
+        let Some(slot) = service_slot(&pkt.dst) else {
+            return Answerable::No(Counter::Passed);
+        };
+        (config.intercept_base_port.wrapping_add(slot as u16), true)
+    } else {
+        let first = config.intercept_base_port.wrapping_add(POD_SOCKET_PORTS);
+        if u32::from(pkt.dst_port.wrapping_sub(first)) >= MAX_SERVICES || pkt.dst != endpoint {
+            return Answerable::No(Counter::Passed);
+        }
+        (pkt.dst_port, false)
+    };
+    let answering = config.kernel_answers != KERNEL_ANSWERS_OFF
+        && pkt.proto == IPPROTO_UDP
+        && guard::agent_is_alive(config)
+        && agent_socket_takes(ctx, &pkt, &endpoint, port);
+    match (answering, redirect) {
+        (true, _) => {
+            answer::stash(&pkt);
+            Answerable::Yes { redirect }
+        }
+        (false, true) => Answerable::Redirect,
+        (false, false) => Answerable::No(Counter::Passed),
+    }
 }
 
 /// Egress, toward a pod: intercept endpoint -> `ServiceIP:53`.

@@ -166,7 +166,7 @@ mod tests {
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(metrics.contains("openmetrics-text"));
-        assert!(metrics.contains("nldns_cache_hits_total 1"));
+        assert!(metrics.contains("nldns_cache_hits_total{path=\"userspace\"} 1"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
 
         shutdown.cancel();

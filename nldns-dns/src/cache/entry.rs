@@ -198,7 +198,7 @@ impl CachedAnswer {
         u32::try_from(now.saturating_duration_since(self.stored_at()).as_secs()).unwrap_or(u32::MAX)
     }
 
-    pub(super) fn fresh_until(&self) -> Instant {
+    pub fn fresh_until(&self) -> Instant {
         self.stored_at() + Duration::from_secs(u64::from(self.ttl()))
     }
 

@@ -16,6 +16,7 @@
 //! Time is passed in (`now`) so the arithmetic is testable without sleeping.
 
 mod entry;
+mod kernel;
 mod lru;
 
 use std::hash::BuildHasher;
@@ -25,7 +26,15 @@ use std::time::{Duration, Instant};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 pub use entry::{AnswerKind, CachedAnswer};
+pub use kernel::KernelHits;
+use kernel::{KernelCopies, UNPUBLISHED};
 use lru::LruSlab;
+
+use crate::kernel_answers::{self, AnswerTable};
+
+/// `Slot::kernel` of an entry the kernel cannot render exactly (too large, too many
+/// records, a name longer than its key): never tried again.
+const NEVER_PUBLISHED: u16 = u16::MAX - 1;
 
 /// Bit in [`CacheKey::flags`]: the client set DO (RFC 3225), so DNSSEC records matter.
 pub const KEY_DO: u8 = 1;
@@ -100,7 +109,8 @@ struct Slot {
     /// `stored_at` (0: no failure noted): until then, stale is served without
     /// asking upstream. Seconds keep the slot at 40 bytes with its links.
     retry_after: u32,
-    hits: u32,
+    /// Hits while fresh, saturating: only compared with the (small) prefetch threshold.
+    hits: u16,
     qtype: u16,
     qclass: u16,
     flags: u8,
@@ -108,11 +118,22 @@ struct Slot {
     prefetch_started: bool,
     /// The metrics label index of the zone the answer was routed by.
     zone: u8,
+    /// Its hit slot in the kernel's answer table, or [`UNPUBLISHED`] / [`NEVER_PUBLISHED`].
+    kernel: u16,
 }
 
 impl Slot {
     fn name(&self) -> &[u8] {
         self.answer.key_name(usize::from(self.name_len))
+    }
+
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef {
+            name: self.name(),
+            qtype: self.qtype,
+            qclass: self.qclass,
+            flags: self.flags,
+        }
     }
 
     fn matches(&self, key: KeyRef) -> bool {
@@ -175,6 +196,8 @@ pub struct Cache {
     unreported_evictions: u64,
     unreported_denial_evictions: u64,
     denials: usize,
+    /// The kernel's copy, when a datapath answers hits itself (see `kernel_answers`).
+    kernel: Option<KernelCopies>,
 }
 
 /// CoreDNS's "denial" cache type: everything but a positive answer.
@@ -194,6 +217,149 @@ impl Cache {
             unreported_evictions: 0,
             unreported_denial_evictions: 0,
             denials: 0,
+            kernel: None,
+        }
+    }
+
+    /// Publishes entries to `table` from now on (`None`: stops). Entries already cached
+    /// are published on their next hit.
+    pub fn set_answer_table(&mut self, table: Option<Arc<dyn AnswerTable>>) {
+        self.withdraw_kernel_answers();
+        self.kernel = table.map(|t| {
+            t.clear();
+            KernelCopies::new(t)
+        });
+    }
+
+    /// Empties the kernel's table (a reload: routing or lifetimes may have changed);
+    /// entries are published again on their next hit, under the new policy.
+    pub fn withdraw_kernel_answers(&mut self) {
+        let Some(copies) = self.kernel.as_mut() else {
+            return;
+        };
+        for (_, at, _) in copies.published() {
+            if let Some(slot) = self.slots.get_mut(at) {
+                slot.kernel = UNPUBLISHED;
+            }
+        }
+        copies.reset();
+        copies.table.clear();
+    }
+
+    /// Reads back what the kernel answered since the last call: each entry's count goes
+    /// into its hits (prefetch) and its recency (LRU), and the counts are returned for the
+    /// metrics. Entries past the moment the kernel stops answering them are withdrawn.
+    /// Call it every second: that is how stale this knowledge gets.
+    pub fn sync_kernel_hits(&mut self, now: Instant) -> Vec<KernelHits> {
+        let Some(copies) = self.kernel.as_mut() else {
+            return Vec::new();
+        };
+        let mut answered = Vec::new();
+        let mut touched = Vec::new();
+        let mut ended = Vec::new();
+        let published: Vec<_> = copies.published().collect();
+        for (hit_slot, at, until) in published {
+            let (v4, v6) = copies.new_hits(hit_slot);
+            let Some(slot) = self.slots.get_mut(at) else {
+                continue;
+            };
+            if slot.kernel != hit_slot {
+                continue;
+            }
+            let n = v4.saturating_add(v6);
+            if n > 0 {
+                slot.hits = slot.hits.saturating_add(u16::try_from(n).unwrap_or(u16::MAX));
+                answered.push(KernelHits {
+                    zone: slot.zone,
+                    qtype: slot.qtype,
+                    rcode: crate::wire::rcode(slot.answer.wire()),
+                    denial: is_denial(&slot.answer),
+                    v4,
+                    v6,
+                });
+                touched.push(at);
+            }
+            if until.is_some_and(|u| now >= u) {
+                ended.push(at);
+            }
+        }
+        for at in touched {
+            self.slots.touch(at);
+        }
+        for at in ended {
+            self.unpublish(at);
+        }
+        answered
+    }
+
+    /// Entries in the kernel's table now.
+    pub fn kernel_entries(&self) -> usize {
+        self.kernel.as_ref().map_or(0, |k| k.published().count())
+    }
+
+    /// Offers the entry at `at` to the kernel's table, once per entry.
+    fn publish(&mut self, at: u32, now: Instant) {
+        let Some(copies) = self.kernel.as_mut() else {
+            return;
+        };
+        let Some(slot) = self.slots.get(at) else {
+            return;
+        };
+        if slot.kernel != UNPUBLISHED || slot.answer.kind() == AnswerKind::ServFail {
+            return;
+        }
+        let Some(until) = kernel_answers::pass_after(&slot.answer, self.policy.prefetch_percent)
+        else {
+            return;
+        };
+        if until <= now {
+            return;
+        }
+        let key = slot.key();
+        let mut outcome = NEVER_PUBLISHED;
+        if let Some(table_key) = kernel_answers::answer_key(key) {
+            match copies.take(at, until) {
+                None => outcome = UNPUBLISHED, // full: try again on a later hit
+                Some(hit_slot) => match kernel_answers::kernel_entry(
+                    key,
+                    &slot.answer,
+                    until,
+                    u32::from(hit_slot),
+                ) {
+                    None => copies.release(hit_slot),
+                    Some(entry) => match copies.table.publish(&table_key, &entry) {
+                        Ok(()) => outcome = hit_slot,
+                        Err(e) => {
+                            log::debug!("kernel answer not published: {e}");
+                            copies.release(hit_slot);
+                            outcome = UNPUBLISHED;
+                        }
+                    },
+                },
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(at) {
+            slot.kernel = outcome;
+        }
+    }
+
+    /// Takes the entry at `at` out of the kernel's table (it stays cached).
+    fn unpublish(&mut self, at: u32) {
+        let Some(slot) = self.slots.get_mut(at) else {
+            return;
+        };
+        let hit_slot = std::mem::replace(&mut slot.kernel, UNPUBLISHED);
+        if hit_slot < NEVER_PUBLISHED {
+            Self::withdraw(&mut self.kernel, slot, hit_slot);
+        }
+    }
+
+    fn withdraw(kernel: &mut Option<KernelCopies>, slot: &Slot, hit_slot: u16) {
+        if let Some(copies) = kernel.as_mut() {
+            if let Some(key) = kernel_answers::answer_key(slot.key()) {
+                copies.table.withdraw(&key);
+            }
+            copies.release(hit_slot);
         }
     }
 
@@ -243,16 +409,20 @@ impl Cache {
             let prefetch = policy.prefetch_percent > 0
                 && slot.answer.kind() != AnswerKind::ServFail
                 && !slot.prefetch_started
-                && slot.hits >= policy.prefetch_min_hits
+                && u32::from(slot.hits) >= policy.prefetch_min_hits
                 && left < window;
             if prefetch {
                 slot.prefetch_started = true;
             }
-            return Lookup::Fresh {
+            let lookup = Lookup::Fresh {
                 answer: slot.answer.clone(),
                 prefetch,
                 zone: slot.zone,
             };
+            if slot.kernel == UNPUBLISHED && self.kernel.is_some() {
+                self.publish(at, now);
+            }
+            return lookup;
         }
         let stale_ok = slot.answer.kind() != AnswerKind::ServFail
             && now < fresh_until + policy.stale_max
@@ -299,6 +469,7 @@ impl Cache {
             name_len: key.name.len() as u8,
             prefetch_started: false,
             zone,
+            kernel: UNPUBLISHED,
         };
         let charged = charge(&slot.answer);
         let denial = is_denial(&slot.answer);
@@ -315,6 +486,12 @@ impl Cache {
             let s = slots.get(i).expect("indexed slots are occupied");
             hash_parts(hasher, s.name(), s.qtype, s.qclass, s.flags)
         });
+        if self.kernel.is_some() {
+            let stored_at = self.slots.get(at).map(|s| s.answer.stored_at());
+            if let Some(now) = stored_at {
+                self.publish(at, now);
+            }
+        }
         self.evict_to_fit();
     }
 
@@ -388,6 +565,9 @@ impl Cache {
         }
         self.bytes -= charge(&slot.answer);
         self.denials -= usize::from(is_denial(&slot.answer));
+        if slot.kernel < NEVER_PUBLISHED {
+            Self::withdraw(&mut self.kernel, &slot, slot.kernel);
+        }
     }
 
     /// Removes up to [`DEAD_SWEEP`] entries from the least-recently-used end that can

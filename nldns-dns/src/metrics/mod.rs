@@ -37,6 +37,14 @@ pub struct RequestLabels {
     pub protocol: &'static str,
 }
 
+/// Labels of `nldns_cache_hits_total`: which path answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// `userspace` (the agent's cache) or `kernel` (the TC responder, see
+    /// `kernel_answers`).
+    pub path: &'static str,
+}
+
 /// Labels of the per-upstream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
@@ -143,7 +151,10 @@ pub struct Metrics {
     /// `requests`' counters by (protocol, qtype, rcode) index, each taken from the
     /// family on first use: the hot path then skips the family's lock and label hash.
     request_counters: Box<[OnceLock<Counter>]>,
+    /// Hits the agent answered (`nldns_cache_hits_total{path="userspace"}`).
     pub cache_hits: Counter,
+    /// Hits the kernel answered, counted when the agent reads them back (every second).
+    pub kernel_cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
@@ -194,12 +205,18 @@ impl Metrics {
             "DNS requests answered, by query type, response code and protocol",
             requests.clone(),
         );
-        let cache_hits = Counter::default();
+        let hits_by_path = Family::<PathLabels, Counter>::default();
         registry.register(
             "cache_hits",
-            "Queries answered from fresh cache entries",
-            cache_hits.clone(),
+            "Queries answered from fresh cache entries, by the path that answered (userspace, kernel)",
+            hits_by_path.clone(),
         );
+        let cache_hits = hits_by_path
+            .get_or_create(&PathLabels { path: "userspace" })
+            .clone();
+        let kernel_cache_hits = hits_by_path
+            .get_or_create(&PathLabels { path: "kernel" })
+            .clone();
         let cache_misses = Counter::default();
         registry.register(
             "cache_misses",
@@ -291,6 +308,7 @@ impl Metrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             cache_hits,
+            kernel_cache_hits,
             cache_misses,
             cache_entries,
             cache_bytes,
@@ -370,8 +388,13 @@ impl Metrics {
     /// Counts one answered request (on the hot path: no lock, no allocation once the
     /// label set was seen).
     pub fn count_request(&self, qtype: u16, rcode: u8, protocol: &'static str) {
+        self.count_requests(qtype, rcode, protocol, 1);
+    }
+
+    /// `n` requests of one kind at once (what the kernel answered, read back).
+    pub fn count_requests(&self, qtype: u16, rcode: u8, protocol: &'static str, n: u64) {
         let (p, q, r) = (
-            PROTOCOLS.iter().position(|&n| n == protocol),
+            PROTOCOLS.iter().position(|&name| name == protocol),
             qtype_index(qtype),
             rcode_index(rcode),
         );
@@ -382,7 +405,7 @@ impl Metrics {
                     rcode: RCODES[r],
                     protocol,
                 })
-                .inc();
+                .inc_by(n);
             return;
         };
         let slot = &self.request_counters[(p * QTYPES.len() + q) * RCODES.len() + r];
@@ -395,7 +418,7 @@ impl Metrics {
             // A clone shares the family's value.
             self.requests.get_or_create(&labels).clone()
         })
-        .inc();
+        .inc_by(n);
     }
 }
 
@@ -479,7 +502,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("nldns_cache_hits_total 1"), "{text}");
+        assert!(text.contains("nldns_cache_hits_total{path=\"userspace\"} 1"), "{text}");
         assert!(text.contains("nldns_datapath_redirected_total 7"), "{text}");
         assert!(
             text.contains("nldns_upstream_latency_seconds_bucket"),

@@ -1,0 +1,562 @@
+//! The kernel responder: answers a cache hit from `NLDNS_ANSWERS` in the TC ingress
+//! program and sends the reply straight back to the pod, byte for byte what the agent
+//! would have sent (see `nldns_common::answers` for the rules it mirrors).
+//!
+//! Everything is checked before the packet is touched: a query the program cannot answer
+//! exactly returns [`Answer::Pass`] with the reason, and the caller goes on with the
+//! ordinary redirect to the agent. The reply is built in place: the client's header,
+//! question and (optional) OPT are where they were, so the question keeps the client's
+//! spelling for free; the header is rewritten, the stored body copied after the
+//! question, its TTLs counted down, our OPT appended, addresses, ports and MACs swapped.
+//!
+//! Checksums are fixed by differences through `bpf_l4_csum_replace`, never recomputed
+//! from scratch: the payload's difference is applied without BPF_F_PSEUDO_HDR and the
+//! length's with it, which is exactly what a CHECKSUM_PARTIAL skb (veth offload, the
+//! field holding only the pseudo-header sum) needs, as well as a full checksum. Address
+//! and port swaps leave every sum unchanged.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
+    programs::TcContext,
+    EbpfContext,
+};
+use nldns_common::{
+    answers::{
+        fold16, AnswerKey, KernelAnswer, ANSWER_BODY_MAX, ANSWER_KEY_CD, ANSWER_KEY_DO, ANSWER_NAME_MAX,
+        ANSWER_TTLS_MAX, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER,
+    },
+    Counter,
+};
+
+use crate::{
+    maps::{self, NLDNS_ANSWERS, NLDNS_ANS_HITS, NLDNS_ANS_TMP},
+    parse::{self, Family, Transport},
+};
+
+const ETH_HLEN: usize = 14;
+const UDP_HLEN: usize = 8;
+const DNS_HEADER: usize = 12;
+/// Our OPT record: root name, type, class (payload size), TTL (flags), RDLENGTH.
+const OPT_LEN: usize = 11;
+/// The longest query answered: header, the longest key name, type, class, one OPT.
+const QUERY_MAX: usize = DNS_HEADER + ANSWER_NAME_MAX + 4 + OPT_LEN;
+/// Room for the query in the scratch (a multiple of 8 for the key after it).
+const QUERY_ROOM: usize = 160;
+
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+const FLAG_QR_OPCODE: u16 = 0xf800;
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+const FLAG_RD: u16 = 0x0100;
+const FLAG_AD: u16 = 0x0020;
+const FLAG_CD: u16 = 0x0010;
+/// The UDP payload size the agent advertises and never exceeds (`wire::OUR_EDNS_UDP_SIZE`).
+const OUR_EDNS_UDP_SIZE: u16 = 1232;
+/// Largest answer to a client without EDNS.
+const PLAIN_UDP_LIMIT: usize = 512;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Per-CPU working room (`NLDNS_ANS_TMP`).
+#[repr(C)]
+pub struct Scratch {
+    /// The packet `nat::answerable` found, handed over here (see [`stash`]).
+    pkt: Transport,
+    query: [u8; QUERY_ROOM],
+    key: AnswerKey,
+}
+
+/// Hands the sorted packet to [`respond`] without a stack copy in each frame.
+#[inline(always)]
+pub fn stash(pkt: &Transport) {
+    if let Some(scratch) = NLDNS_ANS_TMP.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; a TC program is not preempted on its CPU.
+        unsafe { (*scratch).pkt = *pkt };
+    }
+}
+
+/// What became of a query.
+pub enum Answer {
+    /// Answered: return this action (the redirect back to the pod).
+    Sent(i32),
+    /// Not answered, packet untouched: count the reason and go on as without kernel
+    /// answers.
+    Pass(Counter),
+    /// A helper failed after the packet was changed: drop it (the client retries).
+    Failed,
+}
+
+/// What the query said, once it is known to be answerable.
+struct Query {
+    id: [u8; 2],
+    flags: u16,
+    /// Offset in the payload just past the question.
+    question_end: usize,
+    payload_len: usize,
+    /// The client's OPT: (payload size, DO).
+    edns: Option<(u16, bool)>,
+    /// The OPT's bytes as sent (for the checksum difference).
+    opt_sum: u32,
+}
+
+/// Answers the query [`stash`]ed by `nat::answerable`, if the kernel can. Out of line
+/// (a BPF-to-BPF call): see `nldns_answer`.
+#[inline(never)]
+pub fn respond(ctx: &TcContext) -> Answer {
+    match try_respond(ctx) {
+        Ok(answer) => answer,
+        Err(counter) => Answer::Pass(counter),
+    }
+}
+
+#[inline(always)]
+fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
+    let config = maps::config().ok_or(Counter::KernelPassQuery)?;
+    let scratch = NLDNS_ANS_TMP.get_ptr_mut(0).ok_or(Counter::KernelPassQuery)?;
+    // SAFETY: this CPU's scratch entry; a TC program is not preempted on its CPU.
+    let scratch = unsafe { &mut *scratch };
+    let pkt = scratch.pkt;
+    let pkt = &pkt;
+    // A VLAN tag in the frame: the pod would have to get it back tagged; leave it to the
+    // agent.
+    if pkt.l3 != ETH_HLEN || pkt.proto != parse::IPPROTO_UDP {
+        return Err(Counter::KernelPassQuery);
+    }
+    let udp = parse::read_bytes::<UDP_HLEN>(ctx, pkt.l4).ok_or(Counter::KernelPassQuery)?;
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    // Trailing bytes after the datagram (padding): not a shape we rebuild exactly.
+    if pkt.l4 + udp_len != ctx.len() as usize || udp_len < UDP_HLEN {
+        return Err(Counter::KernelPassQuery);
+    }
+    let payload_len = udp_len - UDP_HLEN;
+    let query = read_query(ctx, pkt.l4 + UDP_HLEN, payload_len, scratch)?;
+    // SAFETY: the value is read, never written; the agent replaces whole entries with
+    // one update, and a concurrent delete keeps the element alive until we are done (RCU).
+    let entry = unsafe { NLDNS_ANSWERS.get(&scratch.key) }.ok_or(Counter::KernelPassNoEntry)?;
+    // SAFETY: helper with no arguments; CLOCK_MONOTONIC, the clock of the agent's Instant.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= entry.pass_after_ns {
+        return Err(Counter::KernelPassExpiring);
+    }
+    let elapsed = (now.saturating_sub(entry.stored_at_ns) / NS_PER_SEC) as u32;
+    let body_len = usize::from(entry.body_len);
+    if body_len > ANSWER_BODY_MAX || usize::from(entry.ttl_count) > ANSWER_TTLS_MAX {
+        return Err(Counter::KernelPassNoEntry);
+    }
+    let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let reply_len = query.question_end + body_len + opt_len;
+    let limit = match query.edns {
+        Some((size, _)) => usize::from(size.clamp(PLAIN_UDP_LIMIT as u16, OUR_EDNS_UDP_SIZE)),
+        None => PLAIN_UDP_LIMIT,
+    };
+    if reply_len > limit {
+        return Err(Counter::KernelPassTooLarge);
+    }
+    let eth = parse::read_bytes::<12>(ctx, 0).ok_or(Counter::KernelPassQuery)?;
+
+    // From here on the packet changes.
+    let reply = Reply {
+        pkt,
+        mode: config.kernel_answers,
+        query: &query,
+        entry,
+        elapsed,
+        reply_len,
+        eth,
+    };
+    Ok(build(ctx, &reply).unwrap_or(Answer::Failed))
+}
+
+/// Copies the query into the scratch, checks it is one the kernel answers exactly and
+/// builds its key there.
+#[inline(always)]
+fn read_query(
+    ctx: &TcContext,
+    payload_at: usize,
+    payload_len: usize,
+    scratch: &mut Scratch,
+) -> Result<Query, Counter> {
+    if payload_len < DNS_HEADER + 1 + 4 || payload_len > QUERY_MAX {
+        return Err(Counter::KernelPassQuery);
+    }
+    // SAFETY: the destination is this CPU's scratch, `payload_len` <= QUERY_MAX <
+    // QUERY_ROOM bytes long; the helper checks the packet side.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            payload_at as u32,
+            scratch.query.as_mut_ptr().cast(),
+            payload_len as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(Counter::KernelPassQuery);
+    }
+    let q = &scratch.query;
+    let flags = u16::from_be_bytes([q[2], q[3]]);
+    // A response, or an opcode other than QUERY.
+    if flags & FLAG_QR_OPCODE != 0 {
+        return Err(Counter::KernelPassQuery);
+    }
+    // QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 0 or 1 (the OPT, checked below).
+    if q[4] != 0 || q[5] != 1 || q[6] | q[7] | q[8] | q[9] | q[10] != 0 || q[11] > 1 {
+        return Err(Counter::KernelPassQuery);
+    }
+    let has_opt = q[11] == 1;
+    let name_len = lowercase_name(&scratch.query, payload_len, &mut scratch.key)?;
+    let q = &scratch.query;
+    let at = DNS_HEADER + name_len;
+    let (Some(&t0), Some(&t1), Some(&c0), Some(&c1)) =
+        (q.get(at), q.get(at + 1), q.get(at + 2), q.get(at + 3))
+    else {
+        return Err(Counter::KernelPassQuery);
+    };
+    let qtype = u16::from_be_bytes([t0, t1]);
+    let qclass = u16::from_be_bytes([c0, c1]);
+    // Class IN only; never ANY, AXFR, IXFR or OPT as a question.
+    if qclass != CLASS_IN || matches!(qtype, 41 | 251 | 252 | 255) {
+        return Err(Counter::KernelPassQuery);
+    }
+    let question_end = at + 4;
+    let mut edns = None;
+    let mut opt_sum = 0;
+    if has_opt {
+        // Exactly one OPT with no options: 0, type 41, size, ext-rcode, version 0,
+        // flags, RDLENGTH 0. Anything else (cookies, ECS, padding...) is the agent's.
+        if payload_len != question_end + OPT_LEN {
+            return Err(Counter::KernelPassQuery);
+        }
+        let mut opt = [0u8; OPT_LEN];
+        for (i, byte) in opt.iter_mut().enumerate() {
+            *byte = *q.get(question_end + i).ok_or(Counter::KernelPassQuery)?;
+        }
+        let rtype = u16::from_be_bytes([opt[1], opt[2]]);
+        if opt[0] != 0 || rtype != TYPE_OPT || opt[6] != 0 || opt[9] != 0 || opt[10] != 0 {
+            return Err(Counter::KernelPassQuery);
+        }
+        let size = u16::from_be_bytes([opt[3], opt[4]]);
+        let dnssec_ok = opt[7] & 0x80 != 0;
+        edns = Some((size, dnssec_ok));
+        opt_sum = sum_at(&opt, question_end);
+    } else if payload_len != question_end {
+        return Err(Counter::KernelPassQuery);
+    }
+    let key = &mut scratch.key;
+    key.qtype = qtype;
+    key.qclass = qclass;
+    key.flags = if edns.is_some_and(|(_, d)| d) { ANSWER_KEY_DO } else { 0 }
+        | if flags & FLAG_CD != 0 { ANSWER_KEY_CD } else { 0 };
+    key.name_len = name_len as u8;
+    key._pad = [0; 2];
+    Ok(Query {
+        id: [scratch.query[0], scratch.query[1]],
+        flags,
+        question_end,
+        payload_len,
+        edns,
+        opt_sum,
+    })
+}
+
+/// Writes the question name, lowercased and zero-padded, into `key.name`; returns its
+/// length (final zero included). Compression pointers, bad label types and names longer
+/// than the key pass.
+#[inline(always)]
+fn lowercase_name(
+    query: &[u8; QUERY_ROOM],
+    payload_len: usize,
+    key: &mut AnswerKey,
+) -> Result<usize, Counter> {
+    let mut name_len = 0usize;
+    let mut label_left = 0u8;
+    for i in 0..ANSWER_NAME_MAX {
+        if name_len != 0 {
+            key.name[i] = 0;
+            continue;
+        }
+        let at = DNS_HEADER + i;
+        if at >= payload_len {
+            return Err(Counter::KernelPassQuery);
+        }
+        let c = query[at];
+        if label_left == 0 {
+            if c == 0 {
+                name_len = i + 1;
+            } else if c > 63 {
+                return Err(Counter::KernelPassQuery);
+            }
+            label_left = c;
+            key.name[i] = c;
+        } else {
+            label_left -= 1;
+            key.name[i] = if c.wrapping_sub(b'A') < 26 { c | 0x20 } else { c };
+        }
+    }
+    if name_len == 0 {
+        return Err(Counter::KernelPassQuery);
+    }
+    Ok(name_len)
+}
+
+/// Everything [`build`] needs, behind one pointer (BPF calls take at most five
+/// register arguments).
+#[derive(Clone, Copy)]
+struct Reply<'a> {
+    pkt: &'a Transport,
+    /// `DatapathConfig::kernel_answers`.
+    mode: u8,
+    query: &'a Query,
+    entry: &'a KernelAnswer,
+    /// Whole seconds since the entry was stored.
+    elapsed: u32,
+    /// Payload bytes of the answer.
+    reply_len: usize,
+    /// The query's destination and source MACs.
+    eth: [u8; 12],
+}
+
+/// Turns the query into the answer and sends it back. `None`: a helper failed midway.
+#[inline(never)]
+fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
+    let Reply {
+        pkt,
+        mode,
+        query,
+        entry,
+        elapsed,
+        reply_len,
+        eth,
+    } = *reply;
+    let payload_at = pkt.l4 + UDP_HLEN;
+    let body_at = query.question_end;
+    let body_len = usize::from(entry.body_len);
+
+    // The header: the client's ID, the stored flags with RD the client's and AA/TC
+    // cleared, AD only for clients that show they understand it (RFC 6840 5.8).
+    let mut flags = (entry.flags & !(FLAG_RD | FLAG_TC | FLAG_AA)) | (query.flags & FLAG_RD);
+    let dnssec_ok = query.edns.is_some_and(|(_, d)| d);
+    if !dnssec_ok && query.flags & FLAG_AD == 0 {
+        flags &= !FLAG_AD;
+    }
+    let arcount = entry.counts[2] + u16::from(query.edns.is_some());
+    let mut header = [0u8; DNS_HEADER];
+    header[0] = query.id[0];
+    header[1] = query.id[1];
+    header[2..4].copy_from_slice(&flags.to_be_bytes());
+    header[4..6].copy_from_slice(&1u16.to_be_bytes());
+    header[6..8].copy_from_slice(&entry.counts[0].to_be_bytes());
+    header[8..10].copy_from_slice(&entry.counts[1].to_be_bytes());
+    header[10..12].copy_from_slice(&arcount.to_be_bytes());
+
+    // The payload's checksum difference (big-endian one's-complement arithmetic): `add`
+    // sums what comes in (header, body, OPT, length), `sub` what goes (the old header, OPT
+    // and length). The question stays.
+    let mut add = sum_at(&header, 0);
+    let mut sub = old_header_sum(query) + query.opt_sum;
+
+    // SAFETY: helper on our own context; on success the packet is `reply_len` bytes of
+    // payload long, and every later store is within it.
+    let new_len = ctx.len() as usize - query.payload_len + reply_len;
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), new_len as u32, 0) } != 0 {
+        return None;
+    }
+    ctx.store(payload_at, &header, 0).ok()?;
+    if body_len > 0 && body_len <= ANSWER_BODY_MAX {
+        // SAFETY: `body_len` bytes of the entry's body, all inside the value.
+        let rc = unsafe {
+            aya_ebpf::helpers::bpf_skb_store_bytes(
+                ctx.as_ptr().cast(),
+                (payload_at + body_at) as u32,
+                entry.body.as_ptr().cast(),
+                body_len as u32,
+                0,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+    }
+    let mut body_sum = entry.body_sum;
+    for i in 0..ANSWER_TTLS_MAX {
+        if i >= usize::from(entry.ttl_count) {
+            break;
+        }
+        let at = usize::from(entry.ttl_offsets[i]);
+        if at + 4 > body_len || at + 4 > ANSWER_BODY_MAX {
+            return None;
+        }
+        let stored = u32::from_be_bytes([
+            entry.body[at],
+            entry.body[at + 1],
+            entry.body[at + 2],
+            entry.body[at + 3],
+        ]);
+        let ttl = stored.saturating_sub(elapsed);
+        if ttl != stored {
+            let new = ttl.to_be_bytes();
+            ctx.store(payload_at + body_at + at, &new, 0).ok()?;
+            // Offsets here are from the body's start; the body's sum is swapped as a whole
+            // below if the body itself sits at an odd offset.
+            body_sum += sum_at(&new, at);
+            body_sum += 0xffff - sum_at(&stored.to_be_bytes(), at);
+            body_sum = fold16(body_sum);
+        }
+    }
+    add += if body_at & 1 == 0 {
+        body_sum
+    } else {
+        swap16(body_sum)
+    };
+    if let Some((_, dnssec_ok)) = query.edns {
+        let size = OUR_EDNS_UDP_SIZE.to_be_bytes();
+        let opt: [u8; OPT_LEN] = [
+            0,
+            0,
+            TYPE_OPT as u8,
+            size[0],
+            size[1],
+            0,
+            0,
+            if dnssec_ok { 0x80 } else { 0 },
+            0,
+            0,
+            0,
+        ];
+        ctx.store(payload_at + body_at + body_len, &opt, 0).ok()?;
+        add += sum_at(&opt, body_at + body_len);
+    }
+
+    // Lengths: UDP (in the payload's sum and, separately, the pseudo-header's) and IP.
+    let old_udp = (UDP_HLEN + query.payload_len) as u16;
+    let new_udp = (UDP_HLEN + reply_len) as u16;
+    ctx.store(pkt.l4 + 4, &new_udp.to_be(), 0).ok()?;
+    add += u32::from(new_udp);
+    sub += u32::from(old_udp);
+    match pkt.family {
+        Family::V4 => {
+            let ip_len = (pkt.l4 - pkt.l3) as u16 + new_udp;
+            let old_ip_len = (pkt.l4 - pkt.l3) as u16 + old_udp;
+            ctx.store(pkt.l3 + 2, &ip_len.to_be(), 0).ok()?;
+            ctx.l3_csum_replace(
+                pkt.l3 + 10,
+                u64::from(old_ip_len.to_be()),
+                u64::from(ip_len.to_be()),
+                2,
+            )
+            .ok()?;
+        }
+        Family::V6 => {
+            let ip_len = (pkt.l4 - pkt.l3 - 40) as u16 + new_udp;
+            ctx.store(pkt.l3 + 4, &ip_len.to_be(), 0).ok()?;
+        }
+    }
+
+    // Back where it came from: swapped MACs, addresses and ports (no sum changes).
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&eth[6..12]);
+    swapped[6..].copy_from_slice(&eth[..6]);
+    ctx.store(0, &swapped, 0).ok()?;
+    match pkt.family {
+        Family::V4 => {
+            let mut addrs = [0u8; 8];
+            addrs[..4].copy_from_slice(&pkt.dst.octets[12..]);
+            addrs[4..].copy_from_slice(&pkt.src.octets[12..]);
+            ctx.store(pkt.src_addr_offset(), &addrs, 0).ok()?;
+        }
+        Family::V6 => {
+            ctx.store(pkt.src_addr_offset(), &pkt.dst.octets, 0).ok()?;
+            ctx.store(pkt.dst_addr_offset(), &pkt.src.octets, 0).ok()?;
+        }
+    }
+    let mut ports = [0u8; 4];
+    ports[..2].copy_from_slice(&pkt.dst_port.to_be_bytes());
+    ports[2..].copy_from_slice(&pkt.src_port.to_be_bytes());
+    ctx.store(pkt.l4, &ports, 0).ok()?;
+
+    // The checksum: the payload's difference as the kernel's own (native-order) sum, then
+    // the pseudo-header's length. MARK_MANGLED_0 keeps an IPv4 "no checksum" at 0.
+    let csum = pkt.csum_offset();
+    let diff = fold16(fold16(add) + (0xffff - fold16(sub)));
+    let mangled = u64::from(BPF_F_MARK_MANGLED_0);
+    ctx.l4_csum_replace(csum, 0, u64::from((diff as u16).to_be()), mangled)
+        .ok()?;
+    ctx.l4_csum_replace(
+        csum,
+        u64::from(old_udp.to_be()),
+        u64::from(new_udp.to_be()),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled | 2,
+    )
+    .ok()?;
+
+    count_hit(entry.hits_slot, pkt.family);
+    // SAFETY: the context is an __sk_buff; its ifindex is the interface the query came in
+    // on (the host end of the pod's pair). The redirect helpers take plain integers.
+    let action = unsafe {
+        let ifindex = (*ctx.as_ptr().cast::<aya_ebpf::bindings::__sk_buff>()).ifindex;
+        match mode {
+            KERNEL_ANSWERS_PEER => bpf_redirect_peer(ifindex, 0),
+            KERNEL_ANSWERS_EGRESS => bpf_redirect(ifindex, 0),
+            _ => TC_ACT_SHOT as i64,
+        }
+    };
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return Some(Answer::Failed);
+    }
+    Some(Answer::Sent(TC_ACT_REDIRECT as i32))
+}
+
+/// The old header's sum: the client's 12 bytes as they were (ID, flags, and the counts
+/// read_query allowed: 1, 0, 0, 0 or 1).
+#[inline(always)]
+fn old_header_sum(query: &Query) -> u32 {
+    let id = u32::from(u16::from_be_bytes(query.id));
+    let arcount = u32::from(query.edns.is_some());
+    fold16(id + u32::from(query.flags) + 1 + arcount)
+}
+
+#[inline(always)]
+fn count_hit(slot: u32, family: Family) {
+    let Some(hits) = NLDNS_ANS_HITS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a valid element of the array map. Other CPUs add to it at the same time,
+    // so the add is atomic: the bpf target has no `AtomicU64::fetch_add`, but the
+    // intrinsic with its result unused is the kernel's BPF_XADD (lock add).
+    unsafe {
+        let counter = match family {
+            Family::V4 => &raw mut (*hits).v4,
+            Family::V6 => &raw mut (*hits).v6,
+        };
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, 1,
+        );
+    }
+}
+
+/// The one's-complement sum of `bytes` placed at offset `at` of the payload, folded:
+/// bytes at odd offsets are the low halves of their 16-bit words.
+#[inline(always)]
+fn sum_at<const N: usize>(bytes: &[u8; N], at: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < N {
+        let hi = u32::from(bytes[i]);
+        let lo = if i + 1 < N { u32::from(bytes[i + 1]) } else { 0 };
+        sum += (hi << 8) | lo;
+        i += 2;
+    }
+    let sum = fold16(sum);
+    if at & 1 == 0 {
+        sum
+    } else {
+        swap16(sum)
+    }
+}
+
+#[inline(always)]
+fn swap16(sum: u32) -> u32 {
+    ((sum & 0xff) << 8) | ((sum >> 8) & 0xff)
+}
