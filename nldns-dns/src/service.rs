@@ -90,8 +90,8 @@ pub struct DnsService {
     pub(crate) misses: Misses,
     pub(crate) exchanger: Exchanger,
     pub(crate) metrics: Arc<Metrics>,
-    /// Where the kernel's answers are counted (see [`Self::set_answer_table`]).
-    kernel_stats: Mutex<Option<StatsWriter>>,
+    /// Where the kernel's answers are counted, by family (see [`Self::set_answer_table`]).
+    kernel_stats: Mutex<Option<[StatsWriter; 2]>>,
 }
 
 impl DnsService {
@@ -134,13 +134,22 @@ impl DnsService {
     }
 
     /// Lets a datapath answer cache hits itself from `table` (see `kernel_answers`), its
-    /// answers counted as `server`'s; `None` stops it. Call [`Self::sync_kernel_answers`]
-    /// every second from then on.
-    pub fn set_answer_table(&self, table: Option<Arc<dyn AnswerTable>>, server: &str) {
+    /// answers counted as the servers `v4_server`'s and `v6_server`'s; `None` stops it.
+    /// Call [`Self::sync_kernel_answers`] every second from then on.
+    pub fn set_answer_table(
+        &self,
+        table: Option<Arc<dyn AnswerTable>>,
+        v4_server: &str,
+        v6_server: &str,
+    ) {
         let on = table.is_some();
         self.lock_cache().set_answer_table(table);
-        *self.kernel_stats.lock().unwrap_or_else(|e| e.into_inner()) =
-            on.then(|| self.metrics.shared_stats(server));
+        *self.kernel_stats.lock().unwrap_or_else(|e| e.into_inner()) = on.then(|| {
+            [
+                self.metrics.shared_stats(v4_server),
+                self.metrics.shared_stats(v6_server),
+            ]
+        });
     }
 
     /// Reads back what the kernel answered since the last call into the cache (hit
@@ -167,7 +176,7 @@ impl DnsService {
                     family,
                     qtype: type_index(hits.qtype),
                 };
-                stats.kernel_answers(labels, n, hits.rcode, hits.denial);
+                stats[usize::from(family)].kernel_answers(labels, n, hits.rcode, hits.denial);
             }
         }
     }

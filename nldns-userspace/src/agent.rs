@@ -82,6 +82,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let sockets = bind_intercept_sockets(&args, &settings.endpoint, &endpoint_device, runs)?;
     let serving = start_serving(&args, settings.dns_config, sockets).await?;
     let mut datapath = load_datapath(&args, serving.endpoint, hooks_cgroups.as_ref())?;
+    publish_kernel_answers(&args, &serving, &datapath);
     prove_serving_path(&serving, &mut datapath).await?;
     let interception = share_interception(datapath, settings.mode, &serving.datapath_counters);
     let background = CancellationToken::new();
@@ -303,6 +304,8 @@ fn load_datapath(
         log_level: args.datapath_log,
         netns_cookie: hooks_cgroups.map_or(0, |h| h.netns_cookie),
         pod_hooks: hooks_cgroups.is_some_and(|h| h.pods.is_some()),
+        kernel_answers: args.kernel_answers,
+        answer_redirect: args.kernel_answers_redirect,
     })?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(tasks::poll_datapath_log(logger));
@@ -611,6 +614,37 @@ fn open_hooks_cgroups(args: &RunArgs, dns_config: &DnsConfig) -> Result<Option<H
         hierarchy_root,
         netns_cookie,
     }))
+}
+
+/// Phase: with kernel answers on, the cache publishes its entries to the datapath's
+/// answer table and reads back every second what the kernel answered (hit counts for
+/// prefetch, LRU recency, metrics). Until the heartbeat is fresh the datapath answers
+/// nothing, like it redirects nothing.
+fn publish_kernel_answers(args: &RunArgs, serving: &Serving, datapath: &Datapath) {
+    let Some(table) = datapath.answer_table() else {
+        return;
+    };
+    // Counted under the server label of the Service IP of each family (CoreDNS's
+    // `server`), as the agent's own hits are.
+    let label = |v4: bool| {
+        args.service_ip
+            .iter()
+            .find(|ip| ip.is_ipv4() == v4)
+            .or(args.service_ip.first())
+            .map(|ip| format!("dns://{}", SocketAddr::new(*ip, 53)))
+            .unwrap_or_default()
+    };
+    serving
+        .dns
+        .set_answer_table(Some(table), &label(true), &label(false));
+    let dns = serving.dns.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            dns.sync_kernel_answers();
+        }
+    });
 }
 
 /// Checks the upstreams every 10 s, so /ready does not depend on client traffic.

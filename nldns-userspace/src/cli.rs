@@ -198,6 +198,18 @@ pub struct RunArgs {
     #[arg(long, env = "NLDNS_POD_CGROUP")]
     pub pod_cgroup: Option<String>,
 
+    /// Cache hits answered by the TC program itself, from a map the cache fills, without
+    /// the query reaching the agent's socket. `auto` (default): on where the kernel's
+    /// verifier accepts the responder, elsewhere a warning and every hit answered by the
+    /// agent; `on`: refuse to start without; `off`.
+    #[arg(long, env = "NLDNS_KERNEL_ANSWERS", value_enum, default_value = "auto")]
+    pub kernel_answers: crate::datapath::answers::KernelAnswersMode,
+
+    /// How a kernel answer goes back to the pod: `peer` (bpf_redirect_peer: veth and
+    /// netkit pod interfaces, every common CNI) or `egress` (any interface kind).
+    #[arg(long, env = "NLDNS_KERNEL_ANSWERS_REDIRECT", value_enum, default_value = "peer")]
+    pub kernel_answers_redirect: crate::datapath::answers::AnswerRedirect,
+
     /// Datapath log level through aya-log: off, error, warn, info, debug, trace.
     #[arg(long, env = "NLDNS_DATAPATH_LOG", default_value = "off", value_parser = parse_level)]
     pub datapath_log: u8,

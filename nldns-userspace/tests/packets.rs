@@ -13,6 +13,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanId};
 use nldns::datapath::{
+    answers::{AnswerRedirect, KernelAnswersMode},
     endpoint::InterceptEndpoint,
     loader::{Datapath, DatapathSettings},
 };
@@ -66,6 +67,10 @@ impl Programs {
             // No socket hooks: only the TC programs are under test here.
             netns_cookie: 0,
             pod_hooks: false,
+            // The plain ingress program; the responder has its own tests
+            // (kernel_answers.rs).
+            kernel_answers: KernelAnswersMode::Off,
+            answer_redirect: AnswerRedirect::Peer,
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();

@@ -129,12 +129,12 @@ impl Attachments {
                     ..Default::default()
                 }),
             };
-            let program = datapath.program_mut(direction.program())?;
+            let program = datapath.tc_program_mut(direction)?;
             match program.attach_with_options(interface, direction.tc_type(), options) {
                 Ok(id) => done.push((direction, id)),
                 Err(err) => {
                     for (direction, id) in done {
-                        let _ = datapath.program_mut(direction.program())?.detach(id);
+                        let _ = datapath.tc_program_mut(direction)?.detach(id);
                     }
                     return Err(err).with_context(|| {
                         format!(
@@ -155,7 +155,7 @@ impl Attachments {
     pub fn detach(&mut self, datapath: &mut Datapath, interface: &str) {
         if let Some(links) = self.links.remove(interface) {
             for (direction, id) in links {
-                if let Ok(program) = datapath.program_mut(direction.program()) {
+                if let Ok(program) = datapath.tc_program_mut(direction) {
                     // Fails harmlessly when the interface is already gone.
                     let _ = program.detach(id);
                 }
@@ -173,7 +173,7 @@ impl Attachments {
                 .partition(|(d, _)| *d == direction);
             *links = staying;
             for (d, id) in leaving {
-                if let Ok(program) = datapath.program_mut(d.program()) {
+                if let Ok(program) = datapath.tc_program_mut(d) {
                     let _ = program.detach(id);
                 }
             }

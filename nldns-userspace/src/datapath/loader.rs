@@ -1,7 +1,7 @@
 //! Loading the datapath object (TC programs and cgroup socket hooks) and writing its
 //! configuration maps.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -10,10 +10,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use nldns_common::{
-    map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
+    answers::KERNEL_ANSWERS_OFF, map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
 };
 
-use super::{endpoint::InterceptEndpoint, sockhooks::HOOKS};
+use super::{
+    answers::{AnswerRedirect, KernelAnswerMap, KernelAnswersMode},
+    attach::Direction,
+    endpoint::InterceptEndpoint,
+    sockhooks::HOOKS,
+};
 
 /// The datapath object (the TC programs and the cgroup socket hooks), built by build.rs
 /// from nldns-ebpf and embedded in the binary so the agent and its datapath can never be
@@ -28,6 +33,13 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     services: Vec<IpAddr>,
     logger: Option<DatapathLogger>,
+    /// The ingress program loaded: `nldns_answer` with kernel answers, else
+    /// `nldns_ingress`.
+    ingress: &'static str,
+    /// The answer table, with kernel answers on.
+    answers: Option<Arc<KernelAnswerMap>>,
+    /// Why kernel answers are off, if they are.
+    answers_off: Option<String>,
 }
 
 /// Reader of the programs' aya-log ring buffer; `tasks::poll_datapath_log` drains it.
@@ -46,6 +58,9 @@ pub struct DatapathSettings {
     pub netns_cookie: u64,
     /// Also load the pods' set of socket hooks (`--pod-cgroup`).
     pub pod_hooks: bool,
+    /// `--kernel-answers` and how answers go back to the pod.
+    pub kernel_answers: KernelAnswersMode,
+    pub answer_redirect: AnswerRedirect,
 }
 
 impl Datapath {
@@ -60,7 +75,14 @@ impl Datapath {
             );
         }
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new().load(DATAPATH_OBJECT).context(
+        let mut loader = EbpfLoader::new();
+        if settings.kernel_answers == KernelAnswersMode::Off {
+            // The hit counters are a preallocated 1 MiB array: not without kernel answers.
+            loader
+                .map_max_entries(map_names::ANSWERS, 1)
+                .map_max_entries(map_names::ANSWER_HITS, 1);
+        }
+        let mut ebpf = loader.load(DATAPATH_OBJECT).context(
             "loading the datapath object into the kernel (needs CAP_BPF and CAP_NET_ADMIN)",
         )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -70,15 +92,8 @@ impl Datapath {
                 None
             }
         };
-        for name in [program_names::INGRESS, program_names::EGRESS] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("the kernel verifier rejected {name}"))?;
-        }
+        load_classifier(&mut ebpf, program_names::EGRESS)?;
+        let (ingress, answers_off) = load_ingress(&mut ebpf, settings.kernel_answers)?;
         if settings.netns_cookie != 0 {
             let pod_programs = HOOKS
                 .iter()
@@ -104,6 +119,12 @@ impl Datapath {
             log_level: settings.log_level,
             heartbeat_max_age_ns: settings.heartbeat_max_age.as_nanos() as u64,
             netns_cookie: settings.netns_cookie,
+            kernel_answers: if answers_off.is_none() {
+                settings.answer_redirect.config_value()
+            } else {
+                KERNEL_ANSWERS_OFF
+            },
+            _pad: [0; 7],
         };
         let mut config_map: Array<_, DatapathConfig> =
             Array::try_from(map_mut(&mut ebpf, map_names::CONFIG)?)?;
@@ -111,13 +132,42 @@ impl Datapath {
 
         let heartbeat = Array::try_from(take_map(&mut ebpf, map_names::HEARTBEAT)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
+        let answers = match answers_off {
+            Some(_) => None,
+            None => Some(Arc::new(KernelAnswerMap::new(
+                take_map(&mut ebpf, map_names::ANSWERS)?,
+                take_map(&mut ebpf, map_names::ANSWER_HITS)?,
+            )?)),
+        };
         Ok(Datapath {
             ebpf,
             heartbeat,
             counters,
             services: settings.service_ips.clone(),
             logger,
+            ingress,
+            answers,
+            answers_off,
         })
+    }
+
+    /// The loaded TC program for `direction`.
+    pub fn tc_program_mut(&mut self, direction: Direction) -> Result<&mut SchedClassifier> {
+        let name = match direction {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => program_names::EGRESS,
+        };
+        self.program_mut(name)
+    }
+
+    /// The answer table the cache publishes to; `None` with kernel answers off.
+    pub fn answer_table(&self) -> Option<Arc<KernelAnswerMap>> {
+        self.answers.clone()
+    }
+
+    /// Why kernel answers are off (`None`: they are on).
+    pub fn kernel_answers_off(&self) -> Option<&str> {
+        self.answers_off.as_deref()
     }
 
     pub fn program_mut(&mut self, name: &str) -> Result<&mut SchedClassifier> {
@@ -163,6 +213,38 @@ impl Datapath {
     /// Counters summed over CPUs, in `Counter::ALL` order.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         read_counters(&self.counters)
+    }
+}
+
+fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel verifier rejected {name}"))
+}
+
+/// Loads the answering ingress program, or the plain one: with `auto` when the verifier
+/// refuses the responder (then a warning says why), with `off` always. Returns the name
+/// loaded and, when kernel answers are off, why.
+fn load_ingress(ebpf: &mut Ebpf, mode: KernelAnswersMode) -> Result<(&'static str, Option<String>)> {
+    if mode == KernelAnswersMode::Off {
+        load_classifier(ebpf, program_names::INGRESS)?;
+        return Ok((program_names::INGRESS, Some("--kernel-answers off".into())));
+    }
+    match load_classifier(ebpf, program_names::ANSWERING_INGRESS) {
+        Ok(()) => Ok((program_names::ANSWERING_INGRESS, None)),
+        Err(err) if mode == KernelAnswersMode::Auto => {
+            log::warn!(
+                "kernel answers off, the agent answers every cache hit: {err:#} \
+                 (--kernel-answers auto)"
+            );
+            load_classifier(ebpf, program_names::INGRESS)?;
+            Ok((program_names::INGRESS, Some(format!("{err:#}"))))
+        }
+        Err(err) => Err(err.context("--kernel-answers on")),
     }
 }
 

@@ -6,10 +6,12 @@
 //!   `inspect` (status and cleanup from the kernel), `conflict` (the classic
 //!   node-local-dns), `watcher` and `interfaces` (which interfaces, as they come and go),
 //!   `endpoint` (the intercept address's device).
+//! - `answers`: kernel answers (the answer table the cache publishes to).
 //! - `sockhooks`: the cgroup socket hooks, split the same way.
 //! - `interception`: the loaded datapath and its attachments behind one lock;
 //!   `tasks`: the loops that keep them attached and drain the programs' log.
 
+pub mod answers;
 pub mod attach;
 pub mod conflict;
 pub mod endpoint;
