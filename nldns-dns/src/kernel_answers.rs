@@ -76,8 +76,15 @@ pub fn answer_key(key: KeyRef) -> Option<AnswerKey> {
     out.name[..key.name.len()].copy_from_slice(key.name);
     out.qtype = key.qtype;
     out.qclass = key.qclass;
-    out.flags = if key.flags & KEY_DO != 0 { ANSWER_KEY_DO } else { 0 }
-        | if key.flags & KEY_CD != 0 { ANSWER_KEY_CD } else { 0 };
+    out.flags = if key.flags & KEY_DO != 0 {
+        ANSWER_KEY_DO
+    } else {
+        0
+    } | if key.flags & KEY_CD != 0 {
+        ANSWER_KEY_CD
+    } else {
+        0
+    };
     out.name_len = key.name.len() as u8;
     Some(out)
 }
@@ -100,7 +107,9 @@ pub fn kernel_entry(
     }
     let body = &wire[question_end..];
     let offsets = answer.ttl_offsets();
-    if body.len() > ANSWER_BODY_MAX || offsets.len() > ANSWER_TTLS_MAX {
+    // An empty body (a bare NXDOMAIN, never cached) is the agent's: the kernel copies at
+    // least one byte.
+    if body.is_empty() || body.len() > ANSWER_BODY_MAX || offsets.len() > ANSWER_TTLS_MAX {
         return None;
     }
     let mut entry = KernelAnswer {
@@ -188,7 +197,10 @@ mod tests {
         assert_eq!(entry.body_sum, ones_complement_sum(&answer.wire()[21..]));
         assert_eq!(entry.pass_after_ns - entry.stored_at_ns, 27_000_000_000);
         let k = answer_key(key()).unwrap();
-        assert_eq!((k.name_len, k.flags, &k.name[..5]), (5, ANSWER_KEY_DO, &b"\x03web\x00"[..]));
+        assert_eq!(
+            (k.name_len, k.flags, &k.name[..5]),
+            (5, ANSWER_KEY_DO, &b"\x03web\x00"[..])
+        );
         assert!(k.name[5..].iter().all(|&b| b == 0));
     }
 
@@ -198,7 +210,11 @@ mod tests {
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(pass_after(&stored(30, t0), 0), Some(at(29)));
         assert_eq!(pass_after(&stored(30, t0), 10), Some(at(27)));
-        assert_eq!(pass_after(&stored(1, t0), 0), None, "nothing left to answer");
+        assert_eq!(
+            pass_after(&stored(1, t0), 0),
+            None,
+            "nothing left to answer"
+        );
     }
 
     #[test]
@@ -211,7 +227,12 @@ mod tests {
         };
         assert!(answer_key(long_key).is_none());
         let big = CachedAnswer::new(
-            &[&[0u8, 0, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0][..], b"\x03web\x00\x00\x01\x00\x01", &[0; ANSWER_BODY_MAX + 1]].concat(),
+            &[
+                &[0u8, 0, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0][..],
+                b"\x03web\x00\x00\x01\x00\x01",
+                &[0; ANSWER_BODY_MAX + 1],
+            ]
+            .concat(),
             &[],
             AnswerKind::Positive,
             30,

@@ -16,17 +16,15 @@
 //! and port swaps leave every sum unchanged.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT,
-    },
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
     EbpfContext,
 };
 use nldns_common::{
     answers::{
-        fold16, AnswerKey, KernelAnswer, ANSWER_BODY_MAX, ANSWER_KEY_CD, ANSWER_KEY_DO, ANSWER_NAME_MAX,
-        ANSWER_TTLS_MAX, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER,
+        fold16, AnswerKey, KernelAnswer, ANSWER_BODY_MAX, ANSWER_KEY_CD, ANSWER_KEY_DO,
+        ANSWER_NAME_MAX, ANSWER_TTLS_MAX, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER,
     },
     Counter,
 };
@@ -38,6 +36,8 @@ use crate::{
 
 const ETH_HLEN: usize = 14;
 const UDP_HLEN: usize = 8;
+/// Where the UDP header may start at most: beyond this the query goes to the agent.
+const MAX_L4: usize = 256;
 const DNS_HEADER: usize = 12;
 /// Our OPT record: root name, type, class (payload size), TTL (flags), RDLENGTH.
 const OPT_LEN: usize = 11;
@@ -96,8 +96,12 @@ struct Query {
     /// Offset in the payload just past the question.
     question_end: usize,
     payload_len: usize,
-    /// The client's OPT: (payload size, DO).
-    edns: Option<(u16, bool)>,
+    /// Whether the client sent an OPT, its payload size and DO bit (0 and false without).
+    /// Plain fields, not an Option: LLVM leaves an Option's unused payload undefined, and
+    /// spilling whatever register holds it is something the verifier refuses.
+    edns: bool,
+    udp_size: u16,
+    dnssec_ok: bool,
     /// The OPT's bytes as sent (for the checksum difference).
     opt_sum: u32,
 }
@@ -115,14 +119,24 @@ pub fn respond(ctx: &TcContext) -> Answer {
 #[inline(always)]
 fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     let config = maps::config().ok_or(Counter::KernelPassQuery)?;
-    let scratch = NLDNS_ANS_TMP.get_ptr_mut(0).ok_or(Counter::KernelPassQuery)?;
+    let scratch = NLDNS_ANS_TMP
+        .get_ptr_mut(0)
+        .ok_or(Counter::KernelPassQuery)?;
     // SAFETY: this CPU's scratch entry; a TC program is not preempted on its CPU.
     let scratch = unsafe { &mut *scratch };
     let pkt = scratch.pkt;
     let pkt = &pkt;
+    // The family byte as stored, read opaquely and masked: it indexes the hit counter,
+    // and the verifier must see that index bounded (LLVM would trust the enum's range).
+    // SAFETY: a byte-sized enum read as its byte, from this CPU's scratch.
+    let family_index = usize::from(
+        unsafe { core::ptr::read_volatile((&raw const scratch.pkt.family).cast::<u8>()) } & 1,
+    );
     // A VLAN tag in the frame: the pod would have to get it back tagged; leave it to the
     // agent.
-    if pkt.l3 != ETH_HLEN || pkt.proto != parse::IPPROTO_UDP {
+    // The transport came through the scratch map: the verifier knows nothing of its
+    // offsets any more, so they are bounded again (IPv4 options, IPv6 extension headers).
+    if pkt.l3 != ETH_HLEN || pkt.l4 > MAX_L4 || pkt.proto != parse::IPPROTO_UDP {
         return Err(Counter::KernelPassQuery);
     }
     let udp = parse::read_bytes::<UDP_HLEN>(ctx, pkt.l4).ok_or(Counter::KernelPassQuery)?;
@@ -135,6 +149,8 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     let query = read_query(ctx, pkt.l4 + UDP_HLEN, payload_len, scratch)?;
     // SAFETY: the value is read, never written; the agent replaces whole entries with
     // one update, and a concurrent delete keeps the element alive until we are done (RCU).
+    // By reference: a by-value key would be a 136-byte copy on the 512-byte stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     let entry = unsafe { NLDNS_ANSWERS.get(&scratch.key) }.ok_or(Counter::KernelPassNoEntry)?;
     // SAFETY: helper with no arguments; CLOCK_MONOTONIC, the clock of the agent's Instant.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -143,14 +159,20 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     }
     let elapsed = (now.saturating_sub(entry.stored_at_ns) / NS_PER_SEC) as u32;
     let body_len = usize::from(entry.body_len);
-    if body_len > ANSWER_BODY_MAX || usize::from(entry.ttl_count) > ANSWER_TTLS_MAX {
+    if body_len == 0 || body_len > ANSWER_BODY_MAX || usize::from(entry.ttl_count) > ANSWER_TTLS_MAX
+    {
         return Err(Counter::KernelPassNoEntry);
     }
-    let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let opt_len = if query.edns { OPT_LEN } else { 0 };
     let reply_len = query.question_end + body_len + opt_len;
-    let limit = match query.edns {
-        Some((size, _)) => usize::from(size.clamp(PLAIN_UDP_LIMIT as u16, OUR_EDNS_UDP_SIZE)),
-        None => PLAIN_UDP_LIMIT,
+    let limit = if query.edns {
+        usize::from(
+            query
+                .udp_size
+                .clamp(PLAIN_UDP_LIMIT as u16, OUR_EDNS_UDP_SIZE),
+        )
+    } else {
+        PLAIN_UDP_LIMIT
     };
     if reply_len > limit {
         return Err(Counter::KernelPassTooLarge);
@@ -160,6 +182,7 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     // From here on the packet changes.
     let reply = Reply {
         pkt,
+        family_index,
         mode: config.kernel_answers,
         query: &query,
         entry,
@@ -179,9 +202,8 @@ fn read_query(
     payload_len: usize,
     scratch: &mut Scratch,
 ) -> Result<Query, Counter> {
-    if payload_len < DNS_HEADER + 1 + 4 || payload_len > QUERY_MAX {
-        return Err(Counter::KernelPassQuery);
-    }
+    let payload_len =
+        bounded(payload_len, DNS_HEADER + 1 + 4, QUERY_MAX).ok_or(Counter::KernelPassQuery)?;
     // SAFETY: the destination is this CPU's scratch, `payload_len` <= QUERY_MAX <
     // QUERY_ROOM bytes long; the helper checks the packet side.
     let rc = unsafe {
@@ -206,7 +228,18 @@ fn read_query(
         return Err(Counter::KernelPassQuery);
     }
     let has_opt = q[11] == 1;
-    let name_len = lowercase_name(&scratch.query, payload_len, &mut scratch.key)?;
+    let found = lowercase_name(&scratch.query, payload_len, &mut scratch.key)?;
+    // The length goes through memory and back: from the loop it is one exact value per
+    // path (128 of them), and every later use (indexes, then the whole answer) would be
+    // verified once per value. Read back it is one unknown byte, verified once.
+    // SAFETY: this CPU's scratch entry, written just before.
+    let name_len = unsafe {
+        core::ptr::write_volatile(&raw mut scratch.key.name_len, found as u8);
+        usize::from(core::ptr::read_volatile(&raw const scratch.key.name_len))
+    };
+    if name_len == 0 || name_len > ANSWER_NAME_MAX {
+        return Err(Counter::KernelPassQuery);
+    }
     let q = &scratch.query;
     let at = DNS_HEADER + name_len;
     let (Some(&t0), Some(&t1), Some(&c0), Some(&c1)) =
@@ -221,7 +254,9 @@ fn read_query(
         return Err(Counter::KernelPassQuery);
     }
     let question_end = at + 4;
-    let mut edns = None;
+    let mut edns = false;
+    let mut udp_size = 0;
+    let mut dnssec_ok = false;
     let mut opt_sum = 0;
     if has_opt {
         // Exactly one OPT with no options: 0, type 41, size, ext-rcode, version 0,
@@ -237,9 +272,9 @@ fn read_query(
         if opt[0] != 0 || rtype != TYPE_OPT || opt[6] != 0 || opt[9] != 0 || opt[10] != 0 {
             return Err(Counter::KernelPassQuery);
         }
-        let size = u16::from_be_bytes([opt[3], opt[4]]);
-        let dnssec_ok = opt[7] & 0x80 != 0;
-        edns = Some((size, dnssec_ok));
+        edns = true;
+        udp_size = u16::from_be_bytes([opt[3], opt[4]]);
+        dnssec_ok = opt[7] & 0x80 != 0;
         opt_sum = sum_at(&opt, question_end);
     } else if payload_len != question_end {
         return Err(Counter::KernelPassQuery);
@@ -247,9 +282,12 @@ fn read_query(
     let key = &mut scratch.key;
     key.qtype = qtype;
     key.qclass = qclass;
-    key.flags = if edns.is_some_and(|(_, d)| d) { ANSWER_KEY_DO } else { 0 }
-        | if flags & FLAG_CD != 0 { ANSWER_KEY_CD } else { 0 };
-    key.name_len = name_len as u8;
+    key.flags = if dnssec_ok { ANSWER_KEY_DO } else { 0 }
+        | if flags & FLAG_CD != 0 {
+            ANSWER_KEY_CD
+        } else {
+            0
+        };
     key._pad = [0; 2];
     Ok(Query {
         id: [scratch.query[0], scratch.query[1]],
@@ -257,6 +295,8 @@ fn read_query(
         question_end,
         payload_len,
         edns,
+        udp_size,
+        dnssec_ok,
         opt_sum,
     })
 }
@@ -292,7 +332,11 @@ fn lowercase_name(
             key.name[i] = c;
         } else {
             label_left -= 1;
-            key.name[i] = if c.wrapping_sub(b'A') < 26 { c | 0x20 } else { c };
+            key.name[i] = if c.wrapping_sub(b'A') < 26 {
+                c | 0x20
+            } else {
+                c
+            };
         }
     }
     if name_len == 0 {
@@ -306,6 +350,8 @@ fn lowercase_name(
 #[derive(Clone, Copy)]
 struct Reply<'a> {
     pkt: &'a Transport,
+    /// 0 for IPv4, 1 for IPv6: the hit counter to add to.
+    family_index: usize,
     /// `DatapathConfig::kernel_answers`.
     mode: u8,
     query: &'a Query,
@@ -323,6 +369,7 @@ struct Reply<'a> {
 fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
     let Reply {
         pkt,
+        family_index,
         mode,
         query,
         entry,
@@ -337,11 +384,10 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
     // The header: the client's ID, the stored flags with RD the client's and AA/TC
     // cleared, AD only for clients that show they understand it (RFC 6840 5.8).
     let mut flags = (entry.flags & !(FLAG_RD | FLAG_TC | FLAG_AA)) | (query.flags & FLAG_RD);
-    let dnssec_ok = query.edns.is_some_and(|(_, d)| d);
-    if !dnssec_ok && query.flags & FLAG_AD == 0 {
+    if !query.dnssec_ok && query.flags & FLAG_AD == 0 {
         flags &= !FLAG_AD;
     }
-    let arcount = entry.counts[2] + u16::from(query.edns.is_some());
+    let arcount = entry.counts[2] + u16::from(query.edns);
     let mut header = [0u8; DNS_HEADER];
     header[0] = query.id[0];
     header[1] = query.id[1];
@@ -364,14 +410,18 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
         return None;
     }
     ctx.store(payload_at, &header, 0).ok()?;
-    if body_len > 0 && body_len <= ANSWER_BODY_MAX {
-        // SAFETY: `body_len` bytes of the entry's body, all inside the value.
+    {
+        // try_respond passed entries without a body or with more than the value holds; the
+        // length is re-derived as 1..=256 in a form the verifier follows (LLVM turns a
+        // two-sided check into one compare the verifier cannot use).
+        let len = (u32::from(entry.body_len).wrapping_sub(1) & (ANSWER_BODY_MAX as u32 - 1)) + 1;
+        // SAFETY: `len` bytes of the entry's body, all inside the value.
         let rc = unsafe {
             aya_ebpf::helpers::bpf_skb_store_bytes(
                 ctx.as_ptr().cast(),
                 (payload_at + body_at) as u32,
                 entry.body.as_ptr().cast(),
-                body_len as u32,
+                len,
                 0,
             )
         };
@@ -379,13 +429,16 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
             return None;
         }
     }
+    // The TTLs, counted down. The loop body has no data-dependent branch that goes on
+    // (only exits): with one, the verifier's paths double per record.
     let mut body_sum = entry.body_sum;
     for i in 0..ANSWER_TTLS_MAX {
         if i >= usize::from(entry.ttl_count) {
             break;
         }
-        let at = usize::from(entry.ttl_offsets[i]);
-        if at + 4 > body_len || at + 4 > ANSWER_BODY_MAX {
+        // Masked first, so the verifier sees the body read bounded.
+        let at = usize::from(entry.ttl_offsets[i]) & (ANSWER_BODY_MAX - 1);
+        if at > ANSWER_BODY_MAX - 4 || at + 4 > body_len {
             return None;
         }
         let stored = u32::from_be_bytes([
@@ -394,23 +447,17 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
             entry.body[at + 2],
             entry.body[at + 3],
         ]);
-        let ttl = stored.saturating_sub(elapsed);
-        if ttl != stored {
-            let new = ttl.to_be_bytes();
-            ctx.store(payload_at + body_at + at, &new, 0).ok()?;
-            // Offsets here are from the body's start; the body's sum is swapped as a whole
-            // below if the body itself sits at an odd offset.
-            body_sum += sum_at(&new, at);
-            body_sum += 0xffff - sum_at(&stored.to_be_bytes(), at);
-            body_sum = fold16(body_sum);
-        }
+        let ttl = saturating_sub(stored, elapsed);
+        ctx.store(payload_at + body_at + at, &ttl.to_be_bytes(), 0)
+            .ok()?;
+        // Offsets here are from the body's start; the body's sum is swapped as a whole
+        // below if the body itself sits at an odd offset.
+        let odd = at & 1;
+        body_sum += at_parity(word_sum(ttl), odd) + (0xffff - at_parity(word_sum(stored), odd));
+        body_sum = fold16(body_sum);
     }
-    add += if body_at & 1 == 0 {
-        body_sum
-    } else {
-        swap16(body_sum)
-    };
-    if let Some((_, dnssec_ok)) = query.edns {
+    add += at_parity(body_sum, body_at & 1);
+    if query.edns {
         let size = OUR_EDNS_UDP_SIZE.to_be_bytes();
         let opt: [u8; OPT_LEN] = [
             0,
@@ -420,7 +467,7 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
             size[1],
             0,
             0,
-            if dnssec_ok { 0x80 } else { 0 },
+            if query.dnssec_ok { 0x80 } else { 0 },
             0,
             0,
             0,
@@ -491,7 +538,7 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
     )
     .ok()?;
 
-    count_hit(entry.hits_slot, pkt.family);
+    count_hit(entry.hits_slot, family_index);
     // SAFETY: the context is an __sk_buff; its ifindex is the interface the query came in
     // on (the host end of the pod's pair). The redirect helpers take plain integers.
     let action = unsafe {
@@ -505,7 +552,23 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
     if action != i64::from(TC_ACT_REDIRECT) {
         return Some(Answer::Failed);
     }
-    Some(Answer::Sent(TC_ACT_REDIRECT as i32))
+    Some(Answer::Sent(TC_ACT_REDIRECT))
+}
+
+/// `value` if it lies in `min..=max`, checked in a form the verifier follows: LLVM merges
+/// a two-sided check into one unsigned compare of `value - min`, which bounds that
+/// difference and leaves `value` itself unbounded for the verifier (seen on the length
+/// given to bpf_skb_load_bytes). The opaque copy between the two checks keeps them apart.
+#[inline(always)]
+fn bounded(value: usize, min: usize, max: usize) -> Option<usize> {
+    if value > max {
+        return None;
+    }
+    let value = core::hint::black_box(value);
+    if value < min {
+        return None;
+    }
+    Some(value)
 }
 
 /// The old header's sum: the client's 12 bytes as they were (ID, flags, and the counts
@@ -513,12 +576,13 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
 #[inline(always)]
 fn old_header_sum(query: &Query) -> u32 {
     let id = u32::from(u16::from_be_bytes(query.id));
-    let arcount = u32::from(query.edns.is_some());
+    let arcount = u32::from(query.edns);
     fold16(id + u32::from(query.flags) + 1 + arcount)
 }
 
+/// Adds one to the entry's counter for the family (`family_index` 0: IPv4, 1: IPv6).
 #[inline(always)]
-fn count_hit(slot: u32, family: Family) {
+fn count_hit(slot: u32, family_index: usize) {
     let Some(hits) = NLDNS_ANS_HITS.get_ptr_mut(slot) else {
         return;
     };
@@ -526,10 +590,7 @@ fn count_hit(slot: u32, family: Family) {
     // so the add is atomic: the bpf target has no `AtomicU64::fetch_add`, but the
     // intrinsic with its result unused is the kernel's BPF_XADD (lock add).
     unsafe {
-        let counter = match family {
-            Family::V4 => &raw mut (*hits).v4,
-            Family::V6 => &raw mut (*hits).v6,
-        };
+        let counter = (&raw mut (*hits).v4).add(family_index & 1);
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             counter, 1,
         );
@@ -544,19 +605,36 @@ fn sum_at<const N: usize>(bytes: &[u8; N], at: usize) -> u32 {
     let mut i = 0;
     while i < N {
         let hi = u32::from(bytes[i]);
-        let lo = if i + 1 < N { u32::from(bytes[i + 1]) } else { 0 };
+        let lo = if i + 1 < N {
+            u32::from(bytes[i + 1])
+        } else {
+            0
+        };
         sum += (hi << 8) | lo;
         i += 2;
     }
-    let sum = fold16(sum);
-    if at & 1 == 0 {
-        sum
-    } else {
-        swap16(sum)
-    }
+    at_parity(fold16(sum), at & 1)
 }
 
+/// A folded sum taken at an even offset, moved to an offset of parity `odd` (0 or 1):
+/// byte-swapped when odd. Branch-free (see the TTL loop).
 #[inline(always)]
-fn swap16(sum: u32) -> u32 {
-    ((sum & 0xff) << 8) | ((sum >> 8) & 0xff)
+fn at_parity(sum: u32, odd: usize) -> u32 {
+    let swapped = ((sum & 0xff) << 8) | ((sum >> 8) & 0xff);
+    let pick = 0u32.wrapping_sub((odd & 1) as u32);
+    (sum & !pick) | (swapped & pick)
+}
+
+/// The folded sum of a 32-bit field's two 16-bit words.
+#[inline(always)]
+fn word_sum(v: u32) -> u32 {
+    fold16((v >> 16) + (v & 0xffff))
+}
+
+/// `a - b`, 0 when `b` is larger, without a branch (the bpf target has no conditional
+/// move: a comparison is a jump).
+#[inline(always)]
+fn saturating_sub(a: u32, b: u32) -> u32 {
+    let diff = i64::from(a) - i64::from(b);
+    (diff & !(diff >> 63)) as u32
 }

@@ -35,12 +35,12 @@ mod nat;
 mod parse;
 mod sock;
 
+use answer::Answer;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
-use answer::Answer;
 use nat::Answerable;
 use nldns_common::Counter;
 use sock::Scope;
@@ -70,7 +70,7 @@ pub fn nldns_answer(ctx: TcContext) -> i32 {
             }
             Answer::Failed => {
                 maps::count(Counter::KernelAnswerErrors);
-                TC_ACT_SHOT as i32
+                TC_ACT_SHOT
             }
             Answer::Pass(reason) => {
                 maps::count(reason);

@@ -1,10 +1,10 @@
 //! The maps shared with the agent. Layouts live in `nldns-common`.
 
+use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     btf_maps::{Array, HashMap, PerCpuArray},
     macros::btf_map,
 };
-use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use nldns_common::{
     answers::{AnswerHits, AnswerKey, KernelAnswer, ANSWER_ENTRIES_MAX},
     Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
@@ -47,8 +47,11 @@ pub static NLDNS_ANSWERS: HashMap<
 /// What the kernel answered, per entry (`KernelAnswer::hits_slot`). mmap-able: the agent
 /// reads it every second without a syscall per entry.
 #[btf_map]
-pub static NLDNS_ANS_HITS: Array<AnswerHits, { ANSWER_ENTRIES_MAX as usize }, { BPF_F_MMAPABLE as usize }> =
-    Array::new();
+pub static NLDNS_ANS_HITS: Array<
+    AnswerHits,
+    { ANSWER_ENTRIES_MAX as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// Per-CPU room for the query being answered and the key built from it: more than the
 /// 512-byte stack holds beside the rest.

@@ -207,7 +207,12 @@ pub struct RunArgs {
 
     /// How a kernel answer goes back to the pod: `peer` (bpf_redirect_peer: veth and
     /// netkit pod interfaces, every common CNI) or `egress` (any interface kind).
-    #[arg(long, env = "NLDNS_KERNEL_ANSWERS_REDIRECT", value_enum, default_value = "peer")]
+    #[arg(
+        long,
+        env = "NLDNS_KERNEL_ANSWERS_REDIRECT",
+        value_enum,
+        default_value = "peer"
+    )]
     pub kernel_answers_redirect: crate::datapath::answers::AnswerRedirect,
 
     /// Datapath log level through aya-log: off, error, warn, info, debug, trace.

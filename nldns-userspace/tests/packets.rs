@@ -6,7 +6,7 @@
 //! Needs root (CAP_BPF): in CI a missing privilege fails the test; elsewhere it skips.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -17,32 +17,19 @@ use nldns::datapath::{
     endpoint::InterceptEndpoint,
     loader::{Datapath, DatapathSettings},
 };
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
 
-const KUBE_DNS_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const KUBE_DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
-const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x10);
-const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT_PORT: u16 = 40000;
+mod support;
+
+use support::{
+    bind_agent_sockets, enter_private_netns, have_privileges, CLIENT_PORT, KUBE_DNS_V4,
+    KUBE_DNS_V6, NODE_MAC, POD_MAC, POD_V4, POD_V6,
+};
+
 /// TC_ACT_UNSPEC: the programs never drop and always let later programs run.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const PAYLOAD: &[u8] =
     b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01";
-
-fn have_privileges(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let reason = "needs root to load BPF programs";
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: {reason} (CI runs as root)");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    false
-}
 
 struct Programs {
     datapath: Datapath,
@@ -74,7 +61,7 @@ impl Programs {
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();
-        let agent_sockets = bind_agent_sockets(&endpoint);
+        let agent_sockets = bind_agent_sockets(&endpoint, false);
         Programs {
             datapath,
             endpoint,
@@ -123,45 +110,6 @@ impl Programs {
             .map(|(_, v)| v)
             .unwrap()
     }
-}
-
-/// Unshares the network namespace of the calling thread only: each test runs on its own
-/// thread, and the namespace goes away with the thread and its sockets.
-fn enter_private_netns() {
-    // SAFETY: unshare has no memory-safety preconditions; CLONE_NEWNET affects the calling
-    // thread alone.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// The intercept sockets, bound with IP_FREEBIND: the fresh namespace's `lo` is down and
-/// holds no intercept address, and the lookup does not need one.
-fn bind_agent_sockets(endpoint: &InterceptEndpoint) -> Vec<Socket> {
-    let v4 = SocketAddr::new(endpoint.v4.into(), endpoint.base_port);
-    let v6 = SocketAddr::new(endpoint.v6.into(), endpoint.base_port + 1);
-    let mut sockets = Vec::new();
-    for addr in [v4, v6] {
-        for kind in [Type::DGRAM, Type::STREAM] {
-            let socket = Socket::new(Domain::for_address(addr), kind, None).unwrap();
-            if addr.is_ipv4() {
-                socket.set_freebind_v4(true).unwrap();
-            } else {
-                socket.set_only_v6(true).unwrap();
-                socket.set_freebind_v6(true).unwrap();
-            }
-            socket.bind(&addr.into()).unwrap();
-            if kind == Type::STREAM {
-                socket.listen(16).unwrap();
-            }
-            sockets.push(socket);
-        }
-    }
-    sockets
 }
 
 fn build(builder: PacketBuilderStep, payload: &[u8]) -> Vec<u8> {
@@ -631,7 +579,7 @@ fn queries_pass_untouched_once_the_agent_sockets_are_gone() {
     );
 
     // A restarted agent binding the same ports takes queries again.
-    p.agent_sockets = bind_agent_sockets(&ep);
+    p.agent_sockets = bind_agent_sockets(&ep, false);
     assert_eq!(
         inspect(&p.ingress(&queries[0])),
         seen(POD_V4, CLIENT_PORT, ep.v4, ep.base_port)

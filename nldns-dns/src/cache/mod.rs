@@ -268,7 +268,9 @@ impl Cache {
             }
             let n = v4.saturating_add(v6);
             if n > 0 {
-                slot.hits = slot.hits.saturating_add(u16::try_from(n).unwrap_or(u16::MAX));
+                slot.hits = slot
+                    .hits
+                    .saturating_add(u16::try_from(n).unwrap_or(u16::MAX));
                 answered.push(KernelHits {
                     zone: slot.zone,
                     qtype: slot.qtype,

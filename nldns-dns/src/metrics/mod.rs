@@ -502,7 +502,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("nldns_cache_hits_total{path=\"userspace\"} 1"), "{text}");
+        assert!(
+            text.contains("nldns_cache_hits_total{path=\"userspace\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("nldns_datapath_redirected_total 7"), "{text}");
         assert!(
             text.contains("nldns_upstream_latency_seconds_bucket"),

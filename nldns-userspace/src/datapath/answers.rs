@@ -66,7 +66,9 @@ impl KernelAnswerMap {
 impl AnswerTable for KernelAnswerMap {
     fn publish(&self, key: &AnswerKey, answer: &KernelAnswer) -> Result<(), TableError> {
         self.entries().insert(key, answer, 0).map_err(|e| match &e {
-            aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            aya::maps::MapError::SyscallError(s)
+                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
                 TableError::Full
             }
             _ => TableError::Refused(e.to_string()),

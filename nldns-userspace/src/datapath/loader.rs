@@ -10,7 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use nldns_common::{
-    answers::KERNEL_ANSWERS_OFF, map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
+    answers::KERNEL_ANSWERS_OFF, map_names, program_names, Counter, DatapathConfig, ServiceAddr,
+    ServiceSlot, MAX_SERVICES,
 };
 
 use super::{
@@ -229,7 +230,10 @@ fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<()> {
 /// Loads the answering ingress program, or the plain one: with `auto` when the verifier
 /// refuses the responder (then a warning says why), with `off` always. Returns the name
 /// loaded and, when kernel answers are off, why.
-fn load_ingress(ebpf: &mut Ebpf, mode: KernelAnswersMode) -> Result<(&'static str, Option<String>)> {
+fn load_ingress(
+    ebpf: &mut Ebpf,
+    mode: KernelAnswersMode,
+) -> Result<(&'static str, Option<String>)> {
     if mode == KernelAnswersMode::Off {
         load_classifier(ebpf, program_names::INGRESS)?;
         return Ok((program_names::INGRESS, Some("--kernel-answers off".into())));
