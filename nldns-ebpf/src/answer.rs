@@ -43,8 +43,9 @@ const DNS_HEADER: usize = 12;
 const OPT_LEN: usize = 11;
 /// The longest query answered: header, the longest key name, type, class, one OPT.
 const QUERY_MAX: usize = DNS_HEADER + ANSWER_NAME_MAX + 4 + OPT_LEN;
-/// Room for the query in the scratch (a multiple of 8 for the key after it).
-const QUERY_ROOM: usize = 160;
+/// Room for the query in the scratch: 256, so that any length masked to 1..=256 fits (see
+/// `read_query`).
+const QUERY_ROOM: usize = 256;
 
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
@@ -67,6 +68,24 @@ pub struct Scratch {
     pkt: Transport,
     query: [u8; QUERY_ROOM],
     key: AnswerKey,
+    /// What `build` needs, handed over here rather than on the stack: the three calls'
+    /// frames must fit 512 bytes together, counted in 32-byte steps by Linux 6.1.
+    plan: Plan,
+}
+
+/// The answer to build (see [`build`]).
+struct Plan {
+    query: Query,
+    /// 0 for IPv4, 1 for IPv6: the hit counter to add to.
+    family_index: usize,
+    /// `DatapathConfig::kernel_answers`.
+    mode: u8,
+    /// Whole seconds since the entry was stored.
+    elapsed: u32,
+    /// Payload bytes of the answer.
+    reply_len: usize,
+    /// The query's destination and source MACs.
+    eth: [u8; 12],
 }
 
 /// Hands the sorted packet to [`respond`] without a stack copy in each frame.
@@ -124,8 +143,6 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
         .ok_or(Counter::KernelPassQuery)?;
     // SAFETY: this CPU's scratch entry; a TC program is not preempted on its CPU.
     let scratch = unsafe { &mut *scratch };
-    let pkt = scratch.pkt;
-    let pkt = &pkt;
     // The family byte as stored, read opaquely and masked: it indexes the hit counter,
     // and the verifier must see that index bounded (LLVM would trust the enum's range).
     // SAFETY: a byte-sized enum read as its byte, from this CPU's scratch.
@@ -136,17 +153,19 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     // agent.
     // The transport came through the scratch map: the verifier knows nothing of its
     // offsets any more, so they are bounded again (IPv4 options, IPv6 extension headers).
-    if pkt.l3 != ETH_HLEN || pkt.l4 > MAX_L4 || pkt.proto != parse::IPPROTO_UDP {
+    let l4 = scratch.pkt.l4;
+    if scratch.pkt.l3 != ETH_HLEN || l4 > MAX_L4 || scratch.pkt.proto != parse::IPPROTO_UDP {
         return Err(Counter::KernelPassQuery);
     }
-    let udp = parse::read_bytes::<UDP_HLEN>(ctx, pkt.l4).ok_or(Counter::KernelPassQuery)?;
+    let udp = parse::read_bytes::<UDP_HLEN>(ctx, l4).ok_or(Counter::KernelPassQuery)?;
     let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
     // Trailing bytes after the datagram (padding): not a shape we rebuild exactly.
-    if pkt.l4 + udp_len != ctx.len() as usize || udp_len < UDP_HLEN {
+    if l4 + udp_len != ctx.len() as usize || udp_len < UDP_HLEN {
         return Err(Counter::KernelPassQuery);
     }
     let payload_len = udp_len - UDP_HLEN;
-    let query = read_query(ctx, pkt.l4 + UDP_HLEN, payload_len, scratch)?;
+    read_query(ctx, l4 + UDP_HLEN, payload_len, scratch)?;
+    let query = &scratch.plan.query;
     // SAFETY: the value is read, never written; the agent replaces whole entries with
     // one update, and a concurrent delete keeps the element alive until we are done (RCU).
     // By reference: a by-value key would be a 136-byte copy on the 512-byte stack.
@@ -178,19 +197,15 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
         return Err(Counter::KernelPassTooLarge);
     }
     let eth = parse::read_bytes::<12>(ctx, 0).ok_or(Counter::KernelPassQuery)?;
+    let plan = &mut scratch.plan;
+    plan.family_index = family_index;
+    plan.mode = config.kernel_answers;
+    plan.elapsed = elapsed;
+    plan.reply_len = reply_len;
+    plan.eth = eth;
 
     // From here on the packet changes.
-    let reply = Reply {
-        pkt,
-        family_index,
-        mode: config.kernel_answers,
-        query: &query,
-        entry,
-        elapsed,
-        reply_len,
-        eth,
-    };
-    Ok(build(ctx, &reply).unwrap_or(Answer::Failed))
+    Ok(build(ctx, entry, scratch).unwrap_or(Answer::Failed))
 }
 
 /// Copies the query into the scratch, checks it is one the kernel answers exactly and
@@ -201,20 +216,26 @@ fn read_query(
     payload_at: usize,
     payload_len: usize,
     scratch: &mut Scratch,
-) -> Result<Query, Counter> {
-    let payload_len =
-        bounded(payload_len, DNS_HEADER + 1 + 4, QUERY_MAX).ok_or(Counter::KernelPassQuery)?;
-    // SAFETY: the destination is this CPU's scratch, `payload_len` <= QUERY_MAX <
-    // QUERY_ROOM bytes long; the helper checks the packet side.
+) -> Result<(), Counter> {
+    // The helper's length must be provably 1..=QUERY_ROOM. Checking the payload's length
+    // first does not prove it to every verifier (LLVM merges the two-sided check into one
+    // compare, and Linux 6.1 loses the lower bound on the register copy the call uses), so
+    // the length is masked into 1..=256 with no check before it, and checked after.
+    let len = ((payload_len as u32).wrapping_sub(1) & (QUERY_ROOM as u32 - 1)) + 1;
+    // SAFETY: the destination is this CPU's scratch, QUERY_ROOM >= `len` bytes long; the
+    // helper checks the packet side (the payload is `payload_len` bytes, in the packet).
     let rc = unsafe {
         aya_ebpf::helpers::bpf_skb_load_bytes(
             ctx.as_ptr(),
             payload_at as u32,
             scratch.query.as_mut_ptr().cast(),
-            payload_len as u32,
+            len,
         )
     };
-    if rc != 0 {
+    if rc != 0
+        || len as usize != payload_len
+        || !(DNS_HEADER + 1 + 4..=QUERY_MAX).contains(&payload_len)
+    {
         return Err(Counter::KernelPassQuery);
     }
     let q = &scratch.query;
@@ -289,7 +310,7 @@ fn read_query(
             0
         };
     key._pad = [0; 2];
-    Ok(Query {
+    scratch.plan.query = Query {
         id: [scratch.query[0], scratch.query[1]],
         flags,
         question_end,
@@ -298,7 +319,8 @@ fn read_query(
         udp_size,
         dnssec_ok,
         opt_sum,
-    })
+    };
+    Ok(())
 }
 
 /// Writes the question name, lowercased and zero-padded, into `key.name`; returns its
@@ -345,38 +367,19 @@ fn lowercase_name(
     Ok(name_len)
 }
 
-/// Everything [`build`] needs, behind one pointer (BPF calls take at most five
-/// register arguments).
-#[derive(Clone, Copy)]
-struct Reply<'a> {
-    pkt: &'a Transport,
-    /// 0 for IPv4, 1 for IPv6: the hit counter to add to.
-    family_index: usize,
-    /// `DatapathConfig::kernel_answers`.
-    mode: u8,
-    query: &'a Query,
-    entry: &'a KernelAnswer,
-    /// Whole seconds since the entry was stored.
-    elapsed: u32,
-    /// Payload bytes of the answer.
-    reply_len: usize,
-    /// The query's destination and source MACs.
-    eth: [u8; 12],
-}
-
 /// Turns the query into the answer and sends it back. `None`: a helper failed midway.
 #[inline(never)]
-fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
-    let Reply {
-        pkt,
-        family_index,
-        mode,
-        query,
-        entry,
-        elapsed,
-        reply_len,
-        eth,
-    } = *reply;
+fn build(ctx: &TcContext, entry: &KernelAnswer, scratch: &Scratch) -> Option<Answer> {
+    let pkt = &scratch.pkt;
+    let plan = &scratch.plan;
+    let query = &plan.query;
+    let (family_index, mode, elapsed, reply_len, eth) = (
+        plan.family_index,
+        plan.mode,
+        plan.elapsed,
+        plan.reply_len,
+        &plan.eth,
+    );
     let payload_at = pkt.l4 + UDP_HLEN;
     let body_at = query.question_end;
     let body_len = usize::from(entry.body_len);
@@ -553,22 +556,6 @@ fn build(ctx: &TcContext, reply: &Reply) -> Option<Answer> {
         return Some(Answer::Failed);
     }
     Some(Answer::Sent(TC_ACT_REDIRECT))
-}
-
-/// `value` if it lies in `min..=max`, checked in a form the verifier follows: LLVM merges
-/// a two-sided check into one unsigned compare of `value - min`, which bounds that
-/// difference and leaves `value` itself unbounded for the verifier (seen on the length
-/// given to bpf_skb_load_bytes). The opaque copy between the two checks keeps them apart.
-#[inline(always)]
-fn bounded(value: usize, min: usize, max: usize) -> Option<usize> {
-    if value > max {
-        return None;
-    }
-    let value = core::hint::black_box(value);
-    if value < min {
-        return None;
-    }
-    Some(value)
 }
 
 /// The old header's sum: the client's 12 bytes as they were (ID, flags, and the counts

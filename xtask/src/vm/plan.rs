@@ -255,6 +255,17 @@ const PLAN: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "nldns-userspace",
+        "kernel_answers",
+        &[
+            "kernel_answers_equal_the_agents_byte_for_byte",
+            "an_ipv4_query_without_udp_checksum_gets_an_answer_without_one",
+            "what_the_kernel_cannot_answer_exactly_goes_on_as_without_it",
+            "entries_at_their_end_or_due_for_prefetch_go_to_the_agent",
+            "answers_are_counted_per_entry_and_family",
+        ],
+    ),
+    (
         "nldns-tests",
         "harness",
         &[
