@@ -97,6 +97,15 @@ pub async fn print_status(
                 "fail-open: passing everything"
             }
         );
+        let answers = &i.kernel_answers;
+        if answers.mode == "off" {
+            println!("  kernel answers: off (every cache hit answered by the agent)");
+        } else {
+            println!(
+                "  kernel answers: on ({} redirect), {} of {} entries",
+                answers.mode, answers.entries, answers.capacity
+            );
+        }
         for (name, value) in &i.counters {
             println!("  {name:<26} {value}");
         }

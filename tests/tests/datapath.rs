@@ -666,7 +666,10 @@ fn datapath_debug_logging_is_switched_at_run_time() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    web_a(&node, 0);
+    // Over TCP: a UDP query for the cached name would be answered in the kernel, with
+    // nothing redirected to log.
+    let answers = ask(&node, 0, KUBE_DNS_V4.into(), WEB, RecordType::A, true);
+    assert!(!answers.is_empty());
     assert!(
         agent.wait_for_output("redirected query", Duration::from_secs(5)),
         "debug lines from the datapath after `nldns datapath-log debug`:\n{}",

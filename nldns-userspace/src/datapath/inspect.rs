@@ -12,7 +12,12 @@ use aya::{
 };
 use futures::TryStreamExt;
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
-use nldns_common::{map_names, program_names, DatapathConfig, ServiceAddr, ServiceSlot};
+use nldns_common::{
+    answers::{
+        AnswerKey, KernelAnswer, ANSWER_ENTRIES_MAX, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER,
+    },
+    map_names, program_names, DatapathConfig, ServiceAddr, ServiceSlot,
+};
 use rtnetlink::Handle;
 use serde::Serialize;
 
@@ -59,6 +64,18 @@ pub struct Instance {
     pub counters: BTreeMap<&'static str, u64>,
     /// The agent's network namespace (0 when its socket hooks are off).
     pub netns_cookie: u64,
+    /// Cache hits answered in the kernel (`--kernel-answers`).
+    pub kernel_answers: KernelAnswersStatus,
+}
+
+/// What `nldns status` says of kernel answers.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelAnswersStatus {
+    /// `peer` or `egress` (how answers go back to the pod), or `off`.
+    pub mode: &'static str,
+    /// Entries the cache has published, and room for.
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -266,9 +283,10 @@ fn take_map(maps: &mut BTreeMap<String, MapData>, name: &str, program_id: u32) -
 
 /// The ingress programs of every loaded nldns datapath (one per agent, or leftovers).
 fn ingress_programs() -> impl Iterator<Item = ProgramInfo> {
-    loaded_programs()
-        .filter_map(|p| p.ok())
-        .filter(|p| p.name_as_str() == Some(program_names::INGRESS))
+    loaded_programs().filter_map(|p| p.ok()).filter(|p| {
+        let name = p.name_as_str();
+        name == Some(program_names::INGRESS) || name == Some(program_names::ANSWERING_INGRESS)
+    })
 }
 
 /// BPF programs are global to the machine, not per network namespace: the instances
@@ -339,7 +357,29 @@ fn instance(program: &ProgramInfo) -> Result<Instance> {
             && age.is_some_and(|a| u128::from(a) <= max_age.as_millis()),
         counters: read_counters(&counters).into_iter().collect(),
         netns_cookie: config.netns_cookie,
+        kernel_answers: kernel_answers_status(&config, &mut maps, program),
     })
+}
+
+fn kernel_answers_status(
+    config: &DatapathConfig,
+    maps: &mut BTreeMap<String, MapData>,
+    program: &ProgramInfo,
+) -> KernelAnswersStatus {
+    let mode = match config.kernel_answers {
+        KERNEL_ANSWERS_PEER => "peer",
+        KERNEL_ANSWERS_EGRESS => "egress",
+        _ => "off",
+    };
+    let table = (mode != "off")
+        .then(|| take_map(maps, map_names::ANSWERS, program.id()).ok())
+        .flatten()
+        .and_then(|m| BpfHashMap::<_, AnswerKey, KernelAnswer>::try_from(m).ok());
+    KernelAnswersStatus {
+        mode,
+        entries: table.as_ref().map_or(0, |t| t.keys().count()),
+        capacity: if mode == "off" { 0 } else { ANSWER_ENTRIES_MAX },
+    }
 }
 
 /// Whether a UDP socket of this network namespace is bound to the instance's intercept
