@@ -17,8 +17,11 @@
 //! preallocation, so its memory follows the entries it holds.
 
 /// Longest question name (wire form, final zero included) the kernel key holds. Longer
-/// names are answered by the agent.
-pub const ANSWER_NAME_MAX: usize = 128;
+/// names are answered by the agent. With the value's size this keeps a map element
+/// (the kernel's 48-byte header, key, value, its allocator's 8 bytes) at 504 bytes, inside
+/// the allocator's 512-byte class: 128 would put every entry in the 1024-byte one.
+/// Kubernetes names, with the search-path expansions of ndots:5, are well within it.
+pub const ANSWER_NAME_MAX: usize = 96;
 /// Bytes of an answer after its question: answer, authority and additional sections.
 pub const ANSWER_BODY_MAX: usize = 256;
 /// Records (TTL fields) of an answer the kernel counts down.

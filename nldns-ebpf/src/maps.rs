@@ -34,8 +34,8 @@ pub static NLDNS_HEARTBEAT: Array<u64, 1> = Array::new();
 pub static NLDNS_COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
 /// Cache entries the agent lets the kernel answer from (see `answer.rs`). Not
-/// preallocated: its memory follows the entries it holds (344 + 136 bytes each, plus the
-/// hash table's own).
+/// preallocated: its memory follows the entries it holds (512 bytes each with the kernel's
+/// element header, see `ANSWER_NAME_MAX`).
 #[btf_map]
 pub static NLDNS_ANSWERS: HashMap<
     AnswerKey,

@@ -306,6 +306,7 @@ fn load_datapath(
         pod_hooks: hooks_cgroups.is_some_and(|h| h.pods.is_some()),
         kernel_answers: args.kernel_answers,
         answer_redirect: args.kernel_answers_redirect,
+        answer_entries: args.kernel_answers_entries,
     })?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(tasks::poll_datapath_log(logger));

@@ -205,6 +205,13 @@ pub struct RunArgs {
     #[arg(long, env = "NLDNS_KERNEL_ANSWERS", value_enum, default_value = "auto")]
     pub kernel_answers: crate::datapath::answers::KernelAnswersMode,
 
+    /// Cache entries the kernel may answer from at most (the BPF map, 512 bytes an
+    /// entry, charged to the agent's memory cgroup). Entries past it are answered by the
+    /// agent.
+    #[arg(long, env = "NLDNS_KERNEL_ANSWERS_ENTRIES", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(nldns_common::answers::ANSWER_ENTRIES_MAX)))]
+    pub kernel_answers_entries: u32,
+
     /// How a kernel answer goes back to the pod: `peer` (bpf_redirect_peer: veth and
     /// netkit pod interfaces, every common CNI) or `egress` (any interface kind).
     #[arg(

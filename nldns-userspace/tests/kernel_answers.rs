@@ -64,6 +64,7 @@ impl Programs {
             pod_hooks: false,
             kernel_answers,
             answer_redirect: AnswerRedirect::Peer,
+            answer_entries: 64,
         };
         let mut answering = Datapath::load(&settings(KernelAnswersMode::On))
             .expect("the answering datapath loads and passes the verifier");

@@ -58,6 +58,7 @@ impl Programs {
             // (kernel_answers.rs).
             kernel_answers: KernelAnswersMode::Off,
             answer_redirect: AnswerRedirect::Peer,
+            answer_entries: 1,
         })
         .expect("datapath loads and passes the verifier");
         datapath.beat().unwrap();

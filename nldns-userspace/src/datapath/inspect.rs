@@ -13,9 +13,7 @@ use aya::{
 use futures::TryStreamExt;
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
 use nldns_common::{
-    answers::{
-        AnswerKey, KernelAnswer, ANSWER_ENTRIES_MAX, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER,
-    },
+    answers::{AnswerKey, KernelAnswer, KERNEL_ANSWERS_EGRESS, KERNEL_ANSWERS_PEER},
     map_names, program_names, DatapathConfig, ServiceAddr, ServiceSlot,
 };
 use rtnetlink::Handle;
@@ -357,28 +355,33 @@ fn instance(program: &ProgramInfo) -> Result<Instance> {
             && age.is_some_and(|a| u128::from(a) <= max_age.as_millis()),
         counters: read_counters(&counters).into_iter().collect(),
         netns_cookie: config.netns_cookie,
-        kernel_answers: kernel_answers_status(&config, &mut maps, program),
+        kernel_answers: kernel_answers_status(&config, &mut maps),
     })
 }
 
 fn kernel_answers_status(
     config: &DatapathConfig,
     maps: &mut BTreeMap<String, MapData>,
-    program: &ProgramInfo,
 ) -> KernelAnswersStatus {
     let mode = match config.kernel_answers {
         KERNEL_ANSWERS_PEER => "peer",
         KERNEL_ANSWERS_EGRESS => "egress",
         _ => "off",
     };
-    let table = (mode != "off")
-        .then(|| take_map(maps, map_names::ANSWERS, program.id()).ok())
-        .flatten()
+    let map = (mode != "off")
+        .then(|| maps.remove(map_names::ANSWERS))
+        .flatten();
+    let capacity = map
+        .as_ref()
+        .and_then(|m| m.info().ok())
+        .map_or(0, |i| i.max_entries());
+    let table = map
+        .and_then(|m| Map::from_map_data(m).ok())
         .and_then(|m| BpfHashMap::<_, AnswerKey, KernelAnswer>::try_from(m).ok());
     KernelAnswersStatus {
         mode,
         entries: table.as_ref().map_or(0, |t| t.keys().count()),
-        capacity: if mode == "off" { 0 } else { ANSWER_ENTRIES_MAX },
+        capacity,
     }
 }
 

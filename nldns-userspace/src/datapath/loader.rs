@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use nldns_common::{
-    answers::KERNEL_ANSWERS_OFF, map_names, program_names, Counter, DatapathConfig, ServiceAddr,
-    ServiceSlot, MAX_SERVICES,
+    answers::{ANSWER_ENTRIES_MAX, KERNEL_ANSWERS_OFF},
+    map_names, program_names, Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
 };
 
 use super::{
@@ -62,6 +62,8 @@ pub struct DatapathSettings {
     /// `--kernel-answers` and how answers go back to the pod.
     pub kernel_answers: KernelAnswersMode,
     pub answer_redirect: AnswerRedirect,
+    /// Entries of the answer table (and hit counters).
+    pub answer_entries: u32,
 }
 
 impl Datapath {
@@ -77,12 +79,15 @@ impl Datapath {
         }
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
-        if settings.kernel_answers == KernelAnswersMode::Off {
-            // The hit counters are a preallocated 1 MiB array: not without kernel answers.
-            loader
-                .map_max_entries(map_names::ANSWERS, 1)
-                .map_max_entries(map_names::ANSWER_HITS, 1);
-        }
+        // The hit counters are a preallocated array (16 bytes an entry): one entry
+        // without kernel answers.
+        let entries = match settings.kernel_answers {
+            KernelAnswersMode::Off => 1,
+            _ => settings.answer_entries.clamp(1, ANSWER_ENTRIES_MAX),
+        };
+        loader
+            .map_max_entries(map_names::ANSWERS, entries)
+            .map_max_entries(map_names::ANSWER_HITS, entries);
         let mut ebpf = loader.load(DATAPATH_OBJECT).context(
             "loading the datapath object into the kernel (needs CAP_BPF and CAP_NET_ADMIN)",
         )?;
