@@ -9,13 +9,13 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanId};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -672,6 +672,31 @@ fn what_the_kernel_cannot_answer_exactly_goes_on_as_without_it() {
             );
         }
     }
+    // Frames, not queries: a VLAN tag (answered by the agent: the pod would need the tag
+    // back) and an IP fragment (never touched, as by the plain program).
+    let mut tagged = Vec::new();
+    PacketBuilder::ethernet2(POD_MAC, NODE_MAC)
+        .single_vlan(VlanId::try_new(7).unwrap())
+        .ipv4(POD_V4.octets(), KUBE_DNS_V4.octets(), 64)
+        .udp(CLIENT_PORT, 53)
+        .write(&mut tagged, &published)
+        .unwrap();
+    let mut fragment = frame(Form::ServiceV4, &ep, &published);
+    fragment[14 + 6] |= 0x20; // more fragments
+    for (what, frame, counter) in [
+        ("VLAN tag", tagged, "kernel_pass_query"),
+        ("IP fragment", fragment, "fragments_passed"),
+    ] {
+        let before = p.counter(counter);
+        let (verdict, out) = p.answer(&frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "{what}: not answered");
+        assert_eq!(out, p.plain(&frame), "{what}: as without kernel answers");
+        assert_eq!(
+            p.counter(counter),
+            before + 1,
+            "{what}: counted as {counter}"
+        );
+    }
     assert_eq!(p.counter("kernel_answers"), 0);
 }
 
@@ -724,6 +749,3 @@ fn answers_are_counted_per_entry_and_family() {
     let after = p.table.hits(3);
     assert_eq!((after.v4 - before.v4, after.v6 - before.v6), (3, 2));
 }
-
-#[allow(dead_code)]
-fn unused(_: Ipv4Addr, _: Ipv6Addr) {}

@@ -97,3 +97,197 @@ impl KernelCopies {
         self.free = (0..capacity).rev().collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use nldns_common::answers::{AnswerKey, KernelAnswer};
+
+    use super::*;
+    use crate::cache::{AnswerKind, Cache, CacheKey, CachePolicy, CachedAnswer, Lookup};
+    use crate::kernel_answers::TableError;
+
+    /// A table in memory: what the cache published, and hit counts the test sets.
+    #[derive(Default)]
+    struct FakeTable {
+        entries: Mutex<HashMap<Vec<u8>, KernelAnswer>>,
+        hits: Mutex<HashMap<u32, AnswerHits>>,
+    }
+
+    fn name_of(key: &AnswerKey) -> Vec<u8> {
+        key.name[..usize::from(key.name_len)].to_vec()
+    }
+
+    impl AnswerTable for FakeTable {
+        fn publish(&self, key: &AnswerKey, answer: &KernelAnswer) -> Result<(), TableError> {
+            self.entries.lock().unwrap().insert(name_of(key), *answer);
+            Ok(())
+        }
+        fn withdraw(&self, key: &AnswerKey) {
+            self.entries.lock().unwrap().remove(&name_of(key));
+        }
+        fn clear(&self) {
+            self.entries.lock().unwrap().clear();
+        }
+        fn hits(&self, slot: u32) -> AnswerHits {
+            self.hits
+                .lock()
+                .unwrap()
+                .get(&slot)
+                .copied()
+                .unwrap_or_default()
+        }
+        fn capacity(&self) -> u32 {
+            8
+        }
+    }
+
+    impl FakeTable {
+        fn published(&self, name: &str) -> Option<KernelAnswer> {
+            self.entries.lock().unwrap().get(&wire_name(name)).copied()
+        }
+        /// The kernel answered `n` more IPv4 queries from `name`'s entry.
+        fn answer(&self, name: &str, n: u64) {
+            let slot = self.published(name).expect("published").hits_slot;
+            self.hits.lock().unwrap().entry(slot).or_default().v4 += n;
+        }
+    }
+
+    fn wire_name(name: &str) -> Vec<u8> {
+        let mut out = vec![name.len() as u8];
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out
+    }
+
+    fn key(name: &str) -> CacheKey {
+        CacheKey {
+            name: wire_name(name).into(),
+            qtype: 1,
+            qclass: 1,
+            flags: 0,
+        }
+    }
+
+    /// `name` A 10.0.0.1 as the miss path stores it (question, one answer record).
+    fn answer(name: &str, kind: AnswerKind, ttl: u32, at: Instant) -> Arc<CachedAnswer> {
+        let mut wire = vec![0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        wire.extend_from_slice(&wire_name(name));
+        wire.extend_from_slice(&[0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1]);
+        let ttl_at = wire.len() as u16;
+        wire.extend_from_slice(&ttl.to_be_bytes());
+        wire.extend_from_slice(&[0, 4, 10, 0, 0, 1]);
+        CachedAnswer::new(&wire, &[ttl_at], kind, ttl, at).unwrap()
+    }
+
+    fn cache(max_entries: usize) -> (Cache, Arc<FakeTable>) {
+        let mut cache = Cache::new(CachePolicy {
+            max_entries,
+            max_bytes: 1 << 20,
+            prefetch_min_hits: 3,
+            prefetch_percent: 10,
+            stale_max: Duration::from_secs(3600),
+            stale_recheck: Duration::from_secs(30),
+        });
+        let table = Arc::new(FakeTable::default());
+        cache.set_answer_table(Some(table.clone()));
+        (cache, table)
+    }
+
+    #[test]
+    fn stored_entries_are_published_until_the_prefetch_window_and_servfail_never() {
+        let t0 = Instant::now();
+        let (mut cache, table) = cache(10);
+        cache.insert(key("a"), answer("a", AnswerKind::Positive, 100, t0), 0);
+        let entry = table.published("a").expect("published on store");
+        // 10% prefetch window of 100 s: the kernel passes from 90 s on.
+        assert_eq!(entry.pass_after_ns - entry.stored_at_ns, 90_000_000_000);
+        cache.insert(key("f"), answer("f", AnswerKind::ServFail, 5, t0), 0);
+        assert!(table.published("f").is_none(), "SERVFAIL stays the agent's");
+        assert_eq!(cache.kernel_entries(), 1);
+    }
+
+    #[test]
+    fn evicted_and_replaced_entries_leave_the_table() {
+        let t0 = Instant::now();
+        let (mut cache, table) = cache(1);
+        cache.insert(key("a"), answer("a", AnswerKind::Positive, 30, t0), 0);
+        let first = table.published("a").unwrap();
+        cache.insert(
+            key("a"),
+            answer("a", AnswerKind::Positive, 30, t0 + Duration::from_secs(5)),
+            0,
+        );
+        let second = table.published("a").unwrap();
+        assert_ne!(
+            first.stored_at_ns, second.stored_at_ns,
+            "replaced by the new answer"
+        );
+        cache.insert(key("b"), answer("b", AnswerKind::Positive, 30, t0), 0);
+        assert!(table.published("a").is_none(), "evicted: withdrawn");
+        assert!(table.published("b").is_some());
+        assert_eq!(cache.kernel_entries(), 1);
+    }
+
+    #[test]
+    fn kernel_hits_feed_prefetch_and_recency() {
+        let t0 = Instant::now();
+        let (mut cache, table) = cache(2);
+        cache.insert(key("a"), answer("a", AnswerKind::Positive, 100, t0), 0);
+        cache.insert(key("b"), answer("b", AnswerKind::Positive, 100, t0), 0);
+        // The kernel answered `a` three times: read back, counted, and `a` is now the
+        // most recently used.
+        table.answer("a", 3);
+        let hits = cache.sync_kernel_hits(t0 + Duration::from_secs(1));
+        assert_eq!(hits.len(), 1);
+        assert_eq!((hits[0].v4, hits[0].v6, hits[0].qtype), (3, 0, 1));
+        assert!(
+            cache
+                .sync_kernel_hits(t0 + Duration::from_secs(2))
+                .is_empty(),
+            "counted once"
+        );
+        cache.insert(key("c"), answer("c", AnswerKind::Positive, 100, t0), 0);
+        assert!(
+            matches!(cache.lookup(&key("b"), t0), Lookup::Miss),
+            "b was the LRU"
+        );
+        // In the window, one agent hit on top of the kernel's three reaches minHits 3.
+        match cache.lookup(&key("a"), t0 + Duration::from_secs(95)) {
+            Lookup::Fresh { prefetch, .. } => assert!(prefetch, "kernel hits counted"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_past_their_deadline_and_reloads_empty_the_table() {
+        let t0 = Instant::now();
+        let (mut cache, table) = cache(10);
+        cache.insert(key("a"), answer("a", AnswerKind::Positive, 100, t0), 0);
+        cache.insert(key("b"), answer("b", AnswerKind::Positive, 10, t0), 0);
+        // b's kernel deadline (9 s) has passed: withdrawn, still cached.
+        cache.sync_kernel_hits(t0 + Duration::from_secs(9));
+        assert!(table.published("b").is_none());
+        assert!(table.published("a").is_some());
+        assert!(matches!(
+            cache.lookup(&key("b"), t0 + Duration::from_secs(9)),
+            Lookup::Fresh { .. }
+        ));
+        assert!(
+            table.published("b").is_none(),
+            "not published again past its deadline"
+        );
+        // A reload empties the table; the next hit publishes again.
+        cache.withdraw_kernel_answers();
+        assert!(table.published("a").is_none());
+        assert_eq!(cache.kernel_entries(), 0);
+        assert!(matches!(
+            cache.lookup(&key("a"), t0 + Duration::from_secs(10)),
+            Lookup::Fresh { .. }
+        ));
+        assert!(table.published("a").is_some(), "published on its next hit");
+    }
+}
