@@ -57,6 +57,16 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 expect_row(a, "pod hooks", &["run first", "before cil_sock4_connect"])?;
                 expect_row(a, "hit ratio", &["90.0%", "900 hits", "100 misses"])?;
                 expect_row(a, "fail-open", &["stale heartbeat: TC 0, socket 0"])?;
+                expect_row(
+                    a,
+                    "kernel answers",
+                    &[
+                        "on (peer)",
+                        "120 of 16384 entries",
+                        "answered 700",
+                        "agent 60",
+                    ],
+                )?;
                 let b = &tables[1].1;
                 ensure!(tables[1].0.contains("not Ready"), "node-b is not Ready");
                 expect_row(b, "mode", &["netlink"])?;
@@ -64,6 +74,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 expect_row(b, "heartbeat", &["5400 ms", "STALE"])?;
                 expect_row(b, "fail-open", &["TC 42"])?;
                 expect_row(b, "hit ratio", &["n/a"])?;
+                expect_row(b, "kernel answers", &["off"])?;
                 expect_row(b, "WARNING", &["cil_sock4_connect", "Cilium"])?;
                 let c = &tables[2].1;
                 expect_row(c, "error", &["container not found"])?;
