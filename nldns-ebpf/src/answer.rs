@@ -149,10 +149,10 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     let family_index = usize::from(
         unsafe { core::ptr::read_volatile((&raw const scratch.pkt.family).cast::<u8>()) } & 1,
     );
-    // A VLAN tag in the frame: the pod would have to get it back tagged; leave it to the
-    // agent.
-    // The transport came through the scratch map: the verifier knows nothing of its
-    // offsets any more, so they are bounded again (IPv4 options, IPv6 extension headers).
+    // A VLAN tag in the frame (l3 past the Ethernet header): the pod would have to get it
+    // back tagged; that is the agent's. The transport came through the scratch map, so the
+    // verifier knows nothing of its offsets any more: l4 is bounded again (IPv4 options,
+    // IPv6 extension headers).
     let l4 = scratch.pkt.l4;
     if scratch.pkt.l3 != ETH_HLEN || l4 > MAX_L4 || scratch.pkt.proto != parse::IPPROTO_UDP {
         return Err(Counter::KernelPassQuery);
@@ -168,7 +168,7 @@ fn try_respond(ctx: &TcContext) -> Result<Answer, Counter> {
     let query = &scratch.plan.query;
     // SAFETY: the value is read, never written; the agent replaces whole entries with
     // one update, and a concurrent delete keeps the element alive until we are done (RCU).
-    // By reference: a by-value key would be a 136-byte copy on the 512-byte stack.
+    // By reference: a by-value key would be a 104-byte copy on the 512-byte stack.
     #[allow(clippy::needless_borrows_for_generic_args)]
     let entry = unsafe { NLDNS_ANSWERS.get(&scratch.key) }.ok_or(Counter::KernelPassNoEntry)?;
     // SAFETY: helper with no arguments; CLOCK_MONOTONIC, the clock of the agent's Instant.
@@ -251,7 +251,7 @@ fn read_query(
     let has_opt = q[11] == 1;
     let found = lowercase_name(&scratch.query, payload_len, &mut scratch.key)?;
     // The length goes through memory and back: from the loop it is one exact value per
-    // path (128 of them), and every later use (indexes, then the whole answer) would be
+    // path (96 of them), and every later use (indexes, then the whole answer) would be
     // verified once per value. Read back it is one unknown byte, verified once.
     // SAFETY: this CPU's scratch entry, written just before.
     let name_len = unsafe {

@@ -164,6 +164,26 @@ fn hits_are_answered_in_the_kernel_over_ipv4_and_ipv6_and_counted_like_the_agent
             .unwrap()
             >= 2
     );
+    // The table has BTF: bpftool prints its entries field by field.
+    let dump = node
+        .exec_in_node(
+            "bpftool",
+            &["map", "dump", "name", "NLDNS_ANSWERS"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    for field in [
+        "\"qtype\"",
+        "\"stored_at_ns\"",
+        "\"pass_after_ns\"",
+        "\"ttl_offsets\"",
+    ] {
+        assert!(
+            dump.contains(field),
+            "bpftool map dump without {field}:\n{dump}"
+        );
+    }
     // Read back within a second into the same hit and request series as the agent's own.
     let counted =
         nldns_tests::cmd::wait_until(Duration::from_secs(3), Duration::from_millis(100), || {

@@ -145,6 +145,14 @@ fn cache_answers_before_the_dataplane(flavour: Flavour, how: Attach) {
         tc_before,
         "TC must not see (or rewrite) what the socket hooks redirected"
     );
+    // A hit in this form (the pod's socket talks to the intercept endpoint) is answered
+    // by the kernel too (dig's default EDNS cookie would leave it to the agent), and the
+    // application still sees the ClusterIP answering.
+    let in_kernel = datapath_counter(&node, "kernel_answers");
+    dig_web(&node, &pods, KUBE_DNS, &["+nocookie"]);
+    dig_web(&node, &pods, KUBE_DNS6, &["+nocookie"]);
+    assert_eq!(datapath_counter(&node, "kernel_answers"), in_kernel + 2);
+    assert_eq!(counts(&node), warm);
 
     // A pod started after the agent: its cgroup inherits the hooks.
     let late = node
