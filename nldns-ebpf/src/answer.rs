@@ -71,6 +71,47 @@ pub struct Scratch {
     /// What `build` needs, handed over here rather than on the stack: the three calls'
     /// frames must fit 512 bytes together, counted in 32-byte steps by Linux 6.1.
     plan: Plan,
+    /// The intercept port whose agent socket this CPU last found, and when (see
+    /// [`socket_seen_lately`]).
+    socket_port: u16,
+    socket_seen_ns: u64,
+}
+
+/// How long a found agent socket counts as there for kernel answers on this CPU.
+///
+/// The guard's socket lookup cost about 250 of an answer's ~1,000 ns (BPF_PROG_TEST_RUN);
+/// an answer needs no agent, only proof that the agent is alive, so the answering
+/// program looks again at most once a millisecond per CPU and port. After a kill -9 a CPU
+/// may go on answering from the dead agent's table for up to this long (the answers are
+/// the cached ones, still within their deadlines), against the heartbeat's 750 ms for a
+/// hung agent. Redirects keep the lookup on every query: a query sent to a closed socket
+/// is lost, an answer is not.
+const SOCKET_RECHECK_NS: u64 = 1_000_000;
+
+/// True if this CPU found the agent's socket for `port` within [`SOCKET_RECHECK_NS`].
+#[inline(always)]
+pub fn socket_seen_lately(port: u16) -> bool {
+    let Some(scratch) = NLDNS_ANS_TMP.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's entry, read while no other program runs on this CPU.
+    let (seen_port, seen_ns) = unsafe { ((*scratch).socket_port, (*scratch).socket_seen_ns) };
+    // SAFETY: helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    seen_port == port && seen_ns != 0 && now.wrapping_sub(seen_ns) < SOCKET_RECHECK_NS
+}
+
+/// Notes that the agent's socket for `port` was just found; returns true.
+#[inline(always)]
+pub fn saw_socket(port: u16) -> bool {
+    if let Some(scratch) = NLDNS_ANS_TMP.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; helper with no arguments.
+        unsafe {
+            (*scratch).socket_port = port;
+            (*scratch).socket_seen_ns = bpf_ktime_get_ns();
+        }
+    }
+    true
 }
 
 /// The answer to build (see [`build`]).
@@ -326,19 +367,22 @@ fn read_query(
 /// Writes the question name, lowercased and zero-padded, into `key.name`; returns its
 /// length (final zero included). Compression pointers, bad label types and names longer
 /// than the key pass.
+///
+/// The padding is written first, a word at a time, and the walk stops at the name's end:
+/// byte by byte to the key's full length was a third of an answer's run time.
 #[inline(always)]
 fn lowercase_name(
     query: &[u8; QUERY_ROOM],
     payload_len: usize,
     key: &mut AnswerKey,
 ) -> Result<usize, Counter> {
-    let mut name_len = 0usize;
+    let words = key.name.as_mut_ptr().cast::<u64>();
+    for w in 0..ANSWER_NAME_MAX / 8 {
+        // SAFETY: word `w` of the name's ANSWER_NAME_MAX (a multiple of 8) bytes.
+        unsafe { words.add(w).write_unaligned(0) };
+    }
     let mut label_left = 0u8;
     for i in 0..ANSWER_NAME_MAX {
-        if name_len != 0 {
-            key.name[i] = 0;
-            continue;
-        }
         let at = DNS_HEADER + i;
         if at >= payload_len {
             return Err(Counter::KernelPassQuery);
@@ -346,8 +390,10 @@ fn lowercase_name(
         let c = query[at];
         if label_left == 0 {
             if c == 0 {
-                name_len = i + 1;
-            } else if c > 63 {
+                // The final zero is already in the padding.
+                return Ok(i + 1);
+            }
+            if c > 63 {
                 return Err(Counter::KernelPassQuery);
             }
             label_left = c;
@@ -361,10 +407,7 @@ fn lowercase_name(
             };
         }
     }
-    if name_len == 0 {
-        return Err(Counter::KernelPassQuery);
-    }
-    Ok(name_len)
+    Err(Counter::KernelPassQuery)
 }
 
 /// Turns the query into the answer and sends it back. `None`: a helper failed midway.

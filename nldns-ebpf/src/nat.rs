@@ -132,7 +132,8 @@ pub fn answerable(ctx: &TcContext) -> Answerable {
     let answering = config.kernel_answers != KERNEL_ANSWERS_OFF
         && pkt.proto == IPPROTO_UDP
         && guard::agent_is_alive(config)
-        && agent_socket_takes(ctx, &pkt, &endpoint, port);
+        && (answer::socket_seen_lately(port)
+            || agent_socket_takes(ctx, &pkt, &endpoint, port) && answer::saw_socket(port));
     match (answering, redirect) {
         (true, _) => {
             answer::stash(&pkt);
