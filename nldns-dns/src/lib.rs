@@ -16,6 +16,9 @@
 //!   upstream reply into a stored answer; [`wire`] is the hand-written hot-path parser
 //!   and patcher; [`upstream`] does exchanges and tracks upstream health; [`router`]
 //!   maps zones to upstreams; [`config`] is the whole configuration, swapped on reload.
+//! - [`kernel_answers`]: the cache's entries published to an [`kernel_answers::AnswerTable`]
+//!   a datapath answers hits from itself (the agent's TC responder), and what it
+//!   answered read back every second ([`DnsService::sync_kernel_answers`]).
 //! - [`metrics`]: the engine's Prometheus metrics; the agent adds its own collectors to
 //!   the same registry. [`memory`] gives the heap that misses churned back to the kernel.
 //!

@@ -2,11 +2,13 @@
 //! bytes, least-recently-used eviction, TTL countdown, prefetch marks and RFC 8767
 //! serve-stale bookkeeping.
 //!
-//! Keys and values are shaped so a kernel-side twin (a BPF map the datapath could
-//! answer from) can mirror them: the key is the lowercased wire name plus fixed-size
-//! fields, the value is the answer's wire bytes plus the offsets of its TTL fields.
+//! Keys and values are shaped so a kernel-side twin can mirror them: the key is the
+//! lowercased wire name plus fixed-size fields, the value is the answer's wire bytes plus
+//! the offsets of its TTL fields. With an answer table set (`kernel_answers`) the cache
+//! publishes its entries there, and `kernel.rs` keeps track of which ones.
 //!
-//! Files: `entry.rs` packs one answer into one heap block (the shared
+//! Files: `kernel.rs` the published entries' hit slots and deadlines; `entry.rs` packs
+//! one answer into one heap block (the shared
 //! [`CachedAnswer`]: header, TTL offsets, the key's name only when the wire's question
 //! does not already spell it, the wire message); `lru.rs` is the slab the entries live
 //! in, threaded into a least-recently-used list by index; this file is the index by
