@@ -150,12 +150,19 @@ fn lookups() -> Vec<(String, RecordType)> {
     all
 }
 
-fn redirected(node: &SimNode, bin: &Path) -> Result<u64> {
+/// A datapath counter summed over this node's instances.
+fn datapath_counter(node: &SimNode, bin: &Path, name: &str) -> Result<u64> {
     Ok(node
         .agent_instances(bin)?
         .iter()
-        .filter_map(|i| i["counters"]["queries_redirected"].as_u64())
+        .filter_map(|i| i["counters"][name].as_u64())
         .sum())
+}
+
+/// Queries the datapath took: redirected to the agent, or answered in the kernel.
+fn taken(node: &SimNode, bin: &Path) -> Result<u64> {
+    Ok(datapath_counter(node, bin, "queries_redirected")?
+        + datapath_counter(node, bin, "kernel_answers")?)
 }
 
 #[test]
@@ -163,16 +170,31 @@ fn kubernetes_dns_lookups_answer_the_same_through_nldns() {
     if !require_root("kubernetes_dns_lookups_answer_the_same_through_nldns") {
         return;
     }
+    lookups_answer_the_same("auto");
+}
+
+/// The same with every hit answered by the agent, as before kernel answers.
+#[test]
+fn kubernetes_dns_lookups_answer_the_same_with_kernel_answers_off() {
+    if !require_root("kubernetes_dns_lookups_answer_the_same_with_kernel_answers_off") {
+        return;
+    }
+    lookups_answer_the_same("off");
+}
+
+fn lookups_answer_the_same(kernel_answers: &str) {
     let bin = agent_binary().expect("build the agent first (cargo build -p nldns-userspace)");
     let node = SimNode::new(1, 2).expect("node");
-    let args = node.agent_args();
+    let mut args = node.agent_args();
+    args.extend(["--kernel-answers".to_string(), kernel_answers.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _agent = node.spawn_agent(&bin, &args).expect("agent");
     assert!(
         node.wait_http_ok("/ready", Duration::from_secs(20)),
         "agent not ready"
     );
-    let redirected_before = redirected(&node, &bin).expect("status");
+    let redirected_before = taken(&node, &bin).expect("status");
+    let kernel_before = datapath_counter(&node, &bin, "kernel_answers").expect("status");
 
     let mut compared = 0;
     let mut mismatches = Vec::new();
@@ -202,15 +224,26 @@ fn kubernetes_dns_lookups_answer_the_same_through_nldns() {
             }
         }
     }
-    let redirected_after = redirected(&node, &bin).expect("status");
+    let redirected_after = taken(&node, &bin).expect("status");
+    let in_kernel =
+        datapath_counter(&node, &bin, "kernel_answers").expect("status") - kernel_before;
     println!(
-        "conformance: {compared} lookups compared, {} mismatches; datapath redirected {} queries",
+        "conformance (kernel answers {kernel_answers}): {compared} lookups compared, {} mismatches; datapath took {} queries, {in_kernel} answered in the kernel",
         mismatches.len(),
         redirected_after - redirected_before
     );
+    if kernel_answers == "off" {
+        assert_eq!(
+            in_kernel, 0,
+            "kernel answers off, yet answered in the kernel"
+        );
+    } else {
+        assert!(in_kernel > 0, "no lookup was answered in the kernel");
+    }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     // Each lookup above sent at least one query to the ClusterIP; the datapath must have
-    // taken them (TCP counts per segment, so at least as many as lookups).
+    // taken them, redirected or answered (TCP counts per segment, so at least as many as
+    // lookups).
     assert!(
         redirected_after - redirected_before >= compared as u64,
         "the queries did not go through the interception: {redirected_before} -> {redirected_after}"
