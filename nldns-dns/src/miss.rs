@@ -378,11 +378,5 @@ impl PendingQuery {
 
 /// What identifies the answer to a parsed query (`name`: its lowercased wire name).
 pub(crate) fn cache_key<'a>(name: &'a [u8], info: &QueryInfo) -> KeyRef<'a> {
-    KeyRef {
-        name,
-        qtype: info.qtype,
-        qclass: info.qclass,
-        flags: if info.dnssec_ok() { KEY_DO } else { 0 }
-            | if info.checking_disabled() { KEY_CD } else { 0 },
-    }
+    KeyRef::of_query(name, info)
 }

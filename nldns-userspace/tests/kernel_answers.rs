@@ -25,7 +25,7 @@ use nldns::datapath::{
     loader::{Datapath, DatapathSettings},
 };
 use nldns_dns::answer::{prepare, TtlPolicy};
-use nldns_dns::cache::{CachedAnswer, KeyRef, KEY_CD, KEY_DO};
+use nldns_dns::cache::{CachedAnswer, KeyRef};
 use nldns_dns::kernel_answers::{answer_key, kernel_entry, AnswerTable};
 use nldns_dns::wire::{self, TtlPatch};
 use socket2::Socket;
@@ -120,7 +120,7 @@ impl Programs {
     /// answered by the kernel until `until` from now.
     fn publish(&self, query: &[u8], answer: &CachedAnswer, until: Duration) {
         let (key_name, info) = parse(query);
-        let key = key_of(&key_name, &info);
+        let key = KeyRef::of_query(&key_name, &info);
         let entry = kernel_entry(key, answer, Instant::now() + until, 3)
             .expect("the corpus fits the kernel's entry");
         self.table
@@ -133,16 +133,6 @@ fn parse(query: &[u8]) -> (Vec<u8>, wire::QueryInfo) {
     let mut name = Vec::new();
     let info = wire::parse_query(query, &mut name).expect("a valid query");
     (name, info)
-}
-
-fn key_of<'a>(name: &'a [u8], info: &wire::QueryInfo) -> KeyRef<'a> {
-    KeyRef {
-        name,
-        qtype: info.qtype,
-        qclass: info.qclass,
-        flags: if info.dnssec_ok() { KEY_DO } else { 0 }
-            | if info.checking_disabled() { KEY_CD } else { 0 },
-    }
 }
 
 /// A cached answer as the miss path stores it (`answer::prepare` on an upstream reply).
@@ -721,7 +711,7 @@ fn entries_at_their_end_or_due_for_prefetch_go_to_the_agent() {
     // Withdrawn: a miss for the kernel.
     let (key_name, info) = parse(&query);
     p.table
-        .withdraw(&answer_key(key_of(&key_name, &info)).unwrap());
+        .withdraw(&answer_key(KeyRef::of_query(&key_name, &info)).unwrap());
     assert_eq!(p.answer(&frame).0, TC_ACT_UNSPEC);
     assert_eq!(p.counter("kernel_pass_no_entry"), 1);
 }

@@ -33,6 +33,7 @@ use kernel::{KernelCopies, UNPUBLISHED};
 use lru::LruSlab;
 
 use crate::kernel_answers::{self, AnswerTable};
+use crate::wire::QueryInfo;
 
 /// `Slot::kernel` of an entry the kernel cannot render exactly (too large, too many
 /// records, a name longer than its key): never tried again.
@@ -65,7 +66,19 @@ pub struct KeyRef<'a> {
     pub flags: u8,
 }
 
-impl KeyRef<'_> {
+impl<'a> KeyRef<'a> {
+    /// The key of a client's query: its lowercased question `name` (as `parse_query`
+    /// wrote it), type, class, and its DO and CD bits.
+    pub fn of_query(name: &'a [u8], info: &QueryInfo) -> Self {
+        KeyRef {
+            name,
+            qtype: info.qtype,
+            qclass: info.qclass,
+            flags: if info.dnssec_ok() { KEY_DO } else { 0 }
+                | if info.checking_disabled() { KEY_CD } else { 0 },
+        }
+    }
+
     pub fn to_owned_key(self) -> CacheKey {
         CacheKey {
             name: self.name.into(),
