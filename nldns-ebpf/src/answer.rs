@@ -17,7 +17,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    btf_maps::PerCpuArray,
     helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
+    macros::btf_map,
     programs::TcContext,
     EbpfContext,
 };
@@ -30,7 +32,7 @@ use nldns_common::{
 };
 
 use crate::{
-    maps::{self, NLDNS_ANSWERS, NLDNS_ANS_HITS, NLDNS_ANS_TMP},
+    maps::{self, NLDNS_ANSWERS, NLDNS_ANS_HITS},
     parse::{self, Family, Transport},
 };
 
@@ -60,6 +62,12 @@ const OUR_EDNS_UDP_SIZE: u16 = 1232;
 /// Largest answer to a client without EDNS.
 const PLAIN_UDP_LIMIT: usize = 512;
 const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Per-CPU room for the query being answered, the key built from it and the answer's
+/// plan: more than the 512-byte stack holds beside the rest. The responder's own; the
+/// agent never reads it.
+#[btf_map]
+static NLDNS_ANS_TMP: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Per-CPU working room (`NLDNS_ANS_TMP`).
 #[repr(C)]

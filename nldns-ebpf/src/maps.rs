@@ -10,8 +10,6 @@ use nldns_common::{
     Counter, DatapathConfig, ServiceAddr, ServiceSlot, MAX_SERVICES,
 };
 
-use crate::answer::Scratch;
-
 /// Single entry: the intercept endpoint and guard settings.
 #[btf_map]
 pub static NLDNS_CONFIG: Array<DatapathConfig, 1> = Array::new();
@@ -52,11 +50,6 @@ pub static NLDNS_ANS_HITS: Array<
     { ANSWER_ENTRIES_MAX as usize },
     { BPF_F_MMAPABLE as usize },
 > = Array::new();
-
-/// Per-CPU room for the query being answered and the key built from it: more than the
-/// 512-byte stack holds beside the rest.
-#[btf_map]
-pub static NLDNS_ANS_TMP: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {

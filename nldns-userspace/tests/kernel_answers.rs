@@ -25,8 +25,8 @@ use nldns::datapath::{
     loader::{Datapath, DatapathSettings},
 };
 use nldns_dns::answer::{prepare, TtlPolicy};
-use nldns_dns::cache::{CachedAnswer, KeyRef};
-use nldns_dns::kernel_answers::{answer_key, kernel_entry, AnswerTable};
+use nldns_dns::cache::{answer_key, kernel_entry, CachedAnswer, KeyRef};
+use nldns_dns::kernel_answers::AnswerTable;
 use nldns_dns::wire::{self, TtlPatch};
 use socket2::Socket;
 use support::{

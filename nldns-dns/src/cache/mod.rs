@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 pub use entry::{AnswerKind, CachedAnswer};
-pub use kernel::KernelHits;
+pub use kernel::{answer_key, kernel_entry, pass_after, KernelHits, END_MARGIN};
 use kernel::{KernelCopies, UNPUBLISHED};
 use lru::LruSlab;
 
-use crate::kernel_answers::{self, AnswerTable};
+use crate::kernel_answers::AnswerTable;
 use crate::wire::QueryInfo;
 
 /// `Slot::kernel` of an entry the kernel cannot render exactly (too large, too many
@@ -325,8 +325,7 @@ impl Cache {
         if slot.kernel != UNPUBLISHED || slot.answer.kind() == AnswerKind::ServFail {
             return;
         }
-        let Some(until) = kernel_answers::pass_after(&slot.answer, self.policy.prefetch_percent)
-        else {
+        let Some(until) = pass_after(&slot.answer, self.policy.prefetch_percent) else {
             return;
         };
         if until <= now {
@@ -334,15 +333,11 @@ impl Cache {
         }
         let key = slot.key();
         let mut outcome = NEVER_PUBLISHED;
-        if let Some(table_key) = kernel_answers::answer_key(key) {
+        if let Some(table_key) = answer_key(key) {
             match copies.take(at, until) {
                 None => outcome = UNPUBLISHED, // full: try again on a later hit
-                Some(hit_slot) => match kernel_answers::kernel_entry(
-                    key,
-                    &slot.answer,
-                    until,
-                    u32::from(hit_slot),
-                ) {
+                Some(hit_slot) => match kernel_entry(key, &slot.answer, until, u32::from(hit_slot))
+                {
                     None => copies.release(hit_slot),
                     Some(entry) => match copies.table.publish(&table_key, &entry) {
                         Ok(()) => outcome = hit_slot,
@@ -373,7 +368,7 @@ impl Cache {
 
     fn withdraw(kernel: &mut Option<KernelCopies>, slot: &Slot, hit_slot: u16) {
         if let Some(copies) = kernel.as_mut() {
-            if let Some(key) = kernel_answers::answer_key(slot.key()) {
+            if let Some(key) = answer_key(slot.key()) {
                 copies.table.withdraw(&key);
             }
             copies.release(hit_slot);

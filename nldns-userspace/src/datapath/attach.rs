@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifier, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, TcAttachType,
     },
     util::KernelVersion,
@@ -66,11 +66,18 @@ impl Direction {
         }
     }
 
-    pub fn program(self) -> &'static str {
+    /// The program of `datapath` attached in this direction (ingress: the answering one
+    /// with kernel answers on).
+    pub fn program(self, datapath: &Datapath) -> &'static str {
         match self {
-            Direction::Ingress => program_names::INGRESS,
+            Direction::Ingress => datapath.ingress_program(),
             Direction::Egress => program_names::EGRESS,
         }
+    }
+
+    fn program_mut(self, datapath: &mut Datapath) -> Result<&mut SchedClassifier> {
+        let name = self.program(datapath);
+        datapath.program_mut(name)
     }
 }
 
@@ -129,17 +136,17 @@ impl Attachments {
                     ..Default::default()
                 }),
             };
-            let program = datapath.tc_program_mut(direction)?;
+            let program = direction.program_mut(datapath)?;
             match program.attach_with_options(interface, direction.tc_type(), options) {
                 Ok(id) => done.push((direction, id)),
                 Err(err) => {
                     for (direction, id) in done {
-                        let _ = datapath.tc_program_mut(direction)?.detach(id);
+                        let _ = direction.program_mut(datapath)?.detach(id);
                     }
                     return Err(err).with_context(|| {
                         format!(
                             "attaching {} to {interface} ({:?})",
-                            direction.program(),
+                            direction.program(datapath),
                             self.mode
                         )
                     });
@@ -155,7 +162,7 @@ impl Attachments {
     pub fn detach(&mut self, datapath: &mut Datapath, interface: &str) {
         if let Some(links) = self.links.remove(interface) {
             for (direction, id) in links {
-                if let Ok(program) = datapath.tc_program_mut(direction) {
+                if let Ok(program) = direction.program_mut(datapath) {
                     // Fails harmlessly when the interface is already gone.
                     let _ = program.detach(id);
                 }
@@ -173,7 +180,7 @@ impl Attachments {
                 .partition(|(d, _)| *d == direction);
             *links = staying;
             for (d, id) in leaving {
-                if let Ok(program) = datapath.tc_program_mut(d) {
+                if let Ok(program) = d.program_mut(datapath) {
                     let _ = program.detach(id);
                 }
             }

@@ -16,7 +16,6 @@ use nldns_common::{
 
 use super::{
     answers::{AnswerRedirect, KernelAnswerMap, KernelAnswersMode},
-    attach::Direction,
     endpoint::InterceptEndpoint,
     sockhooks::HOOKS,
 };
@@ -157,13 +156,10 @@ impl Datapath {
         })
     }
 
-    /// The loaded TC program for `direction`.
-    pub fn tc_program_mut(&mut self, direction: Direction) -> Result<&mut SchedClassifier> {
-        let name = match direction {
-            Direction::Ingress => self.ingress,
-            Direction::Egress => program_names::EGRESS,
-        };
-        self.program_mut(name)
+    /// The ingress program loaded: `nldns_answer` with kernel answers, else
+    /// `nldns_ingress`.
+    pub fn ingress_program(&self) -> &'static str {
+        self.ingress
     }
 
     /// The answer table the cache publishes to; `None` with kernel answers off.
