@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Offered load of the kernel-answer latency and CPU runs (hits).
     #[arg(long, default_value_t = 20_000)]
     pub kernel_qps: u32,
+    /// Skip the perf profiles of the kernel-answer runs.
+    #[arg(long)]
+    pub no_kernel_profile: bool,
     /// Offered load of the busy-node run (hits, two busy loops on the CPUs).
     #[arg(long, default_value_t = 5000)]
     pub busy_qps: u32,
@@ -380,7 +383,7 @@ fn bench_config(
     }
     if !args.no_kernel && args.workloads.contains(&Workload::Hits) {
         eprintln!("bench:   {config} / kernel-answer runs");
-        match kernel::measure(&node, config, &running, args) {
+        match kernel::measure(&node, config, &running, args, extras) {
             Ok(k) => result.kernel = Some(k),
             Err(error) => {
                 eprintln!("bench: kernel-answer runs failed: {error:#}");

@@ -219,13 +219,31 @@ pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running
             .into_iter()
             .map(|i| node.pod_veth(i))
             .collect::<Result<_>>()?;
-        running.bounce = Some(bounce::attach_bounce(node.node_netns(), &veths, KUBE_DNS_V4)?);
+        running.bounce = Some(bounce::attach_bounce(
+            node.node_netns(),
+            &veths,
+            KUBE_DNS_V4,
+        )?);
         // The pod gets its own question back as a response: NOERROR, no answer.
-        let bounced =
-            nldns_tests::cmd::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-                node.dig(0, &[&format!("@{KUBE_DNS_V4}"), "+noedns", "+tries=1", PROBE_NAME, "A"])
-                    .is_ok_and(|out| out.status.as_deref() == Some("NOERROR") && out.answer_data("A").is_empty())
-            });
+        let bounced = nldns_tests::cmd::wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || {
+                node.dig(
+                    0,
+                    &[
+                        &format!("@{KUBE_DNS_V4}"),
+                        "+noedns",
+                        "+tries=1",
+                        PROBE_NAME,
+                        "A",
+                    ],
+                )
+                .is_ok_and(|out| {
+                    out.status.as_deref() == Some("NOERROR") && out.answer_data("A").is_empty()
+                })
+            },
+        );
         if !bounced {
             bail!("bounce: pod 0 gets no bounced response from {KUBE_DNS_V4}");
         }

@@ -26,8 +26,8 @@ use super::configs::{Config, Running};
 use super::datapath::{self, MapMemory};
 use super::load::{self, Load, LoadResult};
 use super::procstat;
-use super::workload::Workload;
 use super::report;
+use super::workload::Workload;
 use super::{BenchArgs, ConfigResult};
 
 /// The datapath counters the kernel-answer path moves.
@@ -95,6 +95,9 @@ pub struct KernelResult {
     pub counters: Vec<(String, u64)>,
     /// The ingress program's maps after the RSS run (nldns only).
     pub maps: Vec<MapMemory>,
+    /// `perf record -a` during one more fixed-rate hits run (first round, (a), (f), (h)):
+    /// where the machine's time goes, by symbol.
+    pub profile: Option<String>,
 }
 
 /// Two (one per CPU) spinning threads until dropped.
@@ -121,7 +124,9 @@ impl BusyLoops {
                     let mut x = 0u64;
                     while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
                         for _ in 0..10_000 {
-                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
                         }
                     }
                 })
@@ -212,6 +217,7 @@ pub fn measure(
     config: Config,
     running: &Running,
     args: &BenchArgs,
+    extras: bool,
 ) -> Result<KernelResult> {
     let secs = args.latency_secs;
     // Warm again: the 30 s TTL of the cluster zone may have run out since the search.
@@ -254,7 +260,22 @@ pub fn measure(
             None
         }
     };
+    let profile = if extras
+        && !args.no_kernel_profile
+        && matches!(config, Config::Nldns | Config::NldnsKernel | Config::Bounce)
+    {
+        match profile(node, args) {
+            Ok(p) => Some(p),
+            Err(error) => {
+                eprintln!("bench:     kernel profile failed: {error:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(KernelResult {
+        profile,
         fixed,
         machine_cpu_us,
         background_cpus,
@@ -264,6 +285,37 @@ pub fn measure(
         counters: counters_delta,
         maps: Vec::new(),
     })
+}
+
+/// `perf record -a -g` (every CPU) during a fixed-rate hits run: the top symbols, flat,
+/// and the same by call chain caller for the BPF programs' helpers.
+fn profile(node: &SimNode, args: &BenchArgs) -> Result<String> {
+    let data = node.workdir().join("perf-kernel.data");
+    let secs = args.latency_secs.max(2);
+    let perf = super::perf::Recording::start(&data, None, secs)?;
+    let run = hits(node, args.kernel_qps, secs, false);
+    perf.finish()?;
+    run?;
+    // Other jobs share the machine (seen: QEMU guests of other sessions): only the samples
+    // of dnsperf (whose sendmsg runs the veth's TC ingress, and with bpf_redirect_peer the
+    // whole answer, in its own context) and of the softirq threads.
+    let comms = ["--comms", "dnsperf,ksoftirqd/0,ksoftirqd/1"];
+    let top = super::perf::report(&data, &comms, 0.7, 45, |_| true)?;
+    let bpf = super::perf::report(&data, &comms, 0.0, 25, |l| {
+        [
+            "bpf",
+            "htab",
+            "jhash",
+            "csum",
+            "skb_store",
+            "skb_change",
+            "memcpy",
+            "memcmp",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    })?;
+    Ok(format!("{top}\n...\n{bpf}"))
 }
 
 /// What [`fixed_run`] measured: the run, machine CPU µs per query, background CPUs,
@@ -373,7 +425,10 @@ pub fn merge(a: &mut KernelResult, b: KernelResult) {
     pool(&mut a.busy, b.busy);
     a.machine_cpu_us = (a.machine_cpu_us + b.machine_cpu_us) / 2.0;
     a.background_cpus = (a.background_cpus + b.background_cpus) / 2.0;
-    a.cache_cpu_us = a.cache_cpu_us.zip(b.cache_cpu_us).map(|(x, y)| (x + y) / 2.0);
+    a.cache_cpu_us = a
+        .cache_cpu_us
+        .zip(b.cache_cpu_us)
+        .map(|(x, y)| (x + y) / 2.0);
     match (&mut a.bpf, b.bpf) {
         (Some(x), Some(y)) => {
             x.run_ns += y.run_ns;
@@ -394,6 +449,9 @@ pub fn merge(a: &mut KernelResult, b: KernelResult) {
     }
     if a.maps.is_empty() {
         a.maps = b.maps;
+    }
+    if a.profile.is_none() {
+        a.profile = b.profile;
     }
 }
 
@@ -418,7 +476,10 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
     let busy99 = |c: Config| k(c).and_then(|x| x.busy.quantile(0.99));
     let cpu = |c: Config| k(c).map(|x| x.machine_cpu_us);
     let (h, b) = (Config::Bounce, Config::Unbound);
-    let _ = writeln!(w, "\n## Kernel answers: cache hits against the bounce ceiling (h)\n");
+    let _ = writeln!(
+        w,
+        "\n## Kernel answers: cache hits against the bounce ceiling (h)\n"
+    );
     let _ = writeln!(
         w,
         "Hits workload (1000 names, warmed again before these runs). Fixed rate: {} qps for {} s \
@@ -436,7 +497,10 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
         k = args.kernel_qps,
         bq = args.busy_qps
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
         let Some(x) = &r.kernel else { continue };
         let c = r.config;
@@ -486,7 +550,11 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
             w,
             "Datapath counters over the fixed-rate runs (deltas, all rounds; `nldns_datapath_<name>_total`):\n"
         );
-        let _ = writeln!(w, "| configuration | completed | {} |", COUNTERS.join(" | "));
+        let _ = writeln!(
+            w,
+            "| configuration | completed | {} |",
+            COUNTERS.join(" | ")
+        );
         let _ = writeln!(w, "|---|---|{}", "---|".repeat(COUNTERS.len()));
         for r in with_counters {
             let x = r.kernel.as_ref().expect("filtered");
@@ -574,12 +642,28 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
                 "| {what} | {} | {} | {} |",
                 a.map_or("-".into(), |v| format!("{v:.1}")),
                 f.map_or("-".into(), |v| format!("{v:.1}")),
-                a.zip(f).map_or("-".into(), |(a, f)| format!("{:+.1}", f - a))
+                a.zip(f)
+                    .map_or("-".into(), |(a, f)| format!("{:+.1}", f - a))
             );
         };
-        row(w, "iperf3: ingress ns/run", na.map(|x| x.0), nf.map(|x| x.0));
-        row(w, "iperf3: egress (nldns_egress) ns/run", na.map(|x| x.1), nf.map(|x| x.1));
-        row(w, "iperf3: empty program ns/run (same hooks)", na.map(|x| x.2), nf.map(|x| x.2));
+        row(
+            w,
+            "iperf3: ingress ns/run",
+            na.map(|x| x.0),
+            nf.map(|x| x.0),
+        );
+        row(
+            w,
+            "iperf3: egress (nldns_egress) ns/run",
+            na.map(|x| x.1),
+            nf.map(|x| x.1),
+        );
+        row(
+            w,
+            "iperf3: empty program ns/run (same hooks)",
+            na.map(|x| x.2),
+            nf.map(|x| x.2),
+        );
         row(
             w,
             "iperf3: ingress + egress net of 2x empty, per non-DNS packet",
@@ -646,8 +730,14 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
         let maps = r.kernel.as_ref().map_or(&[][..], |k| &k.maps[..]);
         let rss_cols = format!(
             "{} | {}",
-            rss.map_or("-".into(), |x| format!("{:.1} MiB", x.idle_kib as f64 / 1024.0)),
-            rss.map_or("-".into(), |x| format!("{:.1} MiB", x.after_kib as f64 / 1024.0))
+            rss.map_or("-".into(), |x| format!(
+                "{:.1} MiB",
+                x.idle_kib as f64 / 1024.0
+            )),
+            rss.map_or("-".into(), |x| format!(
+                "{:.1} MiB",
+                x.after_kib as f64 / 1024.0
+            ))
         );
         if maps.is_empty() {
             let _ = writeln!(
@@ -671,6 +761,24 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
         }
     }
 
+    for r in results {
+        if let Some(p) = r.kernel.as_ref().and_then(|k| k.profile.as_ref()) {
+            let _ = writeln!(
+                w,
+                "\n### Where the time goes: ({}) {} under {} qps of hits\n\n`perf record -a -F 999` \
+                 (every CPU) during one more {} s run; `perf report --no-children --sort \
+                 dso,symbol --comms dnsperf,ksoftirqd/0,ksoftirqd/1` (dnsperf's own context \
+                 runs the pod veth's TC ingress, and with bpf_redirect_peer the whole kernel \
+                 answer), entries >= 0.7%, then the BPF-related lines (programs, map and \
+                 checksum helpers):\n\n```\n{p}\n```",
+                r.config.letter(),
+                r.config,
+                args.kernel_qps,
+                args.latency_secs.max(2)
+            );
+        }
+    }
+
     // Targets.
     let _ = writeln!(w, "\n## Kernel-answer targets\n");
     for c in [Config::NldnsKernel, Config::NldnsKernelEgress] {
@@ -683,7 +791,9 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
         let p_b = report::ratio(p99(c), p99(b));
         let cpu_b = report::ratio(cpu(c), cpu(b));
         let busy = report::ratio(busy99(c), busy99(h));
-        let bpf = k(c).and_then(|x| x.bpf.as_ref()).and_then(BpfRun::per_answered_net);
+        let bpf = k(c)
+            .and_then(|x| x.bpf.as_ref())
+            .and_then(BpfRun::per_answered_net);
         let _ = writeln!(w, "({l}) {c}:\n");
         let _ = writeln!(
             w,
@@ -732,11 +842,8 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
             "- non-DNS packet with nldns_answer <= 30 ns (iperf3 bpf_stats, ingress + egress net \
              of the empty program): {per:.1} ns ({}){}",
             report::verdict(Some(per), 30.0, false),
-            na.map(|a| format!(
-                "; nldns_ingress in (a): {:.1} ns",
-                a.0 + a.1 - 2.0 * a.2
-            ))
-            .unwrap_or_default()
+            na.map(|a| format!("; nldns_ingress in (a): {:.1} ns", a.0 + a.1 - 2.0 * a.2))
+                .unwrap_or_default()
         );
     }
     s

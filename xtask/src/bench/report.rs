@@ -101,7 +101,11 @@ fn ms(seconds: Option<f64>) -> String {
     seconds.map_or("-".into(), |s| format!("{:.3}", s * 1e3))
 }
 
-pub(super) fn find(results: &[ConfigResult], config: Config, w: Workload) -> Option<&WorkloadResult> {
+pub(super) fn find(
+    results: &[ConfigResult],
+    config: Config,
+    w: Workload,
+) -> Option<&WorkloadResult> {
     results
         .iter()
         .find(|r| r.config == config)?
