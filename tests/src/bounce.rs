@@ -143,11 +143,7 @@ pub fn attach_bounce(node: &Netns, interfaces: &[&str], service: Ipv4Addr) -> Re
 
 /// A program that returns TC_ACT_UNSPEC, first on the TCX `attach_type` hook of
 /// `interfaces`.
-pub fn attach_nop_first(
-    node: &Netns,
-    interfaces: &[&str],
-    attach_type: u32,
-) -> Result<TcAttached> {
+pub fn attach_nop_first(node: &Netns, interfaces: &[&str], attach_type: u32) -> Result<TcAttached> {
     TcAttached::attach(
         node,
         "nldns_nop_first",

@@ -54,6 +54,8 @@ pub struct BpfRun {
     /// The no-op program first on the same hook.
     pub nop_ns: u64,
     pub nop_runs: u64,
+    /// Datapath counter deltas over the run ([`COUNTERS`], nldns only).
+    pub counters: Vec<(String, u64)>,
 }
 
 impl BpfRun {
@@ -380,9 +382,10 @@ fn bpf_run(
     let (t1, c1) = read()?;
     let (n1, k1) = nop.run_stats()?;
     let after = counters(node, config);
+    let counters = delta(&before, &after);
     let answered = match config {
         Config::Bounce => run.completed,
-        _ => delta(&before, &after)
+        _ => counters
             .iter()
             .find(|(n, _)| n == "kernel_answers")
             .map_or(0, |(_, v)| *v),
@@ -398,6 +401,7 @@ fn bpf_run(
         sent: run.sent,
         nop_ns: n1 - n0,
         nop_runs: k1 - k0,
+        counters,
     };
     eprintln!(
         "bench:     bpf_stats {}: {:.1} ns/run over {} runs, {} answered of {} sent, no-op {:.1} ns/run",
@@ -437,6 +441,12 @@ pub fn merge(a: &mut KernelResult, b: KernelResult) {
             x.sent += y.sent;
             x.nop_ns += y.nop_ns;
             x.nop_runs += y.nop_runs;
+            for (name, v) in y.counters {
+                match x.counters.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, c)) => *c += v,
+                    None => x.counters.push((name, v)),
+                }
+            }
         }
         (x @ None, Some(y)) => *x = Some(y),
         _ => {}
@@ -593,16 +603,22 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
     );
     let _ = writeln!(
         w,
-        "| configuration | program | ns/run | runs | queries sent | answered by it | ns per answered | net of the no-op | no-op ns/run |"
+        "| configuration | program | ns/run | runs | queries sent | answered by it | ns per answered | net of the no-op | no-op ns/run | other counters moved |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let Some(bpf) = r.kernel.as_ref().and_then(|k| k.bpf.as_ref()) else {
             continue;
         };
+        let moved: Vec<String> = bpf
+            .counters
+            .iter()
+            .filter(|(n, v)| *v > 0 && n != "kernel_answers")
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
         let _ = writeln!(
             w,
-            "| ({}) {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.1} |",
+            "| ({}) {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {} |",
             r.config.letter(),
             r.config,
             bpf.program,
@@ -612,7 +628,12 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
             bpf.answered,
             ns(bpf.per_answered()),
             ns(bpf.per_answered_net()),
-            bpf.nop_per_run()
+            bpf.nop_per_run(),
+            if moved.is_empty() {
+                "-".to_string()
+            } else {
+                moved.join(", ")
+            }
         );
     }
 
