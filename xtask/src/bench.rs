@@ -376,6 +376,10 @@ fn bench_config(
     }
     let mut tag = 0u32;
     for &w in &args.workloads {
+        // The bouncer answers nothing: only the hits workload (a ceiling) means anything.
+        if config == Config::Bounce && w != Workload::Hits {
+            continue;
+        }
         eprintln!("bench:   {config} / {w}");
         result.workloads.push(bench_workload(
             &node, &running, &knot_pids, w, args, &mut tag,
