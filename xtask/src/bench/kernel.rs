@@ -531,7 +531,7 @@ pub fn markdown(args: &BenchArgs, results: &[ConfigResult]) -> String {
     );
     let _ = writeln!(
         w,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let Some(x) = &r.kernel else { continue };
