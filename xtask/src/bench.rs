@@ -368,8 +368,8 @@ fn bench_config(
         error: None,
     };
     // RSS first, on a cache that has seen nothing else; with kernel answers last: 100k
-    // names are more than the answer table holds (65,534), and the hits must not find it
-    // full of them.
+    // names are more than the answer table holds (`--kernel-answers-entries`, 16,384 by
+    // default), and the hits must not find it full of them.
     let kernel_answers = matches!(config, Config::NldnsKernel | Config::NldnsKernelEgress);
     if let Some(pid) = running.cache_pid().filter(|_| !kernel_answers) {
         result.rss = Some(rss_run(&node, pid, args)?);
