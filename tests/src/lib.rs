@@ -38,6 +38,7 @@
 pub mod addresses;
 pub mod agent;
 pub mod backend;
+pub mod bounce;
 pub mod burst;
 pub mod cgroup;
 pub mod cleanup;

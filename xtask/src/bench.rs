@@ -13,10 +13,18 @@
 //! Every run is bounded; the defaults take about 10 minutes on 2 cores, plus about 8 for
 //! the hostile-node runs (`hostile.rs`; `--no-hostile` skips them, `--hostile-only` runs
 //! only them).
+//!
+//! Kernel answers (`kernel.rs`): per configuration, on cache hits, p99 at a fixed 20k qps
+//! with the machine's CPU per query, p99 at 5000 qps on a busy node, and bpf_stats of the
+//! ingress program; ratios against (h), the bounce ceiling. `--kernel-only` runs just that
+//! (configurations `--kernel-configs`, hits only, plus the non-DNS cost of nldns_answer
+//! against nldns_ingress and the answer map's memory at `--rss-names`), reported in
+//! `<date>-kernel.md`; `--no-kernel` leaves it out of the full bench.
 
 mod configs;
 mod datapath;
 mod hostile;
+mod kernel;
 mod load;
 mod perf;
 mod procstat;
@@ -38,9 +46,29 @@ use workload::Workload;
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Configurations to compare (a: nldns, b: unbound, c: dnsmasq, d: none, e: nldns
-    /// with the pods in kubelet's pod cgroup).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Config::Nldns, Config::Unbound, Config::Dnsmasq, Config::None, Config::NldnsPodHooks])]
+    /// with the pods in kubelet's pod cgroup, f: nldns with kernel answers, g: the same
+    /// redirected to egress, h: the bounce ceiling).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Config::Nldns, Config::Unbound, Config::Dnsmasq, Config::None, Config::NldnsPodHooks, Config::NldnsKernel, Config::NldnsKernelEgress, Config::Bounce])]
     pub configs: Vec<Config>,
+    /// Only the kernel-answer measurements: these configurations, the hits workload, no
+    /// hostile-node runs, no profiles, no iperf3 pairs; the report is `<date>-kernel.md`.
+    #[arg(long, conflicts_with_all = ["hostile_only", "no_kernel"])]
+    pub kernel_only: bool,
+    /// Configurations of `--kernel-only`.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Config::Nldns, Config::Unbound, Config::NldnsKernel, Config::NldnsKernelEgress, Config::Bounce])]
+    pub kernel_configs: Vec<Config>,
+    /// Leave the kernel-answer measurements out.
+    #[arg(long)]
+    pub no_kernel: bool,
+    /// Offered load of the kernel-answer latency and CPU runs (hits).
+    #[arg(long, default_value_t = 20_000)]
+    pub kernel_qps: u32,
+    /// Skip the perf profiles of the kernel-answer runs.
+    #[arg(long)]
+    pub no_kernel_profile: bool,
+    /// Offered load of the busy-node run (hits, two busy loops on the CPUs).
+    #[arg(long, default_value_t = 5000)]
+    pub busy_qps: u32,
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::Hits, Workload::Mix, Workload::Misses])]
     pub workloads: Vec<Workload>,
     /// Seconds per step of the QPS search.
@@ -154,6 +182,8 @@ pub struct ConfigResult {
     pub datapath: DatapathResult,
     /// perf report of the cache under cache-hit load at its maximum rate.
     pub profile: Option<String>,
+    /// The kernel-answer measurements (hits).
+    pub kernel: Option<kernel::KernelResult>,
     pub error: Option<String>,
 }
 
@@ -170,6 +200,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     };
     let mut machine = report::Machine::probe();
     eprintln!("bench: {}", machine.summary());
+    let kernel_args;
+    let args = if args.kernel_only {
+        let mut a = args.clone();
+        a.configs = args.kernel_configs.clone();
+        a.workloads = vec![Workload::Hits];
+        a.no_hostile = true;
+        a.no_profile = true;
+        a.iperf_pairs = 0;
+        kernel_args = a;
+        &kernel_args
+    } else {
+        args
+    };
     if args.hostile_only {
         let section = hostile_runs(&bin, args);
         let out = root.join(&args.out);
@@ -204,6 +247,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                         rss: None,
                         datapath: DatapathResult::default(),
                         profile: None,
+                        kernel: None,
                         error: Some(format!("{error:#}")),
                     }
                 }
@@ -218,11 +262,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         .trim()
         .to_string();
     let out = root.join(&args.out);
-    let md = report::write(&out, &machine, args, &results, started.elapsed())?;
+    let name = if args.kernel_only {
+        format!("{}-kernel", machine.date)
+    } else {
+        machine.date.clone()
+    };
+    let md = report::write(&out, &name, &machine, args, &results, started.elapsed())?;
     // Verifier work per program and kernel, as the last `cargo xtask test` recorded it.
     {
         use std::io::Write as _;
         let mut file = std::fs::OpenOptions::new().append(true).open(&md)?;
+        if !args.no_kernel {
+            file.write_all(kernel::markdown(args, &results).as_bytes())?;
+        }
         file.write_all(crate::vm::verifier::markdown(root).as_bytes())?;
         if !args.no_hostile {
             file.write_all(hostile_runs(&bin, args).as_bytes())?;
@@ -296,7 +348,7 @@ fn bench_config(
         SimNode::builder().pods(2).backends(2).build()?
     };
     node.replace_cluster_zone(&workload::bench_zone())?;
-    let iperf_pairs = if config == Config::Nldns {
+    let iperf_pairs = if config == Config::Nldns && args.iperf_pairs > 0 {
         iperf_pairs(&node, bin, args)?
     } else {
         Vec::new()
@@ -312,27 +364,50 @@ fn bench_config(
             ..Default::default()
         },
         profile: None,
+        kernel: None,
         error: None,
     };
-    // RSS first, on a cache that has seen nothing else.
-    if let Some(pid) = running.cache_pid() {
+    // RSS first, on a cache that has seen nothing else; with kernel answers last: 100k
+    // names are more than the answer table holds (`--kernel-answers-entries`, 16,384 by
+    // default), and the hits must not find it full of them.
+    let kernel_answers = matches!(config, Config::NldnsKernel | Config::NldnsKernelEgress);
+    if let Some(pid) = running.cache_pid().filter(|_| !kernel_answers) {
         result.rss = Some(rss_run(&node, pid, args)?);
     }
     let mut tag = 0u32;
     for &w in &args.workloads {
+        // The bouncer answers nothing: only the hits workload (a ceiling) means anything.
+        if config == Config::Bounce && w != Workload::Hits {
+            continue;
+        }
         eprintln!("bench:   {config} / {w}");
         result.workloads.push(bench_workload(
             &node, &running, &knot_pids, w, args, &mut tag,
         )?);
     }
+    if !args.no_kernel && args.workloads.contains(&Workload::Hits) {
+        eprintln!("bench:   {config} / kernel-answer runs");
+        match kernel::measure(&node, config, &running, args, extras) {
+            Ok(k) => result.kernel = Some(k),
+            Err(error) => {
+                eprintln!("bench: kernel-answer runs failed: {error:#}");
+                result.error = Some(format!("kernel-answer runs failed: {error:#}"));
+            }
+        }
+    }
     match config {
-        Config::Nldns if extras => {
+        Config::Nldns | Config::NldnsKernel if extras => {
+            let ingress = if config == Config::Nldns {
+                datapath::INGRESS
+            } else {
+                datapath::ANSWER
+            };
             // A failure here must not throw away the DNS figures measured above.
-            if let Err(error) = datapath_extras(&node, args, &mut result.datapath) {
+            if let Err(error) = datapath_extras(&node, args, ingress, &mut result.datapath) {
                 eprintln!("bench: datapath measurements failed: {error:#}");
                 result.error = Some(format!("datapath measurements failed: {error:#}"));
             }
-            if !args.no_profile {
+            if !args.no_profile && config == Config::Nldns {
                 match datapath_profile(&node, args) {
                     Ok((text, share)) => {
                         result.datapath.profile = Some(text);
@@ -349,6 +424,19 @@ fn bench_config(
         }
         _ => {}
     }
+    if let Some(pid) = running.cache_pid().filter(|_| kernel_answers) {
+        result.rss = Some(rss_run(&node, pid, args)?);
+    }
+    if config.is_nldns() {
+        match kernel::answer_maps(&node, config) {
+            Ok(maps) => {
+                if let Some(k) = &mut result.kernel {
+                    k.maps = maps;
+                }
+            }
+            Err(error) => eprintln!("bench: answer maps: {error:#}"),
+        }
+    }
     drop(running);
     node.teardown()?;
     Ok(result)
@@ -356,8 +444,13 @@ fn bench_config(
 
 /// BPF_PROG_TEST_RUN timings and bpf_stats (with the empty-program baseline) of the
 /// agent's programs.
-fn datapath_extras(node: &SimNode, args: &BenchArgs, dp: &mut DatapathResult) -> Result<()> {
-    let (ingress, egress) = datapath::agent_programs(node)?;
+fn datapath_extras(
+    node: &SimNode,
+    args: &BenchArgs,
+    ingress_name: &str,
+    dp: &mut DatapathResult,
+) -> Result<()> {
+    let (ingress, egress) = datapath::agent_programs(node, ingress_name)?;
     dp.test_runs = Some(datapath::test_runs(
         node,
         ingress,
@@ -569,6 +662,11 @@ fn merge_rounds(rounds: Vec<Vec<ConfigResult>>) -> Vec<ConfigResult> {
         into.datapath
             .iperf_pairs
             .extend(result.datapath.iperf_pairs);
+        match (&mut into.kernel, result.kernel) {
+            (Some(a), Some(b)) => kernel::merge(a, b),
+            (into_kernel @ None, Some(b)) => *into_kernel = Some(b),
+            _ => {}
+        }
         match (&mut into.rss, result.rss) {
             (Some(a), Some(b)) => a.rounds_after_kib.push(b.after_kib),
             (into_rss @ None, Some(b)) => *into_rss = Some(b),

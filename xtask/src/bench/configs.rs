@@ -1,7 +1,12 @@
 //! The configurations compared, each set up inside a fresh simulated node:
 //! (a) nldns; (b) node-local-dns's NOTRACK design with unbound; (c) the same with dnsmasq; (d) no cache;
 //! (e) nldns with the load generators in kubelet's pod cgroup, where the pods' socket hooks
-//! redirect in connect()/sendmsg() and TC only passes the packets.
+//! redirect in connect()/sendmsg() and TC only passes the packets; (a) and (e) run with
+//! `--kernel-answers off`: the agent answers every hit (the userspace-hit baseline).
+//! (f) nldns with kernel answers (the TC responder answers cache hits, back to the pod with
+//! bpf_redirect_peer); (g) the same with `--kernel-answers-redirect egress`; (h) the
+//! physical ceiling of that path: a raw TC program that bounces every query straight back
+//! to the pod without any DNS work (`nldns_tests::bounce`).
 //!
 //! The NOTRACK design (node-local-dns, and the variant that hijacks the ClusterIP): the ClusterIP bound as a local address of the node
 //! (node-local-dns uses a dummy interface; this kernel has no dummy driver, so `lo` of the node
@@ -16,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use nldns_tests::addresses::{EXT_RESOLVER_V4, KUBE_DNS_UNCACHED_V4, KUBE_DNS_V4};
+use nldns_tests::bounce::{self, TcAttached};
 use nldns_tests::{AgentProcess, SimNode};
 
 use super::workload::{PROBE_NAME, WILDCARD_ANSWER};
@@ -32,6 +38,12 @@ pub enum Config {
     None,
     /// (e) nldns, the pods in `kubepods.slice`: the pods' socket hooks' path.
     NldnsPodHooks,
+    /// (f) nldns with `--kernel-answers on` (bpf_redirect_peer back to the pod).
+    NldnsKernel,
+    /// (g) nldns with `--kernel-answers on --kernel-answers-redirect egress`.
+    NldnsKernelEgress,
+    /// (h) the ceiling: a TC program bouncing every query back to the pod, no DNS work.
+    Bounce,
 }
 
 impl fmt::Display for Config {
@@ -48,6 +60,9 @@ impl Config {
             Config::Dnsmasq => "dnsmasq",
             Config::None => "none",
             Config::NldnsPodHooks => "nldns-pod-hooks",
+            Config::NldnsKernel => "nldns-kernel",
+            Config::NldnsKernelEgress => "nldns-kernel-egress",
+            Config::Bounce => "bounce",
         }
     }
 
@@ -58,16 +73,44 @@ impl Config {
             Config::Dnsmasq => 'c',
             Config::None => 'd',
             Config::NldnsPodHooks => 'e',
+            Config::NldnsKernel => 'f',
+            Config::NldnsKernelEgress => 'g',
+            Config::Bounce => 'h',
         }
     }
 
     pub fn description(self) -> &'static str {
         match self {
-            Config::Nldns => "nldns (TC redirect to its intercept endpoint, release build, upstream rate bounds off)",
+            Config::Nldns => "nldns (TC redirect to its intercept endpoint, `--kernel-answers off`: the agent answers every hit; release build, upstream rate bounds off)",
             Config::Unbound => "NOTRACK design: ClusterIP on lo + raw NOTRACK + unbound",
             Config::Dnsmasq => "NOTRACK design: ClusterIP on lo + raw NOTRACK + dnsmasq",
             Config::None => "no cache: kube-proxy DNAT to the knot backends",
-            Config::NldnsPodHooks => "nldns, pods in kubelet's pod cgroup: the pods' socket hooks redirect in connect()/sendmsg() (release build, upstream rate bounds off)",
+            Config::NldnsPodHooks => "nldns, pods in kubelet's pod cgroup: the pods' socket hooks redirect in connect()/sendmsg() (`--kernel-answers off`, release build, upstream rate bounds off)",
+            Config::NldnsKernel => "nldns with `--kernel-answers on`: nldns_answer answers cache hits in TC ingress and sends them back with bpf_redirect_peer (release build, upstream rate bounds off)",
+            Config::NldnsKernelEgress => "nldns with `--kernel-answers on --kernel-answers-redirect egress`: the same, back through bpf_redirect to the host veth's egress",
+            Config::Bounce => "ceiling: a raw TC ingress program on the pods' host veths bounces every UDP query to 10.96.0.10:53 back to the pod (MACs, IPs, ports swapped, QR set, checksum fixed by difference, bpf_redirect_peer); no DNS work, no answer records",
+        }
+    }
+
+    /// Whether this configuration runs the nldns agent.
+    pub fn is_nldns(self) -> bool {
+        matches!(
+            self,
+            Config::Nldns | Config::NldnsPodHooks | Config::NldnsKernel | Config::NldnsKernelEgress
+        )
+    }
+
+    /// The agent's `--kernel-answers` flags for this configuration.
+    pub fn kernel_answer_args(self) -> &'static [&'static str] {
+        match self {
+            Config::NldnsKernel => &["--kernel-answers", "on"],
+            Config::NldnsKernelEgress => &[
+                "--kernel-answers",
+                "on",
+                "--kernel-answers-redirect",
+                "egress",
+            ],
+            _ => &["--kernel-answers", "off"],
         }
     }
 }
@@ -103,10 +146,13 @@ pub fn notrack_rules() -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A configuration serving in a node; dropping it stops the cache process.
+/// A configuration serving in a node; dropping it stops the cache process (and detaches
+/// the bouncer).
 pub struct Running {
-    /// The cache process (None for (d)).
+    /// The cache process (None for (d) and (h)).
     pub cache: Option<AgentProcess>,
+    /// (h)'s program on the pods' veths.
+    pub bounce: Option<TcAttached>,
 }
 
 impl Running {
@@ -118,7 +164,7 @@ impl Running {
 /// Starts `config` in `node` and checks that pod 0 gets answers through the ClusterIP.
 pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running> {
     let cache = match config {
-        Config::Nldns | Config::NldnsPodHooks => {
+        Config::Nldns | Config::NldnsPodHooks | Config::NldnsKernel | Config::NldnsKernelEgress => {
             // The upstream rate bounds are an operator's protection that unbound and
             // dnsmasq do not have: off, so the misses workload measures the miss path
             // and not the bound (the hostile-node runs measure the bounds).
@@ -130,6 +176,7 @@ pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running
             .context("writing the bench's --config")?;
             let mut args = node.agent_args();
             args.extend(["--config".to_string(), limits.display().to_string()]);
+            args.extend(config.kernel_answer_args().iter().map(|a| a.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let agent = node.spawn_agent(nldns_bin, &args)?;
             if !node.wait_http_ok("/ready", Duration::from_secs(30)) {
@@ -160,9 +207,48 @@ pub fn start(config: Config, node: &SimNode, nldns_bin: &Path) -> Result<Running
                 &[],
             )?)
         }
-        Config::None => None,
+        Config::None | Config::Bounce => None,
     };
-    let mut running = Running { cache };
+    let mut running = Running {
+        cache,
+        bounce: None,
+    };
+    if config == Config::Bounce {
+        let veths: Vec<&str> = node
+            .pod_indexes()
+            .into_iter()
+            .map(|i| node.pod_veth(i))
+            .collect::<Result<_>>()?;
+        running.bounce = Some(bounce::attach_bounce(
+            node.node_netns(),
+            &veths,
+            KUBE_DNS_V4,
+        )?);
+        // The pod gets its own question back as a response: NOERROR, no answer.
+        let bounced = nldns_tests::cmd::wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || {
+                node.dig(
+                    0,
+                    &[
+                        &format!("@{KUBE_DNS_V4}"),
+                        "+noedns",
+                        "+tries=1",
+                        PROBE_NAME,
+                        "A",
+                    ],
+                )
+                .is_ok_and(|out| {
+                    out.status.as_deref() == Some("NOERROR") && out.answer_data("A").is_empty()
+                })
+            },
+        );
+        if !bounced {
+            bail!("bounce: pod 0 gets no bounced response from {KUBE_DNS_V4}");
+        }
+        return Ok(running);
+    }
     let answered =
         nldns_tests::cmd::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
             node.dig(0, &[&format!("@{KUBE_DNS_V4}"), PROBE_NAME, "A"])

@@ -24,6 +24,9 @@ use nldns_tests::SimNode;
 
 pub const INGRESS: &str = "nldns_ingress";
 pub const EGRESS: &str = "nldns_egress";
+/// The ingress program with the kernel responder (attached instead of `INGRESS` when
+/// kernel answers are on).
+pub const ANSWER: &str = "nldns_answer";
 
 /// iperf3 TCP from pod 0 to pod 1 for `secs`; returns Gbit/s received.
 pub fn iperf(node: &SimNode, secs: u64) -> Result<f64> {
@@ -90,13 +93,49 @@ fn attached_program(node: &SimNode, ifname: &str, attach_type: u32, name: &str) 
     }
 }
 
-/// The agent's ingress and egress programs, as attached to pod 0's veth.
-pub fn agent_programs(node: &SimNode) -> Result<(u32, u32)> {
+/// The agent's ingress (called `ingress`: [`INGRESS`] or [`ANSWER`]) and egress programs,
+/// as attached to pod 0's veth.
+pub fn agent_programs(node: &SimNode, ingress: &str) -> Result<(u32, u32)> {
     let veth = node.pod_veth(0)?;
     Ok((
-        attached_program(node, veth, BPF_TCX_INGRESS, INGRESS)?,
+        attached_program(node, veth, BPF_TCX_INGRESS, ingress)?,
         attached_program(node, veth, BPF_TCX_EGRESS, EGRESS)?,
     ))
+}
+
+/// A map of a program, as `bpftool map show` reports it.
+#[derive(Debug, Clone)]
+pub struct MapMemory {
+    pub name: String,
+    pub kind: String,
+    pub max_entries: u64,
+    pub bytes_memlock: u64,
+}
+
+/// The maps program `id` uses, with their memory (`bytes_memlock`: what the kernel
+/// charges for the map now; for a map without preallocation it grows with its entries).
+pub fn program_maps(id: u32) -> Result<Vec<MapMemory>> {
+    let text = nldns_tests::cmd::run("bpftool", &["prog", "show", "id", &id.to_string(), "-j"])?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("bpftool prog show")?;
+    let mut maps = Vec::new();
+    for map_id in json["map_ids"].as_array().into_iter().flatten() {
+        let Some(map_id) = map_id.as_u64() else {
+            continue;
+        };
+        let text =
+            nldns_tests::cmd::run("bpftool", &["map", "show", "id", &map_id.to_string(), "-j"])?;
+        let m: serde_json::Value = serde_json::from_str(&text).context("bpftool map show")?;
+        maps.push(MapMemory {
+            name: m["name"].as_str().unwrap_or("").to_string(),
+            kind: m["type"].as_str().unwrap_or("").to_string(),
+            max_entries: m["max_entries"].as_u64().unwrap_or(0),
+            bytes_memlock: m["bytes_memlock"]
+                .as_u64()
+                .or_else(|| m["bytes_memlock"].as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or(0),
+        });
+    }
+    Ok(maps)
 }
 
 /// run_time_ns and run_cnt of program `id` (kept only while bpf_stats is on).
@@ -228,6 +267,9 @@ pub struct TestRuns {
     pub egress_dns_single: f64,
     pub ingress_tcp_single: f64,
     pub egress_tcp_single: f64,
+    /// A query for a name the hits workload asks (cached once it ran) through ingress,
+    /// one run per call: with kernel answers, the answered path.
+    pub ingress_hit_single: f64,
     pub verdicts: String,
 }
 
@@ -238,8 +280,9 @@ pub fn test_runs(node: &SimNode, ingress: u32, egress: u32, repeat: u32) -> Resu
         let ingress = Program::open(ingress)?;
         let egress = Program::open(egress)?;
         let tcp = tcp_frame();
-        let query = udp_frame([10, 244, 1, 10], KUBE_DNS_V4.octets(), 40000, 53);
-        let reply = udp_frame([169, 254, 53, 53], [10, 244, 1, 10], 10053, 40000);
+        let query = udp_frame([10, 244, 1, 10], KUBE_DNS_V4.octets(), 40000, 53, QUERY_NAME);
+        let reply = udp_frame([169, 254, 53, 53], [10, 244, 1, 10], 10053, 40000, QUERY_NAME);
+        let hit = udp_frame([10, 244, 1, 10], KUBE_DNS_V4.octets(), 40001, 53, HIT_NAME);
         let (vi, ingress_tcp) = ingress.test_run(&tcp, repeat)?;
         let (ve, egress_tcp) = egress.test_run(&tcp, repeat)?;
         let singles = 20_000;
@@ -257,6 +300,7 @@ pub fn test_runs(node: &SimNode, ingress: u32, egress: u32, repeat: u32) -> Resu
         let (vr, egress_dns_single) = mean_single(&egress, &reply)?;
         let (_, ingress_tcp_single) = mean_single(&ingress, &tcp)?;
         let (_, egress_tcp_single) = mean_single(&egress, &tcp)?;
+        let (vh, ingress_hit_single) = mean_single(&ingress, &hit)?;
         Ok(TestRuns {
             ingress_tcp,
             egress_tcp,
@@ -264,10 +308,12 @@ pub fn test_runs(node: &SimNode, ingress: u32, egress: u32, repeat: u32) -> Resu
             egress_dns_single,
             ingress_tcp_single,
             egress_tcp_single,
-            // TC verdicts are ints; the programs return TC_ACT_UNSPEC (-1).
+            ingress_hit_single,
+            // TC verdicts are ints; the programs return TC_ACT_UNSPEC (-1), a kernel
+            // answer TC_ACT_REDIRECT (7).
             verdicts: format!(
-                "ingress tcp {}, egress tcp {}, ingress query {}, egress reply {}",
-                vi as i32, ve as i32, vq as i32, vr as i32
+                "ingress tcp {}, egress tcp {}, ingress query {}, egress reply {}, ingress hit query {}",
+                vi as i32, ve as i32, vq as i32, vr as i32, vh as i32
             ),
         })
     })?
@@ -316,10 +362,15 @@ fn tcp_frame() -> Vec<u8> {
     f
 }
 
-/// A UDP frame carrying a DNS query for web.default.svc.cluster.local A.
-fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+/// The name of the DNS frames (not one the hits workload asks).
+const QUERY_NAME: &str = "web.default.svc.cluster.local";
+/// A name of the hits workload (`workload::hit_lines`), cached once it ran.
+const HIT_NAME: &str = "h0.bench.svc.cluster.local";
+
+/// A UDP frame carrying a DNS query (RD, no EDNS) for `name` A.
+fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, name: &str) -> Vec<u8> {
     let mut dns = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in ["web", "default", "svc", "cluster", "local"] {
+    for label in name.split('.') {
         dns.push(label.len() as u8);
         dns.extend_from_slice(label.as_bytes());
     }

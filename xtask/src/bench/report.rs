@@ -101,7 +101,11 @@ fn ms(seconds: Option<f64>) -> String {
     seconds.map_or("-".into(), |s| format!("{:.3}", s * 1e3))
 }
 
-fn find(results: &[ConfigResult], config: Config, w: Workload) -> Option<&WorkloadResult> {
+pub(super) fn find(
+    results: &[ConfigResult],
+    config: Config,
+    w: Workload,
+) -> Option<&WorkloadResult> {
     results
         .iter()
         .find(|r| r.config == config)?
@@ -110,20 +114,20 @@ fn find(results: &[ConfigResult], config: Config, w: Workload) -> Option<&Worklo
         .find(|x| x.workload == w)
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     }
 }
 
-fn fmt_ratio(r: Option<f64>) -> String {
+pub(super) fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}x"))
 }
 
 /// "met", or "**missed**" and by how much, for a value against a limit that it must reach
 /// (`at_least`) or stay under.
-fn verdict(value: Option<f64>, limit: f64, at_least: bool) -> String {
+pub(super) fn verdict(value: Option<f64>, limit: f64, at_least: bool) -> String {
     match value {
         None => "not measured".into(),
         Some(v) if (at_least && v >= limit) || (!at_least && v <= limit) => "met".into(),
@@ -142,9 +146,11 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// Writes `<out>/<date>.md` and `<out>/<date>.json`; returns the .md path.
+/// Writes `<out>/<name>.md` and `<out>/<name>.json` (`name`: the date, or the date and a
+/// suffix); returns the .md path.
 pub fn write(
     out: &Path,
+    name: &str,
     machine: &Machine,
     args: &BenchArgs,
     results: &[ConfigResult],
@@ -156,8 +162,9 @@ pub fn write(
     } else {
         machine.date.clone()
     };
-    let md_path = out.join(format!("{date}.md"));
-    let json_path = out.join(format!("{date}.json"));
+    let name = if name.is_empty() { date.as_str() } else { name };
+    let md_path = out.join(format!("{name}.md"));
+    let json_path = out.join(format!("{name}.json"));
     std::fs::write(
         &json_path,
         serde_json::to_string_pretty(&to_json(&date, results))?,
