@@ -57,8 +57,8 @@ pub enum Counter {
     KernelPassExpiring = 18,
     /// ... passed because the answer is larger than the client may receive over UDP.
     KernelPassTooLarge = 19,
-    /// Answers that failed halfway (a helper refused after the packet was changed): the
-    /// query is dropped and the client retries. Should stay 0.
+    /// Answers a helper refused: before the packet was changed (it could not be grown),
+    /// passed to the agent; after, dropped (the client retries). Should stay 0.
     KernelAnswerErrors = 20,
 }
 

@@ -461,7 +461,8 @@ fn build(ctx: &TcContext, entry: &KernelAnswer, scratch: &Scratch) -> Option<Ans
     // payload long, and every later store is within it.
     let new_len = ctx.len() as usize - query.payload_len + reply_len;
     if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), new_len as u32, 0) } != 0 {
-        return None;
+        // Refused before anything changed (no room could be made): the agent answers.
+        return Some(Answer::Pass(Counter::KernelAnswerErrors));
     }
     ctx.store(payload_at, &header, 0).ok()?;
     {

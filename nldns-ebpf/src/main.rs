@@ -58,6 +58,12 @@ pub fn nldns_ingress(ctx: TcContext) -> i32 {
 /// are three calls, not one inlined body: each chain must fit the 512-byte stack.
 #[classifier]
 pub fn nldns_answer(ctx: TcContext) -> i32 {
+    // Most packets are not DNS at all: leave them at the first look, inline, before the
+    // call (an out-of-line call costed every packet ~40 ns more than nldns_ingress).
+    if parse::surely_not_for_us(&ctx) {
+        maps::count(Counter::Passed);
+        return TC_ACT_UNSPEC;
+    }
     match nat::answerable(&ctx) {
         Answerable::No(counter) => {
             maps::count(counter);

@@ -115,6 +115,54 @@ fn be16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
+/// The quick first look of the answering program: true only for a packet that is
+/// certainly neither a query to port 53 nor one to the intercept endpoint's pod-socket
+/// ports: an unfragmented IPv4 (without options) or IPv6 (without extension headers) UDP
+/// or TCP packet to another port, or IPv4/IPv6 carrying neither. Anything else (VLAN tags,
+/// IPv4 options, IPv6 extension headers, fragments, non-IP, short frames) goes to the full
+/// parse, which decides and counts as `nldns_ingress` does.
+#[inline(always)]
+pub fn surely_not_for_us(ctx: &TcContext) -> bool {
+    let Some(config) = crate::maps::config() else {
+        return false;
+    };
+    let Some(eth) = read_bytes::<ETH_HLEN>(ctx, 0) else {
+        return false;
+    };
+    let (proto, l4) = match be16(&eth, 12) {
+        ETH_P_IP => {
+            let Some(ip) = read_bytes::<IPV4_HLEN_MIN>(ctx, ETH_HLEN) else {
+                return false;
+            };
+            // Options (a header longer than 20 bytes) or a fragment: the full parse.
+            if ip[0] != 0x45 || be16(&ip, 6) & 0x3fff != 0 {
+                return false;
+            }
+            (ip[9], ETH_HLEN + IPV4_HLEN_MIN)
+        }
+        ETH_P_IPV6 => {
+            let Some(ip) = read_bytes::<IPV6_HLEN>(ctx, ETH_HLEN) else {
+                return false;
+            };
+            (ip[6], ETH_HLEN + IPV6_HLEN)
+        }
+        _ => return false,
+    };
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
+        // IPv4 carrying neither is passed by the full parse too; IPv6 might be an
+        // extension header in front of one.
+        return be16(&eth, 12) == ETH_P_IP;
+    }
+    let Some(ports) = read_bytes::<4>(ctx, l4) else {
+        return false;
+    };
+    let dst_port = be16(&ports, 2);
+    let pod_ports = config
+        .intercept_base_port
+        .wrapping_add(nldns_common::POD_SOCKET_PORTS);
+    dst_port != 53 && u32::from(dst_port.wrapping_sub(pod_ports)) >= nldns_common::MAX_SERVICES
+}
+
 /// Finds the UDP or TCP header of an unfragmented IPv4/IPv6 packet. `Err` carries the
 /// counter that explains why the packet is not a candidate.
 #[inline(always)]

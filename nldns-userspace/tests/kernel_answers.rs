@@ -739,3 +739,66 @@ fn answers_are_counted_per_entry_and_family() {
     let after = p.table.hits(3);
     assert_eq!((after.v4 - before.v4, after.v6 - before.v6), (3, 2));
 }
+
+/// What is not DNS for nldns leaves the answering program untouched and counted as
+/// passed, as it leaves nldns_ingress: most of it at the program's first look.
+#[test]
+fn non_dns_frames_pass_untouched() {
+    if !have_privileges("non_dns_frames_pass_untouched") {
+        return;
+    }
+    let mut p = Programs::load();
+    let eth = || PacketBuilder::ethernet2(POD_MAC, NODE_MAC);
+    let mut frames: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut push = |what, build: &dyn Fn(&mut Vec<u8>)| {
+        let mut out = Vec::new();
+        build(&mut out);
+        frames.push((what, out));
+    };
+    push("TCP to :80", &|out| {
+        eth()
+            .ipv4(POD_V4.octets(), [10, 244, 2, 3], 64)
+            .tcp(CLIENT_PORT, 80, 1, 64000)
+            .write(out, b"GET /")
+            .unwrap()
+    });
+    push("UDP to :123", &|out| {
+        eth()
+            .ipv4(POD_V4.octets(), [10, 244, 2, 3], 64)
+            .udp(CLIENT_PORT, 123)
+            .write(out, &[0; 48])
+            .unwrap()
+    });
+    push("IPv6 TCP to :443", &|out| {
+        eth()
+            .ipv6(POD_V6.octets(), KUBE_DNS_V6.octets(), 64)
+            .tcp(CLIENT_PORT, 443, 1, 64000)
+            .write(out, b"x")
+            .unwrap()
+    });
+    push("UDP :53 to another address", &|out| {
+        eth()
+            .ipv4(POD_V4.octets(), [8, 8, 8, 8], 64)
+            .udp(CLIENT_PORT, 53)
+            .write(
+                out,
+                &query_bytes(1, 0x0100, "example.com.", RecordType::A, None),
+            )
+            .unwrap()
+    });
+    push("ICMP", &|out| {
+        eth()
+            .ipv4(POD_V4.octets(), [10, 244, 2, 3], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(out, b"ping")
+            .unwrap()
+    });
+    let passed = p.counter("passed");
+    for (what, frame) in &frames {
+        let (verdict, out) = p.answer(frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "{what}");
+        assert_eq!(&out, frame, "{what}: untouched");
+    }
+    assert_eq!(p.counter("passed"), passed + frames.len() as u64);
+    assert_eq!(p.counter("kernel_answers"), 0);
+}

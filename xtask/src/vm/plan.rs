@@ -263,6 +263,7 @@ const PLAN: &[(&str, &str, &[&str])] = &[
             "what_the_kernel_cannot_answer_exactly_goes_on_as_without_it",
             "entries_at_their_end_or_due_for_prefetch_go_to_the_agent",
             "answers_are_counted_per_entry_and_family",
+            "non_dns_frames_pass_untouched",
         ],
     ),
     (
