@@ -17,14 +17,14 @@
 //! interfaces of a simulated node's namespace; closing the links (on drop) detaches it.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use nldns_sys::{AttachType, ProgType, Target};
 
 use crate::netns::Netns;
-use crate::raw_bpf::{ifindex, RETURN_MINUS_1};
+use crate::raw_bpf::{self, ifindex, RETURN_MINUS_1};
 
 /// `BPF_F_BEFORE` (TCX link_create): before the relative program, or first without one.
 const BPF_F_BEFORE: u32 = 1 << 3;
@@ -105,15 +105,7 @@ impl TcAttached {
     /// run_time_ns and run_cnt from the program fd's fdinfo (kept only while
     /// kernel.bpf_stats_enabled is on).
     pub fn run_stats(&self) -> Result<(u64, u64)> {
-        let path = format!("/proc/self/fdinfo/{}", self.program.as_raw_fd());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |key: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("run_time_ns:"), field("run_cnt:")))
+        raw_bpf::run_stats(&*self.program)
     }
 
     /// How many links are attached.

@@ -97,15 +97,7 @@ impl Program {
     /// run_time_ns and run_cnt from the descriptor's fdinfo (kept only while
     /// kernel.bpf_stats_enabled is on).
     pub fn run_stats(&self) -> Result<(u64, u64)> {
-        let path = format!("/proc/self/fdinfo/{}", self.0.as_raw_fd());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |key: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("run_time_ns:"), field("run_cnt:")))
+        run_stats(&self.0)
     }
 }
 
@@ -124,4 +116,18 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     anyhow::ensure!(index != 0, "no interface {ifname}");
     Ok(index)
+}
+
+/// run_time_ns and run_cnt of the program behind `fd`, from its fdinfo (kept only while
+/// kernel.bpf_stats_enabled is on).
+pub fn run_stats(fd: &impl AsRawFd) -> Result<(u64, u64)> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("run_time_ns:"), field("run_cnt:")))
 }

@@ -38,8 +38,6 @@ pub struct Datapath {
     ingress: &'static str,
     /// The answer table, with kernel answers on.
     answers: Option<Arc<KernelAnswerMap>>,
-    /// Why kernel answers are off, if they are.
-    answers_off: Option<String>,
 }
 
 /// Reader of the programs' aya-log ring buffer; `tasks::poll_datapath_log` drains it.
@@ -152,7 +150,6 @@ impl Datapath {
             logger,
             ingress,
             answers,
-            answers_off,
         })
     }
 
@@ -165,11 +162,6 @@ impl Datapath {
     /// The answer table the cache publishes to; `None` with kernel answers off.
     pub fn answer_table(&self) -> Option<Arc<KernelAnswerMap>> {
         self.answers.clone()
-    }
-
-    /// Why kernel answers are off (`None`: they are on).
-    pub fn kernel_answers_off(&self) -> Option<&str> {
-        self.answers_off.as_deref()
     }
 
     pub fn program_mut(&mut self, name: &str) -> Result<&mut SchedClassifier> {
